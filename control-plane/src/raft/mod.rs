@@ -1,0 +1,2 @@
+//! Raft glue: the openraft type configuration ([`types`]).
+pub mod types;

@@ -1,0 +1,139 @@
+//! Replicated commands and their responses: the data of every Raft log entry.
+//!
+//! A [`Request`] is versioned; the leader stamps the time on it (`stamp_ms`) before it is
+//! proposed, so replicas never read a clock. Commands are coarse and batched: one
+//! `QueueTasks` carries many tasks, one `Lease` the requests of many agents, one
+//! `Complete` many completions.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::StateError;
+use super::model::{AgentAttrs, Code, CodeLimits, Placement, Task, Tenant, TenantLimits};
+
+/// One Raft entry's application data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Request {
+    V1(Proposal),
+}
+
+/// A command stamped by the leader with its wall-clock time in milliseconds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Proposal {
+    pub stamp_ms: u64,
+    pub cmd: Command,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CodeSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub limits: CodeLimits,
+    pub max_concurrency: u32,
+    pub default_retries: u32,
+    pub placement: Placement,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NewTask {
+    pub code: String,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    pub priority: u8,
+    pub delay_ms: u64,
+    /// 0 takes the code's timeout.
+    pub timeout_ms: u64,
+    /// None takes the code's default.
+    pub retries: Option<u32>,
+    pub placement: Option<Placement>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LeaseRequest {
+    pub agent_id: String,
+    pub attrs: AgentAttrs,
+    pub slots: u32,
+    pub max_tasks: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseRef {
+    pub task_id: u64,
+    pub epoch: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Error,
+    Timeout,
+    Killed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Completion {
+    pub agent_id: String,
+    pub lease: LeaseRef,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    pub error: String,
+    pub started_ms: u64,
+    pub peak_memory_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireReason {
+    /// The holder went silent past the lease TTL.
+    LeaseLost,
+    /// The task ran past its timeout plus grace (control-plane backstop).
+    TimedOut,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Command {
+    UpsertTenant { id: String, limits: TenantLimits },
+    RegisterCode { tenant: String, spec: CodeSpec },
+    DeleteCode { tenant: String, name: String },
+    QueueTasks {
+        tenant: String,
+        idempotency_key: Option<String>,
+        /// How long the key is remembered, from the entry's stamp.
+        idempotency_ttl_ms: u64,
+        tasks: Vec<NewTask>,
+    },
+    Lease { requests: Vec<LeaseRequest> },
+    Complete { completions: Vec<Completion> },
+    ExpireLeases { leases: Vec<LeaseRef>, reason: ExpireReason },
+    Cancel { tenant: String, task_id: u64 },
+    /// Moves every delayed task whose time has come (by the stamp) to its ready queue.
+    PromoteDelayed { max_tasks: u32 },
+    /// Deletes finished tasks (and payloads) finished before the given time, and
+    /// idempotency records that have expired.
+    Purge { finished_before_ms: u64, max_tasks: u32 },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub agent_id: String,
+    pub task_id: u64,
+    pub epoch: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Response {
+    /// Blank and membership entries.
+    Empty,
+    Tenant(Tenant),
+    Code(Code),
+    CodeDeleted,
+    Queued { task_ids: Vec<u64>, deduplicated: bool },
+    Leased { grants: Vec<Grant> },
+    Completed { results: Vec<Result<(), StateError>> },
+    Expired { task_ids: Vec<u64> },
+    Cancelled(Box<Task>),
+    Promoted { count: u64 },
+    Purged { tasks: u64, idempotency_keys: u64 },
+    Rejected(StateError),
+}

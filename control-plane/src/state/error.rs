@@ -1,0 +1,28 @@
+//! `StateError`: why the state machine refused a command. A refused command changes
+//! nothing. These travel inside the replicated response, so they are serde types.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("tenant {0:?} does not exist")]
+    UnknownTenant(String),
+    #[error("code {0:?} not found")]
+    CodeNotFound(String),
+    #[error("task {0} not found")]
+    TaskNotFound(u64),
+    #[error("tenant {tenant:?} is over its queued-task quota ({queued} queued + {adding} > max_queued_tasks {limit})")]
+    QuotaExceeded { tenant: String, queued: u64, adding: u64, limit: u64 },
+    #[error("stale lease for task {task_id}: epoch {epoch} is not the current lease")]
+    StaleEpoch { task_id: u64, epoch: u64 },
+    #[error("task {0} has already finished")]
+    AlreadyFinished(u64),
+}
+
+impl StateError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        StateError::Invalid { field: field.into(), reason: reason.into() }
+    }
+}

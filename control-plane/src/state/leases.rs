@@ -1,0 +1,173 @@
+//! Lease commands: grant (placement inside apply), complete/fail with the epoch check, and
+//! expiry (lost holder or control-plane timeout backstop).
+//!
+//! Invariants: a running task has exactly one lease; its epoch is the log index of the
+//! grant; a completion or expiry naming any other (agent, epoch) is refused and changes
+//! nothing.
+
+use super::command::{Completion, ExpireReason, Grant, LeaseRef, LeaseRequest, Outcome, Response};
+use super::error::StateError;
+use super::keys;
+use super::kv::{KvError, Txn};
+use super::machine::{ApplyCtx, StateMachine};
+use super::model::{AgentRecord, Lease, Task, TaskResult, TaskState};
+use super::placement;
+use super::tasks::finish;
+use super::validate;
+
+/// A task whose lease was lost this many times goes to `error` instead of being re-queued.
+/// Lost leases are counted apart from failures (`retries`).
+pub const MAX_LOST_LEASES: u32 = 5;
+
+type Applied = Result<Result<Response, StateError>, KvError>;
+
+impl StateMachine {
+    pub(super) fn lease(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, requests: &[LeaseRequest]) -> Applied {
+        if requests.len() > validate::MAX_LEASE_REQUESTS {
+            return Ok(Err(StateError::invalid(
+                "requests",
+                format!("{} is over the limit of {}", requests.len(), validate::MAX_LEASE_REQUESTS),
+            )));
+        }
+        let mut grants = Vec::new();
+        let cursor_before = self.rr_cursor.clone();
+        for req in requests {
+            self.record_agent(txn, ctx, req);
+            let want = req.max_tasks.min(validate::MAX_TASKS_PER_LEASE_REQUEST);
+            for _ in 0..want {
+                let Some((tenant, id)) =
+                    placement::pick(&self.idx, &self.tenants, &self.codes, &self.rr_cursor, &req.attrs)
+                else {
+                    break;
+                };
+                self.rr_cursor = tenant;
+                let Some(old) = self.read_task(txn, id)? else {
+                    return Err(KvError(format!("task {id} is indexed as ready but missing from the table")));
+                };
+                let mut t = old.clone();
+                t.state = TaskState::Running;
+                t.attempts += 1;
+                t.lease = Some(Lease { agent_id: req.agent_id.clone(), epoch: ctx.index, granted_ms: ctx.now_ms });
+                self.write_task(txn, Some(&old), &t);
+                grants.push(Grant { agent_id: req.agent_id.clone(), task_id: id, epoch: ctx.index });
+            }
+        }
+        if self.rr_cursor != cursor_before {
+            txn.put(keys::META_RR_CURSOR.to_vec(), keys::encode(&self.rr_cursor));
+        }
+        Ok(Ok(Response::Leased { grants }))
+    }
+
+    fn record_agent(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, req: &LeaseRequest) {
+        let changed = match self.agents.get(&req.agent_id) {
+            Some(a) => a.attrs != req.attrs || a.slots != req.slots,
+            None => true,
+        };
+        if !changed {
+            return;
+        }
+        let first_seen_ms = self.agents.get(&req.agent_id).map(|a| a.first_seen_ms).unwrap_or(ctx.now_ms);
+        let rec = AgentRecord {
+            id: req.agent_id.clone(),
+            attrs: req.attrs.clone(),
+            slots: req.slots,
+            first_seen_ms,
+            updated_ms: ctx.now_ms,
+        };
+        txn.put(keys::agent(&rec.id), keys::encode(&rec));
+        self.agents.insert(rec.id.clone(), rec);
+    }
+
+    /// The task if `lease` (held by `agent_id`) is its current lease.
+    fn current(&self, txn: &Txn<'_>, lease: LeaseRef, agent_id: Option<&str>) -> Result<Result<Task, StateError>, KvError> {
+        let stale = StateError::StaleEpoch { task_id: lease.task_id, epoch: lease.epoch };
+        let Some(t) = self.read_task(txn, lease.task_id)? else {
+            return Ok(Err(StateError::TaskNotFound(lease.task_id)));
+        };
+        let ok = t.state == TaskState::Running
+            && t.lease.as_ref().is_some_and(|l| l.epoch == lease.epoch && agent_id.is_none_or(|a| a == l.agent_id));
+        Ok(if ok { Ok(t) } else { Err(stale) })
+    }
+
+    pub(super) fn complete(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, completions: &[Completion]) -> Applied {
+        if completions.len() > validate::MAX_COMPLETIONS {
+            return Ok(Err(StateError::invalid(
+                "completions",
+                format!("{} is over the limit of {}", completions.len(), validate::MAX_COMPLETIONS),
+            )));
+        }
+        let mut results = Vec::with_capacity(completions.len());
+        for c in completions {
+            let old = match self.current(txn, c.lease, Some(&c.agent_id))? {
+                Ok(t) => t,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let mut t = old.clone();
+            t.lease = None;
+            let result = TaskResult {
+                exit_code: c.exit_code,
+                oom_killed: c.oom_killed,
+                error: c.error.clone(),
+                started_ms: c.started_ms,
+                finished_ms: ctx.now_ms,
+                peak_memory_bytes: c.peak_memory_bytes,
+            };
+            t.state = match c.outcome {
+                Outcome::Success => TaskState::Complete,
+                Outcome::Error if t.retries_left > 0 => {
+                    t.retries_left -= 1;
+                    TaskState::Queued
+                }
+                Outcome::Error => TaskState::Error,
+                Outcome::Timeout => TaskState::Timeout,
+                Outcome::Killed => TaskState::Killed,
+            };
+            t.result = Some(result);
+            self.write_task(txn, Some(&old), &t);
+            results.push(Ok(()));
+        }
+        Ok(Ok(Response::Completed { results }))
+    }
+
+    pub(super) fn expire_leases(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        leases: &[LeaseRef],
+        reason: ExpireReason,
+    ) -> Applied {
+        let mut expired = Vec::new();
+        for lease in leases {
+            // Expiring a lease that has since completed or been re-granted is a no-op: the
+            // leader's view may be one entry behind.
+            let Ok(old) = self.current(txn, *lease, None)? else { continue };
+            let mut t = old.clone();
+            t.lease = None;
+            match reason {
+                ExpireReason::LeaseLost => {
+                    t.lost_leases += 1;
+                    if t.lost_leases > MAX_LOST_LEASES {
+                        t.state = TaskState::Error;
+                        let mut r = finish(t.result.take(), ctx.now_ms);
+                        r.error = format!("lease lost {} times", t.lost_leases);
+                        t.result = Some(r);
+                    } else {
+                        t.state = TaskState::Queued;
+                    }
+                }
+                ExpireReason::TimedOut => {
+                    t.state = TaskState::Timeout;
+                    let mut r = finish(t.result.take(), ctx.now_ms);
+                    r.error = format!("timed out after {} ms (control plane backstop)", t.timeout_ms);
+                    t.result = Some(r);
+                }
+            }
+            self.write_task(txn, Some(&old), &t);
+            expired.push(lease.task_id);
+        }
+        Ok(Ok(Response::Expired { task_ids: expired }))
+    }
+}

@@ -1,0 +1,219 @@
+//! [`StateMachine`]: the replicated state and its `apply`.
+//!
+//! `apply(txn, request, log_index)` is a pure function of the current tables, the
+//! in-memory indexes derived from them, the command and the log index: no clock, no
+//! randomness, no I/O beyond the [`Txn`] it is handed. Time is the leader's stamp on the
+//! entry, clamped so it never runs backwards across leader changes (the clamp is itself
+//! replicated, in `m/clock`).
+//!
+//! Tenants, codes and agents are small and mirrored in memory; tasks and payloads are
+//! read from and written to the tables, with only index entries kept in memory.
+
+use std::collections::BTreeMap;
+
+use super::command::{Command, Request, Response};
+use super::error::StateError;
+use super::indexes::Indexes;
+use super::keys;
+use super::kv::{KvError, KvRead, Txn};
+use super::model::{AgentRecord, Code, IdemRecord, Task, Tenant};
+use super::validate;
+
+const META_CLOCK: &[u8] = b"m/clock";
+
+/// What `apply` knows about the entry being applied.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyCtx {
+    /// Raft log index of the entry: the source of task ids and lease epochs.
+    pub index: u64,
+    /// Leader-stamped time, never earlier than any entry before it.
+    pub now_ms: u64,
+}
+
+#[derive(Default, Debug)]
+pub struct StateMachine {
+    pub(super) idx: Indexes,
+    pub(super) tenants: BTreeMap<String, Tenant>,
+    pub(super) codes: BTreeMap<(String, String), Code>,
+    pub(super) agents: BTreeMap<String, AgentRecord>,
+    pub(super) rr_cursor: String,
+    pub(super) clock_ms: u64,
+}
+
+impl StateMachine {
+    /// Rebuilds the in-memory mirror and indexes from the tables.
+    pub fn load(kv: &dyn KvRead) -> Result<Self, KvError> {
+        let mut sm = StateMachine::default();
+        let mut err = None;
+        let mut keep = |r: Result<(), KvError>| match r {
+            Ok(()) => true,
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        };
+        kv.scan(keys::TENANT, keys::TENANT, &mut |_, v| {
+            keep(keys::decode::<Tenant>(v).map(|t| {
+                sm.tenants.insert(t.id.clone(), t);
+            }))
+        })?;
+        kv.scan(keys::CODE, keys::CODE, &mut |_, v| {
+            keep(keys::decode::<Code>(v).map(|c| {
+                sm.codes.insert((c.tenant.clone(), c.name.clone()), c);
+            }))
+        })?;
+        kv.scan(keys::AGENT, keys::AGENT, &mut |_, v| {
+            keep(keys::decode::<AgentRecord>(v).map(|a| {
+                sm.agents.insert(a.id.clone(), a);
+            }))
+        })?;
+        kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
+            keep(keys::decode::<Task>(v).map(|t| sm.idx.add(&t)))
+        })?;
+        kv.scan(keys::IDEM, keys::IDEM, &mut |k, v| {
+            keep(keys::decode::<IdemRecord>(v).map(|r| {
+                sm.idx.idem_expiry.insert((r.expires_ms, k.to_vec()));
+            }))
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if let Some(v) = kv.get(keys::META_RR_CURSOR)? {
+            sm.rr_cursor = keys::decode(&v)?;
+        }
+        if let Some(v) = kv.get(META_CLOCK)? {
+            sm.clock_ms = keys::decode(&v)?;
+        }
+        Ok(sm)
+    }
+
+    /// Applies one command. `Err` only for a storage failure underneath (fatal for the
+    /// replica); a refused command is `Ok(Response::Rejected(..))` and writes nothing.
+    pub fn apply(&mut self, txn: &mut Txn<'_>, req: &Request, index: u64) -> Result<Response, KvError> {
+        let Request::V1(p) = req;
+        if p.stamp_ms > self.clock_ms {
+            self.clock_ms = p.stamp_ms;
+            txn.put(META_CLOCK.to_vec(), keys::encode(&self.clock_ms));
+        }
+        let ctx = ApplyCtx { index, now_ms: self.clock_ms };
+        let out = match &p.cmd {
+            Command::UpsertTenant { id, limits } => self.upsert_tenant(txn, ctx, id, limits),
+            Command::RegisterCode { tenant, spec } => self.register_code(txn, ctx, tenant, spec),
+            Command::DeleteCode { tenant, name } => self.delete_code(txn, tenant, name),
+            Command::QueueTasks { tenant, idempotency_key, idempotency_ttl_ms, tasks } => {
+                self.queue_tasks(txn, ctx, tenant, idempotency_key.as_deref(), *idempotency_ttl_ms, tasks)
+            }
+            Command::Lease { requests } => self.lease(txn, ctx, requests),
+            Command::Complete { completions } => self.complete(txn, ctx, completions),
+            Command::ExpireLeases { leases, reason } => self.expire_leases(txn, ctx, leases, *reason),
+            Command::Cancel { tenant, task_id } => self.cancel(txn, ctx, tenant, *task_id),
+            Command::PromoteDelayed { max_tasks } => self.promote_delayed(txn, ctx, *max_tasks),
+            Command::Purge { finished_before_ms, max_tasks } => {
+                self.purge(txn, ctx, *finished_before_ms, *max_tasks)
+            }
+        };
+        Ok(match out? {
+            Ok(r) => r,
+            Err(e) => Response::Rejected(e),
+        })
+    }
+
+    fn upsert_tenant(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        id: &str,
+        limits: &super::model::TenantLimits,
+    ) -> Result<Result<Response, StateError>, KvError> {
+        if let Err(e) = validate::name("id", id).and_then(|_| validate::tenant_limits(limits)) {
+            return Ok(Err(e));
+        }
+        let tenant = match self.tenants.get(id) {
+            Some(t) => Tenant { limits: limits.clone(), updated_ms: ctx.now_ms, ..t.clone() },
+            None => Tenant { id: id.to_string(), limits: limits.clone(), created_ms: ctx.now_ms, updated_ms: ctx.now_ms },
+        };
+        txn.put(keys::tenant(id), keys::encode(&tenant));
+        self.tenants.insert(id.to_string(), tenant.clone());
+        Ok(Ok(Response::Tenant(tenant)))
+    }
+
+    fn register_code(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        tenant: &str,
+        spec: &super::command::CodeSpec,
+    ) -> Result<Result<Response, StateError>, KvError> {
+        if !self.tenants.contains_key(tenant) {
+            return Ok(Err(StateError::UnknownTenant(tenant.to_string())));
+        }
+        if let Err(e) = validate::code_spec(spec) {
+            return Ok(Err(e));
+        }
+        let key = (tenant.to_string(), spec.name.clone());
+        let created_ms = self.codes.get(&key).map(|c| c.created_ms).unwrap_or(ctx.now_ms);
+        let code = Code {
+            tenant: tenant.to_string(),
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            limits: spec.limits.clone(),
+            max_concurrency: spec.max_concurrency,
+            default_retries: spec.default_retries,
+            placement: spec.placement.clone(),
+            created_ms,
+            updated_ms: ctx.now_ms,
+        };
+        txn.put(keys::code(tenant, &spec.name), keys::encode(&code));
+        self.codes.insert(key, code.clone());
+        Ok(Ok(Response::Code(code)))
+    }
+
+    fn delete_code(&mut self, txn: &mut Txn<'_>, tenant: &str, name: &str) -> Result<Result<Response, StateError>, KvError> {
+        // Tasks of a deleted code stay queued, and placement skips them, until a code of
+        // that name is registered again or they are cancelled.
+        if self.codes.remove(&(tenant.to_string(), name.to_string())).is_none() {
+            return Ok(Err(StateError::CodeNotFound(name.to_string())));
+        }
+        txn.delete(keys::code(tenant, name));
+        Ok(Ok(Response::CodeDeleted))
+    }
+
+    /// Reads a task through the transaction.
+    pub(super) fn read_task(&self, txn: &Txn<'_>, id: u64) -> Result<Option<Task>, KvError> {
+        match txn.get(&keys::task(id))? {
+            Some(v) => keys::decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a task's new version and moves it between indexes.
+    pub(super) fn write_task(&mut self, txn: &mut Txn<'_>, old: Option<&Task>, new: &Task) {
+        if let Some(old) = old {
+            self.idx.remove(old);
+        }
+        self.idx.add(new);
+        txn.put(keys::task(new.id), keys::encode(new));
+    }
+
+    pub fn indexes(&self) -> &Indexes {
+        &self.idx
+    }
+
+    pub fn tenants(&self) -> &BTreeMap<String, Tenant> {
+        &self.tenants
+    }
+
+    pub fn codes(&self) -> &BTreeMap<(String, String), Code> {
+        &self.codes
+    }
+
+    pub fn agents(&self) -> &BTreeMap<String, AgentRecord> {
+        &self.agents
+    }
+
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+}

@@ -1,0 +1,33 @@
+//! The pure, deterministic state machine: tenants, codes, tasks, leases, agents.
+//!
+//! * [`command`] — versioned, batched commands and responses (the Raft entry data).
+//! * [`machine`] — [`StateMachine`] and `apply`; [`tasks`] and [`leases`] hold the rules.
+//! * [`placement`] — which ready task an agent gets next.
+//! * [`indexes`] — in-memory indexes derived from the tables.
+//! * [`kv`], [`keys`] — the key-value interface and the table layout.
+//! * [`validate`] — input limits; [`views`] — read queries; [`invariants`] — checks.
+//!
+//! Nothing here reads a clock, the network or randomness; the same log applied to the
+//! same tables yields byte-identical tables on every replica.
+
+pub mod command;
+pub mod error;
+pub mod indexes;
+pub mod invariants;
+pub mod keys;
+pub mod kv;
+pub mod leases;
+pub mod machine;
+pub mod model;
+pub mod placement;
+pub mod tasks;
+pub mod validate;
+pub mod views;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{Command, Proposal, Request, Response};
+pub use error::StateError;
+pub use kv::{KvError, KvRead, MemKv, Txn};
+pub use machine::{ApplyCtx, StateMachine};

@@ -1,0 +1,169 @@
+//! The replicated entities: tenants, codes, tasks, leases, agents, idempotency records.
+//! Plain data; the rules that change them live in `apply` and its helpers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Per-tenant limits. Zero means "unlimited" for concurrency.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TenantLimits {
+    pub max_queued_tasks: u64,
+    pub max_concurrency: u32,
+    pub max_payload_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub limits: TenantLimits,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Where a task may run. Empty strings and an empty label map mean "anywhere"
+/// except for `cluster`, which must equal the agent's (empty = the shared fleet).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Placement {
+    pub cluster: String,
+    pub region: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CodeLimits {
+    pub memory_bytes: u64,
+    pub cpu_millis: u32,
+    pub pids: u32,
+    pub timeout_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Code {
+    pub tenant: String,
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub limits: CodeLimits,
+    /// 0 = unlimited.
+    pub max_concurrency: u32,
+    pub default_retries: u32,
+    pub placement: Placement,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TaskState {
+    Delayed,
+    Queued,
+    Running,
+    Complete,
+    Error,
+    Timeout,
+    Killed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Delayed,
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Complete,
+        TaskState::Error,
+        TaskState::Timeout,
+        TaskState::Killed,
+        TaskState::Cancelled,
+    ];
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, TaskState::Delayed | TaskState::Queued | TaskState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Delayed => "delayed",
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Error => "error",
+            TaskState::Timeout => "timeout",
+            TaskState::Killed => "killed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A grant of a task to one agent. `epoch` is the Raft log index of the grant: the
+/// fencing token every agent message about the task must carry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub agent_id: String,
+    pub epoch: u64,
+    pub granted_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskResult {
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    pub error: String,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub peak_memory_bytes: u64,
+}
+
+/// A task record. Its payload is stored apart (`p/` table) so that state changes do not
+/// rewrite it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub id: u64,
+    pub tenant: String,
+    pub code: String,
+    pub priority: u8,
+    pub state: TaskState,
+    pub created_ms: u64,
+    pub ready_at_ms: u64,
+    pub timeout_ms: u64,
+    pub retries_left: u32,
+    pub attempts: u32,
+    pub lost_leases: u32,
+    pub placement: Placement,
+    pub lease: Option<Lease>,
+    pub result: Option<TaskResult>,
+    pub payload_bytes: u64,
+}
+
+/// What an agent declares about itself; placement constraints are matched against it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AgentAttrs {
+    pub region: String,
+    pub cluster: String,
+    pub vpc: String,
+    pub ip_pool: String,
+    pub egress_ip: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Replicated only when it changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub id: String,
+    pub attrs: AgentAttrs,
+    pub slots: u32,
+    pub first_seen_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Remembers the ids a keyed queue call produced, until `expires_ms`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IdemRecord {
+    pub task_ids: Vec<u64>,
+    pub expires_ms: u64,
+}

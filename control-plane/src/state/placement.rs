@@ -1,0 +1,99 @@
+//! Placement: which ready task an agent gets next. Pure and deterministic.
+//!
+//! * Across tenants: round-robin, starting after the tenant served last (the cursor is
+//!   replicated state, so every replica makes the same choice).
+//! * Within a tenant: strict priority (2 before 1 before 0), then the lowest task id
+//!   (FIFO, since ids grow with the log).
+//! * A task is eligible only if its placement matches the agent's attributes, its code is
+//!   under the code's `max_concurrency` and its tenant under the tenant's.
+
+use std::collections::BTreeMap;
+
+use super::indexes::Indexes;
+use super::model::{AgentAttrs, Code, Placement, Tenant};
+
+/// Whether a task with placement `p` may run on an agent with attributes `a`.
+///
+/// `cluster` must be equal (empty on both = the shared fleet: dedicated-cluster agents
+/// never take shared work and shared agents never take a dedicated cluster's). An empty
+/// `region` matches any region; every label the task asks for must be on the agent.
+pub fn matches(p: &Placement, a: &AgentAttrs) -> bool {
+    p.cluster == a.cluster
+        && (p.region.is_empty() || p.region == a.region)
+        && p.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
+}
+
+/// Picks the next task for an agent, or None. Returns (tenant, task id).
+pub fn pick(
+    idx: &Indexes,
+    tenants: &BTreeMap<String, Tenant>,
+    codes: &BTreeMap<(String, String), Code>,
+    cursor: &str,
+    agent: &AgentAttrs,
+) -> Option<(String, u64)> {
+    // Tenants after the cursor first, then from the start up to and including it.
+    let after = idx.ready.range::<str, _>((std::ops::Bound::Excluded(cursor), std::ops::Bound::Unbounded));
+    let before = idx.ready.range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(cursor)));
+    for (tenant, q) in after.chain(before) {
+        if let Some(t) = tenants.get(tenant)
+            && t.limits.max_concurrency > 0
+            && idx.running_for_tenant(tenant) >= t.limits.max_concurrency
+        {
+            continue;
+        }
+        for level in q.by_priority.iter().rev() {
+            let mut best: Option<u64> = None;
+            for (class_id, ids) in level {
+                let Some(first) = ids.first() else { continue };
+                if best.is_some_and(|b| b <= *first) {
+                    continue;
+                }
+                let class = idx.class(*class_id);
+                if !matches(&class.placement, agent) {
+                    continue;
+                }
+                // A deleted code's tasks wait until it is registered again.
+                let Some(code) = codes.get(&(tenant.clone(), class.code.clone())) else { continue };
+                let limit = code.max_concurrency;
+                if limit > 0 && idx.running_for_code(tenant, &class.code) >= limit {
+                    continue;
+                }
+                best = Some(*first);
+            }
+            if let Some(id) = best {
+                return Some((tenant.clone(), id));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(cluster: &str, region: &str, labels: &[(&str, &str)]) -> AgentAttrs {
+        AgentAttrs {
+            cluster: cluster.into(),
+            region: region.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn constraint_matching() {
+        let any = Placement::default();
+        assert!(matches(&any, &attrs("", "eu", &[("gpu", "1")])));
+        assert!(!matches(&any, &attrs("acme", "", &[])), "dedicated agents take no shared work");
+        let acme = Placement { cluster: "acme".into(), ..Default::default() };
+        assert!(matches(&acme, &attrs("acme", "", &[])));
+        assert!(!matches(&acme, &attrs("", "", &[])));
+        let eu = Placement { region: "eu".into(), ..Default::default() };
+        assert!(matches(&eu, &attrs("", "eu", &[])));
+        assert!(!matches(&eu, &attrs("", "us", &[])));
+        let gpu = Placement { labels: [("gpu".to_string(), "1".to_string())].into(), ..Default::default() };
+        assert!(matches(&gpu, &attrs("", "", &[("gpu", "1"), ("ssd", "y")])));
+        assert!(!matches(&gpu, &attrs("", "", &[("gpu", "0")])));
+    }
+}

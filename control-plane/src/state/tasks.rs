@@ -1,0 +1,192 @@
+//! Task lifecycle commands that do not involve a lease: queue (with idempotency keys and
+//! the queued-task quota), cancel, delayed-task promotion and retention purge.
+
+use super::command::{NewTask, Response};
+use super::error::StateError;
+use super::keys;
+use super::kv::{KvError, Txn};
+use super::machine::{ApplyCtx, StateMachine};
+use super::model::{IdemRecord, Task, TaskResult, TaskState};
+use super::validate;
+
+/// Task ids are `log_index << TASK_ID_SHIFT | position in the batch`: unique, increasing
+/// with the log, and the same on every replica.
+pub const TASK_ID_SHIFT: u32 = 20;
+const _: () = assert!(validate::MAX_BATCH_TASKS < (1 << TASK_ID_SHIFT));
+
+type Applied = Result<Result<Response, StateError>, KvError>;
+
+impl StateMachine {
+    pub(super) fn queue_tasks(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        tenant_id: &str,
+        idempotency_key: Option<&str>,
+        idempotency_ttl_ms: u64,
+        tasks: &[NewTask],
+    ) -> Applied {
+        let Some(tenant) = self.tenants.get(tenant_id) else {
+            return Ok(Err(StateError::UnknownTenant(tenant_id.to_string())));
+        };
+        let mut stale_key = None;
+        if let Some(key) = idempotency_key
+            && let Some(v) = txn.get(&keys::idem(tenant_id, key))?
+        {
+            let rec: IdemRecord = keys::decode(&v)?;
+            if rec.expires_ms > ctx.now_ms {
+                return Ok(Ok(Response::Queued { task_ids: rec.task_ids, deduplicated: true }));
+            }
+            stale_key = Some(rec.expires_ms);
+        }
+        if let Err(e) = validate::queue_batch(tasks, idempotency_key, &tenant.limits) {
+            return Ok(Err(e));
+        }
+        if let Some(t) = tasks.iter().find(|t| !self.codes.contains_key(&(tenant_id.to_string(), t.code.clone()))) {
+            return Ok(Err(StateError::CodeNotFound(t.code.clone())));
+        }
+        let queued = self.idx.waiting(tenant_id);
+        let adding = tasks.len() as u64;
+        if tenant.limits.max_queued_tasks > 0 && queued + adding > tenant.limits.max_queued_tasks {
+            return Ok(Err(StateError::QuotaExceeded {
+                tenant: tenant_id.to_string(),
+                queued,
+                adding,
+                limit: tenant.limits.max_queued_tasks,
+            }));
+        }
+
+        let mut ids = Vec::with_capacity(tasks.len());
+        for (i, t) in tasks.iter().enumerate() {
+            let code = &self.codes[&(tenant_id.to_string(), t.code.clone())];
+            let id = (ctx.index << TASK_ID_SHIFT) | i as u64;
+            let timeout_ms = match (t.timeout_ms, code.limits.timeout_ms) {
+                (0, 0) => validate::DEFAULT_TIMEOUT_MS,
+                (0, c) => c,
+                (t, _) => t,
+            };
+            let task = Task {
+                id,
+                tenant: tenant_id.to_string(),
+                code: t.code.clone(),
+                priority: t.priority,
+                state: if t.delay_ms > 0 { TaskState::Delayed } else { TaskState::Queued },
+                created_ms: ctx.now_ms,
+                ready_at_ms: ctx.now_ms.saturating_add(t.delay_ms),
+                timeout_ms,
+                retries_left: t.retries.unwrap_or(code.default_retries),
+                attempts: 0,
+                lost_leases: 0,
+                placement: t.placement.clone().unwrap_or_else(|| code.placement.clone()),
+                lease: None,
+                result: None,
+                payload_bytes: t.payload.len() as u64,
+            };
+            txn.put(keys::payload(id), t.payload.clone());
+            txn.put(keys::tenant_task(tenant_id, id), Vec::new());
+            self.write_task(txn, None, &task);
+            ids.push(id);
+        }
+        if let Some(key) = idempotency_key {
+            let rec = IdemRecord { task_ids: ids.clone(), expires_ms: ctx.now_ms.saturating_add(idempotency_ttl_ms) };
+            let k = keys::idem(tenant_id, key);
+            if let Some(expired_at) = stale_key {
+                self.idx.idem_expiry.remove(&(expired_at, k.clone()));
+            }
+            self.idx.idem_expiry.insert((rec.expires_ms, k.clone()));
+            txn.put(k, keys::encode(&rec));
+        }
+        Ok(Ok(Response::Queued { task_ids: ids, deduplicated: false }))
+    }
+
+    pub(super) fn cancel(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, tenant: &str, id: u64) -> Applied {
+        let Some(old) = self.read_task(txn, id)? else {
+            return Ok(Err(StateError::TaskNotFound(id)));
+        };
+        // Another tenant's task answers exactly as a missing one does.
+        if old.tenant != tenant {
+            return Ok(Err(StateError::TaskNotFound(id)));
+        }
+        if old.state.is_finished() {
+            return Ok(Err(StateError::AlreadyFinished(id)));
+        }
+        let mut t = old.clone();
+        t.state = TaskState::Cancelled;
+        // A running task's lease is revoked: the agent learns it at its next heartbeat
+        // and kills the container; anything it reports later carries a stale epoch.
+        t.lease = None;
+        let mut result = t.result.take().unwrap_or_default();
+        result.finished_ms = ctx.now_ms;
+        result.error = "cancelled".into();
+        t.result = Some(result);
+        self.write_task(txn, Some(&old), &t);
+        Ok(Ok(Response::Cancelled(Box::new(t))))
+    }
+
+    pub(super) fn promote_delayed(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, max_tasks: u32) -> Applied {
+        let due: Vec<u64> = self
+            .idx
+            .delayed
+            .iter()
+            .take_while(|(at, _)| *at <= ctx.now_ms)
+            .take(max_tasks as usize)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut count = 0;
+        for id in due {
+            let Some(old) = self.read_task(txn, id)? else { continue };
+            let mut t = old.clone();
+            t.state = TaskState::Queued;
+            self.write_task(txn, Some(&old), &t);
+            count += 1;
+        }
+        Ok(Ok(Response::Promoted { count }))
+    }
+
+    pub(super) fn purge(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        finished_before_ms: u64,
+        max_tasks: u32,
+    ) -> Applied {
+        let old: Vec<u64> = self
+            .idx
+            .finished
+            .iter()
+            .take_while(|(at, _)| *at < finished_before_ms)
+            .take(max_tasks as usize)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut tasks = 0;
+        for id in old {
+            let Some(t) = self.read_task(txn, id)? else { continue };
+            self.idx.remove(&t);
+            txn.delete(keys::task(id));
+            txn.delete(keys::payload(id));
+            txn.delete(keys::tenant_task(&t.tenant, id));
+            tasks += 1;
+        }
+        let expired: Vec<(u64, Vec<u8>)> = self
+            .idx
+            .idem_expiry
+            .iter()
+            .take_while(|(at, _)| *at <= ctx.now_ms)
+            .take(max_tasks as usize)
+            .cloned()
+            .collect();
+        let idempotency_keys = expired.len() as u64;
+        for entry in expired {
+            self.idx.idem_expiry.remove(&entry);
+            txn.delete(entry.1);
+        }
+        Ok(Ok(Response::Purged { tasks, idempotency_keys }))
+    }
+}
+
+/// Finishes a task's result record at `now_ms`.
+pub(super) fn finish(result: Option<TaskResult>, now_ms: u64) -> TaskResult {
+    let mut r = result.unwrap_or_default();
+    r.finished_ms = now_ms;
+    r
+}

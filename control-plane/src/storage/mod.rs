@@ -1,0 +1,83 @@
+//! sled storage: the Raft log and vote ([`log_store`]) and the state machine tables
+//! ([`sm_store`]), in one sled database so that a crash recovers both to one consistent
+//! prefix of writes.
+//!
+//! Trees: `raft_log` (index, big-endian → entry), `raft_meta` (vote, committed,
+//! last purged), `sm` (the state machine tables; see `state::keys`).
+//! Snapshots are files under `<data_dir>/snapshots`.
+
+pub mod log_store;
+pub mod sled_kv;
+pub mod sm_store;
+pub mod snapshot_file;
+
+use std::path::Path;
+
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
+
+use crate::raft::types::{NodeId, RaftStorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("opening sled database at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("state machine: {0}")]
+    State(#[from] crate::state::KvError),
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the node's storage under `data_dir`.
+pub fn open(data_dir: &Path, metrics: sm_store::ApplyMetrics) -> Result<(log_store::LogStore, sm_store::SmStore), StorageError> {
+    let path = data_dir.join("sled");
+    let db = sled::Config::new()
+        .path(&path)
+        // The Raft adapter flushes explicitly before acknowledging; the timer only bounds
+        // how long the state machine's writes may sit in memory.
+        .flush_every_ms(Some(500))
+        .open()
+        .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
+    let log = log_store::LogStore::new(&db)?;
+    let sm = sm_store::SmStore::open(&db, &data_dir.join("snapshots"), metrics)?;
+    Ok((log, sm))
+}
+
+pub(crate) fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+#[cfg(test)]
+mod suite {
+    //! openraft's shared storage test suite, run against the sled stores.
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::log_store::LogStore;
+    use super::sm_store::{ApplyMetrics, SmStore};
+    use crate::raft::types::{RaftStorageError, TypeConfig};
+
+    pub fn test_metrics() -> ApplyMetrics {
+        ApplyMetrics {
+            apply_seconds: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("apply", "apply"))
+                .expect("histogram opts are valid"),
+            applied_entries: prometheus::IntCounter::new("applied", "applied").expect("counter opts are valid"),
+        }
+    }
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, SmStore), RaftStorageError> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (log, sm) = super::open(dir.path(), test_metrics()).expect("open storage");
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// A plain test: the suite starts its own runtime per case.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).expect("openraft storage suite");
+    }
+}

@@ -1,0 +1,21 @@
+//! [`KvRead`] over a sled tree: how the state machine reads its committed tables.
+
+use crate::state::{KvError, KvRead};
+
+pub struct SledKv<'a>(pub &'a sled::Tree);
+
+impl KvRead for SledKv<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| KvError(e.to_string()))
+    }
+
+    fn scan(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError> {
+        for item in self.0.range(start..) {
+            let (k, v) = item.map_err(|e| KvError(e.to_string()))?;
+            if !k.starts_with(prefix) || !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

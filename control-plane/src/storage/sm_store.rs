@@ -1,0 +1,275 @@
+//! The state machine store: openraft's `RaftStateMachine` over the `sm` sled tree.
+//!
+//! Each batch of entries openraft hands over is applied to one [`Txn`] and committed as a
+//! single atomic `sled::Batch` together with the last-applied log id (and membership), so
+//! a crash never leaves a half-applied batch. In-memory indexes live in the
+//! [`StateMachine`] behind a mutex, rebuilt from the tree at open and after a snapshot
+//! is installed.
+//!
+//! Snapshots: the builder holds the mutex while it streams the tree to a file (so the
+//! file is one consistent cut), then renames it into place. Installing reads the file
+//! into one atomic batch that replaces the whole tree.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+
+use super::io_err;
+use super::sled_kv::SledKv;
+use super::snapshot_file;
+use crate::raft::types::{Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::state::{StateMachine, Txn, keys};
+use crate::state::{Response, kv::KvError};
+
+const APPLIED: &[u8] = b"r/applied";
+const MEMBERSHIP: &[u8] = b"r/membership";
+const CURRENT_SNAPSHOT: &str = "current.snap";
+const CURRENT_META: &str = "current.meta.json";
+
+/// Metrics the store records while applying.
+#[derive(Clone)]
+pub struct ApplyMetrics {
+    pub apply_seconds: prometheus::Histogram,
+    pub applied_entries: prometheus::IntCounter,
+}
+
+pub struct SmShared {
+    pub tree: sled::Tree,
+    db: sled::Db,
+    machine: Mutex<StateMachine>,
+    snapshot_dir: PathBuf,
+    metrics: ApplyMetrics,
+    /// Woken after every applied batch (long-polling lease requests wait on it).
+    pub applied: tokio::sync::Notify,
+    snapshot_seq: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct SmStore {
+    pub shared: Arc<SmShared>,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> RaftStorageError {
+    io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+impl SmShared {
+    pub fn machine(&self) -> Result<MutexGuard<'_, StateMachine>, KvError> {
+        self.machine.lock().map_err(|_| KvError("state machine lock poisoned by a panic".into()))
+    }
+
+    pub fn kv(&self) -> SledKv<'_> {
+        SledKv(&self.tree)
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, RaftStorageError> {
+        match self.tree.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+            None => Ok(None),
+            Some(v) => keys::decode(&v).map(Some).map_err(|e| sm_err(ErrorVerb::Read, e)),
+        }
+    }
+
+    pub fn applied_index(&self) -> Result<u64, RaftStorageError> {
+        Ok(self.read::<Option<LogId>>(APPLIED)?.flatten().map(|l| l.index).unwrap_or(0))
+    }
+}
+
+impl SmStore {
+    pub fn open(db: &sled::Db, snapshot_dir: &Path, metrics: ApplyMetrics) -> Result<Self, super::StorageError> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        let tree = db.open_tree("sm")?;
+        let machine = StateMachine::load(&SledKv(&tree))?;
+        Ok(Self {
+            shared: Arc::new(SmShared {
+                tree,
+                db: db.clone(),
+                machine: Mutex::new(machine),
+                snapshot_dir: snapshot_dir.to_path_buf(),
+                metrics,
+                applied: tokio::sync::Notify::new(),
+                snapshot_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Response>, RaftStorageError> {
+        let s = &self.shared;
+        let started = Instant::now();
+        let mut machine = s.machine().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let kv = SledKv(&s.tree);
+        let mut txn = Txn::new(&kv);
+        let mut out = Vec::with_capacity(entries.len());
+        let mut last = None;
+        for e in &entries {
+            last = Some(e.log_id);
+            out.push(match &e.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Normal(req) => {
+                    machine.apply(&mut txn, req, e.log_id.index).map_err(|e| sm_err(ErrorVerb::Write, e))?
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(e.log_id), m.clone());
+                    txn.put(MEMBERSHIP.to_vec(), keys::encode(&stored));
+                    Response::Empty
+                }
+            });
+        }
+        txn.put(APPLIED.to_vec(), keys::encode(&last));
+        let mut batch = sled::Batch::default();
+        for (k, v) in txn.into_writes() {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        s.tree.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(machine);
+        s.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+        s.metrics.applied_entries.inc_by(entries.len() as u64);
+        s.applied.notify_waiters();
+        Ok(out)
+    }
+
+    fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
+        (self.shared.snapshot_dir.join(CURRENT_SNAPSHOT), self.shared.snapshot_dir.join(CURRENT_META))
+    }
+
+    /// Streams the tree to a new snapshot file under the lock and makes it current.
+    fn build_blocking(&self) -> Result<SnapshotMeta, RaftStorageError> {
+        let s = &self.shared;
+        let machine = s.machine().map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let last_log_id: Option<LogId> = s.read::<Option<LogId>>(APPLIED)?.flatten();
+        let membership: StoredMembership = s.read(MEMBERSHIP)?.unwrap_or_default();
+        let seq = s.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership: membership, snapshot_id };
+        let tmp = s.snapshot_dir.join(format!("build-{seq}.tmp"));
+        let file = std::fs::File::create(&tmp).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        snapshot_file::write_tree(&s.tree, &file).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        file.sync_all().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(machine);
+        self.make_current(&tmp, &meta)?;
+        Ok(meta)
+    }
+
+    fn make_current(&self, file: &Path, meta: &SnapshotMeta) -> Result<(), RaftStorageError> {
+        let (snap, meta_path) = self.snapshot_paths();
+        let meta_tmp = meta_path.with_extension("tmp");
+        let json = serde_json::to_vec(meta).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        std::fs::write(&meta_tmp, json).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        std::fs::rename(file, &snap).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        std::fs::rename(&meta_tmp, &meta_path).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    /// Replaces the whole tree with the snapshot's entries in one atomic batch.
+    fn install_blocking(&self, meta: &SnapshotMeta, path: &Path) -> Result<(), RaftStorageError> {
+        let s = &self.shared;
+        let mut machine = s.machine().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let file = std::fs::File::open(path).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let mut batch = sled::Batch::default();
+        for k in s.tree.iter().keys() {
+            batch.remove(k.map_err(|e| sm_err(ErrorVerb::Read, e))?);
+        }
+        snapshot_file::read_entries(file, |k, v| batch.insert(k, v)).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        // The snapshot's own applied/membership keys are authoritative, but write them from
+        // the meta too so the two can never disagree.
+        batch.insert(APPLIED, keys::encode(&meta.last_log_id));
+        batch.insert(MEMBERSHIP, keys::encode(&meta.last_membership));
+        s.tree.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        s.db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        *machine = StateMachine::load(&SledKv(&s.tree)).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        drop(machine);
+        self.make_current(path, meta)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static) -> Result<T, RaftStorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| sm_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SmStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, RaftStorageError> {
+        let this = self.clone();
+        let meta = blocking(move || this.build_blocking()).await?;
+        let (snap, _) = self.snapshot_paths();
+        let file = tokio::fs::File::open(&snap).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SmStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let applied = self.shared.read::<Option<LogId>>(APPLIED)?.flatten();
+        let membership = self.shared.read(MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.apply_batch(entries)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.shared.snapshot_dir.join(format!("recv-{seq}.tmp"));
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        // Only the handle is used from here on; unlinking now means an aborted transfer
+        // leaves nothing behind.
+        tokio::fs::remove_file(&path).await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), RaftStorageError> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let mut src = *snapshot;
+        src.flush().await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        src.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.shared.snapshot_dir.join(format!("install-{seq}.tmp"));
+        let mut dst = tokio::fs::File::create(&path).await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        tokio::io::copy(&mut src, &mut dst).await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        dst.sync_all().await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(dst);
+        let this = self.clone();
+        let meta = meta.clone();
+        blocking(move || this.install_blocking(&meta, &path)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
+        let (snap, meta_path) = self.snapshot_paths();
+        let meta_bytes = match tokio::fs::read(&meta_path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sm_err(ErrorVerb::Read, e)),
+        };
+        let meta: SnapshotMeta = serde_json::from_slice(&meta_bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let file = tokio::fs::File::open(&snap).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
