@@ -1,1 +1,35 @@
-//! placeholder
+//! drover-chaos: starts real `drover` processes on loopback for tests, benchmarks and
+//! fault injection.
+//!
+//! * [`Cluster`] — N `drover server` processes with their own temp data dirs and ports
+//!   picked at run time; kill -9, SIGTERM, SIGSTOP/SIGCONT, restart, add a node.
+//! * [`clients`] — gRPC clients that carry a caller identity.
+//! * [`eventually`] — poll a condition until a deadline (tests never sleep for a fixed
+//!   time to "let things settle").
+//!
+//! Every process is killed and reaped when the [`Cluster`] is dropped.
+
+pub mod clients;
+pub mod cluster;
+
+pub use cluster::{Cluster, ClusterOptions};
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `deadline` naming `what`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= until {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

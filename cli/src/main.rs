@@ -1,1 +1,57 @@
-fn main() {}
+//! `drover`: one binary for every role. This file only parses arguments and dispatches
+//! to the command modules; the logic lives in the libraries.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "drover", version, about = "Run other people's code in containers, on demand and on schedule")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control-plane node.
+    Server(commands::server::ServerArgs),
+    /// Operator commands (cluster membership and status).
+    Operator(commands::operator::OperatorArgs),
+    /// Manage tenants (operator).
+    Tenant(commands::tenant::TenantArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(a) => commands::server::run(a).await,
+            Command::Operator(a) => commands::operator::run(a).await,
+            Command::Tenant(a) => commands::tenant::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

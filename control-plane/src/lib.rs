@@ -1,13 +1,23 @@
 //! drover-control-plane: the replicated control plane.
 //!
-//! Data flows one way: `api` (gRPC services) → `raft` (openraft, proposals, forwarding)
-//! → `state::apply` (pure state machine) → `storage` (sled). Leader-only loops in `leader`
-//! propose expiries, promotions and purges.
+//! Data flows one way: [`api`] (gRPC services) → [`raft`] (openraft, proposals,
+//! forwarding) → [`state`]`::apply` (pure state machine) → [`storage`] (sled). Leader-only
+//! loops in [`leader`] propose lease expiries, promotions and purges.
 //!
-//! * [`state`] — pure, deterministic state machine.
+//! * [`state`] — the pure, deterministic state machine.
 //! * [`storage`] — sled: Raft log, vote, state machine tables, snapshots.
 //! * [`raft`] — openraft types, tonic transport, proposals and follower forwarding.
+//! * [`api`] — tenant, agent and admin gRPC services; one error → status mapping.
+//! * [`leader`] — leader-only loops and the soft lease tracker.
+//! * [`config`], [`metrics`], [`http`], [`server`] — validated config, Prometheus
+//!   registry, side HTTP listener, wiring and shutdown.
 
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod raft;
+pub mod server;
 pub mod state;
 pub mod storage;

@@ -1,2 +1,13 @@
-//! Raft glue: the openraft type configuration ([`types`]).
+//! Raft glue around openraft 0.9:
+//!
+//! * [`types`] — the type configuration (entry data = `state::Request`).
+//! * [`codec`] — postcard framing inside `raft.v1.RaftMessage`.
+//! * [`network`] — the tonic client side (`RaftNetwork`).
+//! * [`service`] — the tonic server side, forwarding and read-index.
+//! * [`node`] — proposals, follower forwarding, linearizable read barriers.
+
+pub mod codec;
+pub mod network;
+pub mod node;
+pub mod service;
 pub mod types;

@@ -1,0 +1,757 @@
+//! Unit and property tests of the pure state machine.
+//!
+//! A [`Harness`] applies commands the way the storage layer does (one [`Txn`] per entry,
+//! committed into a [`MemKv`]) and runs [`invariants::check`] after every entry. The unit
+//! tests cover queue validation and rejection (a refused command writes nothing but the
+//! clock), task ids, idempotency keys and their purge, the queued-task quota, delayed
+//! tasks, placement (priority, FIFO, per-code concurrency, tenant round-robin, placement
+//! constraints), lease fencing (stale epochs), retries and lost leases, cancellation,
+//! retention purge, and reloading from the tables. The property test drives random
+//! command sequences over two tenants, three codes and three agents, checks the
+//! invariants after every step, and replays the log to check determinism.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::command::{CodeSpec, Completion, ExpireReason, Grant, LeaseRef, LeaseRequest, NewTask, Outcome};
+use super::indexes::Canonical;
+use super::leases::MAX_LOST_LEASES;
+use super::model::{AgentAttrs, CodeLimits, Placement, Task, TaskState, TenantLimits};
+use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
+use super::{invariants, keys, placement, views};
+
+const CLOCK: &[u8] = b"m/clock";
+
+struct Harness {
+    sm: StateMachine,
+    kv: MemKv,
+    index: u64,
+    now_ms: u64,
+    log: Vec<Request>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness { sm: StateMachine::default(), kv: MemKv::default(), index: 0, now_ms: 1_000, log: Vec::new() }
+    }
+
+    /// Applies one command at the next log index, stamped `now_ms`, then checks invariants.
+    fn apply(&mut self, cmd: Command) -> Response {
+        self.apply_request(Request::V1(Proposal { stamp_ms: self.now_ms, cmd }))
+    }
+
+    fn apply_request(&mut self, req: Request) -> Response {
+        self.index += 1;
+        let mut txn = Txn::new(&self.kv);
+        let resp = self.sm.apply(&mut txn, &req, self.index).expect("MemKv never fails");
+        let writes = txn.into_writes();
+        self.kv.commit(writes);
+        if let Err(e) = invariants::check(&self.sm, &self.kv) {
+            panic!("invariants broken after entry {} {req:?}:\n{e}", self.index);
+        }
+        self.log.push(req);
+        resp
+    }
+
+    /// The tables (without the clock) and the indexes, to compare before/after a command.
+    fn snapshot(&self) -> (BTreeMap<Vec<u8>, Vec<u8>>, Canonical) {
+        let mut map = self.kv.map.clone();
+        map.remove(CLOCK);
+        (map, self.sm.indexes().canonical())
+    }
+
+    /// Applies `cmd` (at a later stamp, so the clock is written) and asserts it changed
+    /// nothing but the clock.
+    fn apply_unchanged(&mut self, cmd: Command) -> Response {
+        let before = self.snapshot();
+        self.now_ms += 1;
+        let resp = self.apply(cmd);
+        assert!(self.snapshot() == before, "{resp:?} changed the state");
+        resp
+    }
+
+    fn tenant(&mut self, id: &str, limits: TenantLimits) {
+        let resp = self.apply(Command::UpsertTenant { id: id.into(), limits });
+        assert!(matches!(resp, Response::Tenant(_)), "{resp:?}");
+    }
+
+    fn code(&mut self, tenant: &str, spec: CodeSpec) {
+        let resp = self.apply(Command::RegisterCode { tenant: tenant.into(), spec });
+        assert!(matches!(resp, Response::Code(_)), "{resp:?}");
+    }
+
+    fn queue_cmd(tenant: &str, key: Option<&str>, tasks: Vec<NewTask>) -> Command {
+        let idempotency_key = key.map(String::from);
+        Command::QueueTasks { tenant: tenant.into(), idempotency_key, idempotency_ttl_ms: 1_000, tasks }
+    }
+
+    fn queue(&mut self, tenant: &str, tasks: Vec<NewTask>) -> Vec<u64> {
+        match self.apply(Self::queue_cmd(tenant, None, tasks)) {
+            Response::Queued { task_ids, deduplicated: false } => task_ids,
+            other => panic!("queue failed: {other:?}"),
+        }
+    }
+
+    fn lease(&mut self, agent_id: &str, attrs: &AgentAttrs, max_tasks: u32) -> Vec<Grant> {
+        let req = LeaseRequest { agent_id: agent_id.into(), attrs: attrs.clone(), slots: max_tasks, max_tasks };
+        match self.apply(Command::Lease { requests: vec![req] }) {
+            Response::Leased { grants } => grants,
+            other => panic!("lease failed: {other:?}"),
+        }
+    }
+
+    fn complete(&mut self, agent: &str, task_id: u64, epoch: u64, outcome: Outcome) -> Result<(), StateError> {
+        let c = completion(agent, task_id, epoch, outcome, "");
+        self.complete_with(c)
+    }
+
+    fn complete_with(&mut self, c: Completion) -> Result<(), StateError> {
+        match self.apply(Command::Complete { completions: vec![c] }) {
+            Response::Completed { mut results } if results.len() == 1 => results.remove(0),
+            other => panic!("complete failed: {other:?}"),
+        }
+    }
+
+    fn expire(&mut self, task_id: u64, epoch: u64, reason: ExpireReason) -> Vec<u64> {
+        match self.apply(Command::ExpireLeases { leases: vec![LeaseRef { task_id, epoch }], reason }) {
+            Response::Expired { task_ids } => task_ids,
+            other => panic!("expire failed: {other:?}"),
+        }
+    }
+
+    fn task(&self, id: u64) -> Task {
+        views::get_task(&self.kv, None, id).expect("read").unwrap_or_else(|| panic!("task {id} missing"))
+    }
+}
+
+fn limits(max_queued_tasks: u64, max_concurrency: u32) -> TenantLimits {
+    TenantLimits { max_queued_tasks, max_concurrency, max_payload_bytes: 1024 }
+}
+
+fn spec(name: &str, max_concurrency: u32, default_retries: u32) -> CodeSpec {
+    CodeSpec {
+        name: name.into(),
+        image: "registry.example/app@sha256:00".into(),
+        command: vec!["run".into()],
+        env: BTreeMap::new(),
+        limits: CodeLimits { timeout_ms: 60_000, ..Default::default() },
+        max_concurrency,
+        default_retries,
+        placement: Placement::default(),
+    }
+}
+
+fn task(code: &str) -> NewTask {
+    NewTask {
+        code: code.into(),
+        payload: b"{}".to_vec(),
+        priority: 0,
+        delay_ms: 0,
+        timeout_ms: 0,
+        retries: None,
+        placement: None,
+    }
+}
+
+fn prio(code: &str, priority: u8) -> NewTask {
+    NewTask { priority, ..task(code) }
+}
+
+fn placed(code: &str, cluster: &str, region: &str) -> NewTask {
+    let p = Placement { cluster: cluster.into(), region: region.into(), ..Default::default() };
+    NewTask { placement: Some(p), ..task(code) }
+}
+
+fn agent(cluster: &str, region: &str) -> AgentAttrs {
+    AgentAttrs { cluster: cluster.into(), region: region.into(), ..Default::default() }
+}
+
+fn completion(agent: &str, task_id: u64, epoch: u64, outcome: Outcome, error: &str) -> Completion {
+    Completion {
+        agent_id: agent.into(),
+        lease: LeaseRef { task_id, epoch },
+        outcome,
+        exit_code: Some(if outcome == Outcome::Success { 0 } else { 1 }),
+        oom_killed: false,
+        error: error.into(),
+        started_ms: 0,
+        peak_memory_bytes: 0,
+    }
+}
+
+/// Tenant "acme" (100 queued, no concurrency limit) with codes "work" (unlimited, no
+/// retries) and "pair" (at most 2 running).
+fn acme() -> Harness {
+    let mut h = Harness::new();
+    h.tenant("acme", limits(100, 0));
+    h.code("acme", spec("work", 0, 0));
+    h.code("acme", spec("pair", 2, 0));
+    h
+}
+
+fn invalid_field(resp: &Response) -> &str {
+    match resp {
+        Response::Rejected(StateError::Invalid { field, .. }) => field,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_queue_calls_are_rejected_and_change_nothing() {
+    let mut h = acme();
+    h.queue("acme", vec![task("work")]);
+    let r = h.apply_unchanged(Harness::queue_cmd("nobody", None, vec![task("work")]));
+    assert_eq!(r, Response::Rejected(StateError::UnknownTenant("nobody".into())));
+    let r = h.apply_unchanged(Harness::queue_cmd("acme", None, vec![task("work"), task("nope")]));
+    assert_eq!(r, Response::Rejected(StateError::CodeNotFound("nope".into())));
+    let r = h.apply_unchanged(Harness::queue_cmd("acme", Some("k"), vec![task("work"), prio("work", 7)]));
+    assert_eq!(invalid_field(&r), "tasks[1].priority");
+    let r = h.apply_unchanged(Harness::queue_cmd("acme", None, vec![]));
+    assert_eq!(invalid_field(&r), "tasks");
+    let big = NewTask { payload: vec![7; 1025], ..task("work") };
+    let r = h.apply_unchanged(Harness::queue_cmd("acme", None, vec![big]));
+    assert_eq!(invalid_field(&r), "tasks[0].payload");
+    // The limit itself is allowed.
+    h.queue("acme", vec![NewTask { payload: vec![7; 1024], ..task("work") }]);
+}
+
+#[test]
+fn task_ids_come_from_the_log_index_and_position() {
+    let mut h = acme();
+    let ids = h.queue("acme", vec![task("work"), task("pair"), task("work")]);
+    let i = h.index;
+    assert_eq!(ids, vec![i << 20, (i << 20) | 1, (i << 20) | 2]);
+    for id in &ids {
+        let t = h.task(*id);
+        assert_eq!((t.state, t.tenant.as_str(), t.timeout_ms), (TaskState::Queued, "acme", 60_000));
+        assert_eq!(views::get_payload(&h.kv, *id).expect("read"), Some(b"{}".to_vec()));
+    }
+    let (listed, _) = views::list_tasks(&h.kv, "acme", &Default::default(), 0, 10).expect("list");
+    assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), ids);
+}
+
+#[test]
+fn idempotency_key_dedups_until_ttl_and_purge() {
+    let mut h = acme();
+    let first = match h.apply(Harness::queue_cmd("acme", Some("k"), vec![task("work"), task("work")])) {
+        Response::Queued { task_ids, deduplicated: false } => task_ids,
+        other => panic!("{other:?}"),
+    };
+    let again = h.apply_unchanged(Harness::queue_cmd("acme", Some("k"), vec![task("work")]));
+    assert_eq!(again, Response::Queued { task_ids: first.clone(), deduplicated: true });
+    assert_eq!(views::task_count(&h.kv).expect("count"), 2);
+    // Another tenant's key of the same name is a different key.
+    h.tenant("beta", limits(10, 0));
+    h.code("beta", spec("work", 0, 0));
+    let r = h.apply(Harness::queue_cmd("beta", Some("k"), vec![task("work")]));
+    assert!(matches!(r, Response::Queued { deduplicated: false, .. }), "{r:?}");
+
+    // The TTL (1000 ms) passes; a purge drops both keys.
+    h.now_ms += 1_000;
+    let r = h.apply(Command::Purge { finished_before_ms: 0, max_tasks: 100 });
+    assert_eq!(r, Response::Purged { tasks: 0, idempotency_keys: 2 });
+    assert!(!h.kv.map.contains_key(&keys::idem("acme", "k")));
+    assert!(h.sm.indexes().idem_expiry.is_empty());
+    let r = h.apply(Harness::queue_cmd("acme", Some("k"), vec![task("work")]));
+    let Response::Queued { task_ids, deduplicated: false } = r else { panic!("{r:?}") };
+    assert_eq!(task_ids, vec![h.index << 20]);
+    assert!(!first.contains(&task_ids[0]));
+}
+
+#[test]
+fn expired_key_is_reused_without_a_purge() {
+    let mut h = acme();
+    let first = h.apply(Harness::queue_cmd("acme", Some("k"), vec![task("work")]));
+    h.now_ms += 5_000;
+    let second = h.apply(Harness::queue_cmd("acme", Some("k"), vec![task("work")]));
+    assert!(matches!(second, Response::Queued { deduplicated: false, .. }));
+    assert_ne!(first, second);
+    assert_eq!(h.sm.indexes().idem_expiry.len(), 1, "the stale expiry entry is replaced");
+}
+
+#[test]
+fn queued_task_quota() {
+    let mut h = Harness::new();
+    h.tenant("small", limits(5, 0));
+    h.code("small", spec("work", 0, 0));
+    h.queue("small", vec![task("work"); 3]);
+    h.queue("small", vec![NewTask { delay_ms: 500, ..task("work") }, task("work")]);
+    let r = h.apply_unchanged(Harness::queue_cmd("small", None, vec![task("work")]));
+    let quota = StateError::QuotaExceeded { tenant: "small".into(), queued: 5, adding: 1, limit: 5 };
+    assert_eq!(r, Response::Rejected(quota));
+    // A running task no longer counts against the queued quota.
+    assert_eq!(h.lease("a1", &agent("", ""), 1).len(), 1);
+    h.queue("small", vec![task("work")]);
+}
+
+#[test]
+fn delayed_tasks_wait_for_promotion() {
+    let mut h = acme();
+    let ids = h.queue("acme", vec![NewTask { delay_ms: 500, ..task("work") }]);
+    assert_eq!(h.task(ids[0]).state, TaskState::Delayed);
+    assert!(h.lease("a1", &agent("", ""), 5).is_empty());
+    h.now_ms += 499;
+    assert_eq!(h.apply(Command::PromoteDelayed { max_tasks: 10 }), Response::Promoted { count: 0 });
+    assert!(h.lease("a1", &agent("", ""), 5).is_empty());
+    h.now_ms += 1;
+    assert_eq!(h.apply(Command::PromoteDelayed { max_tasks: 10 }), Response::Promoted { count: 1 });
+    let grants = h.lease("a1", &agent("", ""), 5);
+    assert_eq!(grants.iter().map(|g| g.task_id).collect::<Vec<_>>(), ids);
+}
+
+#[test]
+fn priority_first_then_fifo_within_a_tenant() {
+    let mut h = acme();
+    let low = h.queue("acme", vec![prio("work", 0), prio("work", 0)]);
+    let mixed = h.queue("acme", vec![prio("work", 2), prio("work", 1), prio("work", 2)]);
+    let order: Vec<u64> = (0..5).map(|_| h.lease("a1", &agent("", ""), 1)[0].task_id).collect();
+    assert_eq!(order, vec![mixed[0], mixed[2], mixed[1], low[0], low[1]]);
+}
+
+#[test]
+fn code_max_concurrency_does_not_block_other_codes() {
+    let mut h = acme();
+    let pair = h.queue("acme", vec![task("pair"); 4]);
+    let work = h.queue("acme", vec![task("work"); 3]);
+    let grants = h.lease("a1", &agent("", ""), 5);
+    let got: Vec<u64> = grants.iter().map(|g| g.task_id).collect();
+    assert_eq!(got, vec![pair[0], pair[1], work[0], work[1], work[2]]);
+    assert_eq!(h.sm.indexes().running_for_code("acme", "pair"), 2);
+    assert!(h.lease("a2", &agent("", ""), 5).is_empty(), "pair is at its limit");
+    h.complete("a1", pair[0], grants[0].epoch, Outcome::Success).expect("current lease");
+    let more = h.lease("a2", &agent("", ""), 5);
+    assert_eq!(more.iter().map(|g| g.task_id).collect::<Vec<_>>(), vec![pair[2]]);
+}
+
+#[test]
+fn tenants_are_served_round_robin() {
+    let mut h = acme();
+    h.tenant("beta", limits(100, 0));
+    h.code("beta", spec("work", 0, 0));
+    h.queue("acme", vec![task("work"); 6]);
+    h.queue("beta", vec![task("work"); 6]);
+    let mut one_at_a_time = Vec::new();
+    for _ in 0..4 {
+        let id = h.lease("a1", &agent("", ""), 1)[0].task_id;
+        one_at_a_time.push(h.task(id).tenant);
+    }
+    assert_eq!(one_at_a_time, ["acme", "beta", "acme", "beta"]);
+    let batch: Vec<String> = h.lease("a1", &agent("", ""), 4).iter().map(|g| h.task(g.task_id).tenant).collect();
+    assert_eq!(batch, ["acme", "beta", "acme", "beta"]);
+}
+
+#[test]
+fn placement_constraints_are_respected() {
+    let mut h = acme();
+    let eu = h.queue("acme", vec![placed("work", "", "eu"), placed("work", "", "eu")]);
+    let dedicated = h.queue("acme", vec![placed("work", "acme", ""), placed("work", "acme", "")]);
+    let any = h.queue("acme", vec![task("work"), task("work")]);
+    let leased = |h: &mut Harness, name: &str, a: AgentAttrs| -> Vec<u64> {
+        h.lease(name, &a, 10).iter().map(|g| g.task_id).collect()
+    };
+    assert_eq!(leased(&mut h, "us", agent("", "us")), any, "no eu or dedicated tasks in us");
+    assert!(leased(&mut h, "other", agent("other", "eu")).is_empty(), "another cluster gets nothing");
+    assert_eq!(leased(&mut h, "acme-1", agent("acme", "eu")), dedicated);
+    assert_eq!(leased(&mut h, "eu", agent("", "eu")), eu);
+}
+
+#[test]
+fn stale_epochs_are_fenced() {
+    let mut h = acme();
+    let id = h.queue("acme", vec![task("work")])[0];
+    let e1 = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    assert_eq!(e1, h.index, "the epoch is the log index of the grant");
+    let stale = |epoch| Response::Completed { results: vec![Err(StateError::StaleEpoch { task_id: id, epoch })] };
+    let wrong_epoch = Command::Complete { completions: vec![completion("a1", id, e1 + 1, Outcome::Success, "")] };
+    assert_eq!(h.apply_unchanged(wrong_epoch), stale(e1 + 1));
+    let wrong_agent = Command::Complete { completions: vec![completion("a2", id, e1, Outcome::Success, "")] };
+    assert_eq!(h.apply_unchanged(wrong_agent), stale(e1));
+
+    assert_eq!(h.expire(id, e1, ExpireReason::LeaseLost), vec![id]);
+    assert_eq!(h.task(id).state, TaskState::Queued);
+    let e2 = h.lease("a2", &agent("", ""), 1)[0].epoch;
+    let zombie = Command::Complete { completions: vec![completion("a1", id, e1, Outcome::Success, "first")] };
+    assert_eq!(h.apply_unchanged(zombie), stale(e1));
+    h.complete_with(completion("a2", id, e2, Outcome::Success, "second")).expect("current lease");
+    let t = h.task(id);
+    assert_eq!((t.state, t.attempts, t.lost_leases), (TaskState::Complete, 2, 1));
+    assert_eq!(t.result.expect("result").error, "second");
+    // Completing twice is refused too.
+    let twice = Command::Complete { completions: vec![completion("a2", id, e2, Outcome::Success, "")] };
+    assert_eq!(h.apply_unchanged(twice), stale(e2));
+}
+
+#[test]
+fn errors_are_retried_then_fail() {
+    let mut h = acme();
+    let id = h.queue("acme", vec![NewTask { retries: Some(1), ..task("work") }])[0];
+    let e1 = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    h.complete("a1", id, e1, Outcome::Error).expect("current");
+    let t = h.task(id);
+    assert_eq!((t.state, t.retries_left), (TaskState::Queued, 0));
+    let e2 = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    h.complete("a1", id, e2, Outcome::Error).expect("current");
+    let t = h.task(id);
+    assert_eq!((t.state, t.attempts), (TaskState::Error, 2));
+    assert!(h.lease("a1", &agent("", ""), 1).is_empty());
+}
+
+#[test]
+fn lost_leases_are_bounded_and_timeouts_finish() {
+    let mut h = acme();
+    let id = h.queue("acme", vec![task("work")])[0];
+    for n in 1..=MAX_LOST_LEASES + 1 {
+        let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
+        assert_eq!(h.expire(id, e, ExpireReason::LeaseLost), vec![id]);
+        let t = h.task(id);
+        assert_eq!(t.lost_leases, n);
+        let want = if n > MAX_LOST_LEASES { TaskState::Error } else { TaskState::Queued };
+        assert_eq!(t.state, want, "after {n} lost leases");
+    }
+    assert!(h.task(id).result.expect("result").error.contains("lease lost"));
+    let id = h.queue("acme", vec![task("work")])[0];
+    let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    assert_eq!(h.expire(id, e, ExpireReason::TimedOut), vec![id]);
+    assert_eq!(h.task(id).state, TaskState::Timeout);
+    assert!(h.expire(id, e, ExpireReason::TimedOut).is_empty(), "a second expiry is a no-op");
+}
+
+#[test]
+fn cancel_rules() {
+    let mut h = acme();
+    h.tenant("beta", limits(100, 0));
+    let ids = h.queue("acme", vec![task("work"), task("work")]);
+    let r = h.apply_unchanged(Command::Cancel { tenant: "beta".into(), task_id: ids[0] });
+    assert_eq!(r, Response::Rejected(StateError::TaskNotFound(ids[0])));
+    let r = h.apply_unchanged(Command::Cancel { tenant: "acme".into(), task_id: 12345 });
+    assert_eq!(r, Response::Rejected(StateError::TaskNotFound(12345)));
+    let r = h.apply(Command::Cancel { tenant: "acme".into(), task_id: ids[0] });
+    assert!(matches!(&r, Response::Cancelled(t) if t.state == TaskState::Cancelled), "{r:?}");
+    assert_eq!(h.task(ids[0]).state, TaskState::Cancelled);
+    let r = h.apply_unchanged(Command::Cancel { tenant: "acme".into(), task_id: ids[0] });
+    assert_eq!(r, Response::Rejected(StateError::AlreadyFinished(ids[0])));
+
+    let g = h.lease("a1", &agent("", ""), 5);
+    assert_eq!(g.len(), 1, "a cancelled task is never leased");
+    h.apply(Command::Cancel { tenant: "acme".into(), task_id: ids[1] });
+    let t = h.task(ids[1]);
+    assert_eq!((t.state, t.lease), (TaskState::Cancelled, None));
+    assert!(h.sm.indexes().running.is_empty());
+    let late = h.complete("a1", ids[1], g[0].epoch, Outcome::Success);
+    assert_eq!(late, Err(StateError::StaleEpoch { task_id: ids[1], epoch: g[0].epoch }));
+    assert!(h.expire(ids[1], g[0].epoch, ExpireReason::LeaseLost).is_empty());
+}
+
+#[test]
+fn purge_removes_old_finished_tasks_and_their_keys() {
+    let mut h = acme();
+    let ids = h.queue("acme", vec![task("work"); 4]);
+    let g = h.lease("a1", &agent("", ""), 3);
+    h.now_ms = 2_000;
+    h.complete("a1", ids[0], g[0].epoch, Outcome::Success).expect("current");
+    h.now_ms = 3_000;
+    h.complete("a1", ids[1], g[1].epoch, Outcome::Killed).expect("current");
+    let keys_of = |id| [keys::task(id), keys::payload(id), keys::tenant_task("acme", id)];
+    let purge = |before| Command::Purge { finished_before_ms: before, max_tasks: 100 };
+    assert_eq!(h.apply(purge(2_000)), Response::Purged { tasks: 0, idempotency_keys: 0 }, "the bound is strict");
+    assert_eq!(h.apply(purge(2_500)), Response::Purged { tasks: 1, idempotency_keys: 0 });
+    assert!(keys_of(ids[0]).iter().all(|k| !h.kv.map.contains_key(k)));
+    assert!(keys_of(ids[1]).iter().all(|k| h.kv.map.contains_key(k)));
+    h.now_ms = 100_000;
+    assert_eq!(h.apply(purge(100_000)), Response::Purged { tasks: 1, idempotency_keys: 0 });
+    // Running and queued tasks are never purged.
+    let (listed, _) = views::list_tasks(&h.kv, "acme", &Default::default(), 0, 10).expect("list");
+    assert_eq!(listed.iter().map(|t| (t.id, t.state)).collect::<Vec<_>>(), [
+        (ids[2], TaskState::Running),
+        (ids[3], TaskState::Queued)
+    ]);
+    assert_eq!(views::task_count(&h.kv).expect("count"), 2);
+}
+
+/// Runs `cmds` on `h`, returning the responses.
+fn run(h: &mut Harness, cmds: &[(u64, Command)]) -> Vec<Response> {
+    cmds.iter()
+        .map(|(advance, cmd)| {
+            h.now_ms += advance;
+            h.apply(cmd.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn reload_rebuilds_the_same_state_and_behaviour() {
+    let mut h = acme();
+    h.tenant("beta", limits(100, 2));
+    h.code("beta", spec("work", 0, 1));
+    let lease = |agent_id: &str, a: AgentAttrs, max_tasks| Command::Lease {
+        requests: vec![LeaseRequest { agent_id: agent_id.into(), attrs: a, slots: 4, max_tasks }],
+    };
+    h.queue("acme", vec![prio("pair", 1), placed("work", "", "eu"), task("pair"), task("work")]);
+    h.queue("beta", vec![task("work"), NewTask { delay_ms: 300, ..task("work") }, task("work"), task("work")]);
+    h.apply(Harness::queue_cmd("acme", Some("k"), vec![placed("work", "acme", ""), prio("work", 2)]));
+    let g = h.lease("a1", &agent("", "us"), 3);
+    h.complete("a1", g[0].task_id, g[0].epoch, Outcome::Error).expect("current");
+    h.expire(g[1].task_id, g[1].epoch, ExpireReason::LeaseLost);
+    h.now_ms += 400;
+    h.apply(Command::PromoteDelayed { max_tasks: 10 });
+    let tenant = h.task(g[2].task_id).tenant;
+    h.apply(Command::Cancel { tenant, task_id: g[2].task_id });
+
+    let loaded = StateMachine::load(&h.kv).expect("load");
+    assert_eq!(loaded.indexes().canonical(), h.sm.indexes().canonical());
+    assert_eq!((loaded.tenants(), loaded.codes(), loaded.agents()), (h.sm.tenants(), h.sm.codes(), h.sm.agents()));
+    assert_eq!((&loaded.rr_cursor, loaded.clock_ms()), (&h.sm.rr_cursor, h.sm.clock_ms()));
+
+    let mut twin = Harness { sm: loaded, kv: h.kv.clone(), index: h.index, now_ms: h.now_ms, log: Vec::new() };
+    let running: Vec<(u64, u64, String)> =
+        h.sm.indexes().running.iter().map(|(id, r)| (*id, r.epoch, r.agent_id.clone())).collect();
+    let mut next = vec![
+        (10, lease("a2", agent("", "eu"), 3)),
+        (10, lease("a3", agent("acme", "eu"), 2)),
+        (0, Harness::queue_cmd("acme", Some("k"), vec![task("work")])),
+        (500, Harness::queue_cmd("beta", None, vec![prio("work", 2); 2])),
+        (10, lease("a1", agent("", "us"), 8)),
+        (1_000, Command::Purge { finished_before_ms: 10_000, max_tasks: 100 }),
+        (0, Harness::queue_cmd("acme", Some("k"), vec![task("pair")])),
+    ];
+    for (id, epoch, agent_id) in running {
+        let c = completion(&agent_id, id, epoch, Outcome::Success, "");
+        next.insert(2, (5, Command::Complete { completions: vec![c] }));
+    }
+    assert_eq!(run(&mut h, &next), run(&mut twin, &next));
+    assert!(h.kv == twin.kv, "the reloaded replica diverged");
+    assert_eq!(h.sm.indexes().canonical(), twin.sm.indexes().canonical());
+}
+
+// ---------------------------------------------------------------------------------------
+// Property tests
+// ---------------------------------------------------------------------------------------
+
+const TENANTS: [&str; 2] = ["t0", "t1"];
+const CODES: [&str; 3] = ["solo", "duo", "free"];
+
+fn agents() -> [(&'static str, AgentAttrs); 3] {
+    let gpu = AgentAttrs { labels: [("gpu".to_string(), "1".to_string())].into(), ..agent("", "eu") };
+    [("a-us", agent("", "us")), ("a-eu", gpu), ("a-acme", agent("acme", "eu"))]
+}
+
+fn placements() -> [Option<Placement>; 4] {
+    let gpu = Placement { labels: [("gpu".to_string(), "1".to_string())].into(), ..Default::default() };
+    [None, placed("x", "", "eu").placement, placed("x", "acme", "").placement, Some(gpu)]
+}
+
+/// Two tenants (t1 limited to 3 running and 12 waiting), each with codes solo (max 1
+/// running), duo (max 2) and free (unlimited), all with one retry.
+fn fleet() -> Harness {
+    let mut h = Harness::new();
+    h.tenant("t0", limits(0, 0));
+    h.tenant("t1", limits(12, 3));
+    for t in TENANTS {
+        for (name, max) in CODES.iter().zip([1, 2, 0]) {
+            h.code(t, spec(name, max, 1));
+        }
+    }
+    h
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// (code, priority, delay, placement) per task.
+    Queue { tenant: usize, key: Option<u8>, tasks: Vec<(usize, u8, u64, usize)> },
+    Lease { agent: usize, max: u32 },
+    /// `pick` indexes the running tasks, or, if `stale`, every grant ever made.
+    Complete { pick: usize, outcome: Outcome, stale: bool },
+    /// `pick` indexes every grant ever made (current or not).
+    Expire { pick: usize, lost: bool },
+    Cancel { tenant: usize, pick: usize },
+    Promote,
+    Purge { age: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let outcome = prop_oneof![Just(Outcome::Success), Just(Outcome::Error), Just(Outcome::Timeout), Just(Outcome::Killed)];
+    let delay = prop_oneof![3 => Just(0u64), 1 => 1..3_000u64];
+    let new_task = (0..3usize, 0..=2u8, delay, 0..4usize);
+    prop_oneof![
+        4 => (0..2usize, proptest::option::of(0..3u8), proptest::collection::vec(new_task, 1..5))
+            .prop_map(|(tenant, key, tasks)| Op::Queue { tenant, key, tasks }),
+        4 => (0..3usize, 1..4u32).prop_map(|(agent, max)| Op::Lease { agent, max }),
+        4 => (any::<usize>(), outcome, proptest::bool::weighted(0.3))
+            .prop_map(|(pick, outcome, stale)| Op::Complete { pick, outcome, stale }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, lost)| Op::Expire { pick, lost }),
+        1 => (0..2usize, any::<usize>()).prop_map(|(tenant, pick)| Op::Cancel { tenant, pick }),
+        1 => Just(Op::Promote),
+        1 => (0..5_000u64).prop_map(|age| Op::Purge { age }),
+    ]
+}
+
+/// Whether `g` is the current lease of its task.
+fn is_current(h: &Harness, g: &Grant) -> bool {
+    h.sm.indexes().running.get(&g.task_id).is_some_and(|r| r.epoch == g.epoch && r.agent_id == g.agent_id)
+}
+
+fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
+    match op {
+        Op::Queue { tenant, key, tasks } => {
+            let tasks = tasks
+                .into_iter()
+                .map(|(c, priority, delay_ms, p)| NewTask {
+                    priority,
+                    delay_ms,
+                    placement: placements()[p].clone(),
+                    ..task(CODES[c])
+                })
+                .collect();
+            let key = key.map(|k| format!("k{k}"));
+            let before = h.snapshot();
+            match h.apply(Harness::queue_cmd(TENANTS[tenant], key.as_deref(), tasks)) {
+                Response::Queued { task_ids, deduplicated: false } => ids.extend(task_ids),
+                Response::Queued { task_ids, deduplicated: true } => {
+                    assert!(task_ids.iter().all(|id| ids.contains(id)));
+                    assert!(h.snapshot() == before, "a deduplicated call changed the state");
+                }
+                Response::Rejected(StateError::QuotaExceeded { .. }) => {
+                    assert!(h.snapshot() == before, "a rejected call changed the state");
+                }
+                other => panic!("queue: {other:?}"),
+            }
+        }
+        Op::Lease { agent, max } => {
+            let (name, attrs) = agents()[agent].clone();
+            let new = h.lease(name, &attrs, max);
+            assert!(new.len() <= max as usize);
+            for g in &new {
+                let t = h.task(g.task_id);
+                assert_eq!((g.epoch, t.state), (h.index, TaskState::Running));
+                assert!(placement::matches(&t.placement, &attrs), "{t:?} granted to {attrs:?}");
+            }
+            grants.extend(new);
+        }
+        Op::Complete { pick, outcome, stale: false } if !h.sm.indexes().running.is_empty() => {
+            let running = &h.sm.indexes().running;
+            let (&id, r) = running.iter().nth(pick % running.len()).expect("non-empty");
+            let (agent_id, epoch) = (r.agent_id.clone(), r.epoch);
+            let retries_left = h.task(id).retries_left;
+            h.complete(&agent_id, id, epoch, outcome).expect("current lease");
+            let want = match outcome {
+                Outcome::Success => TaskState::Complete,
+                Outcome::Error if retries_left > 0 => TaskState::Queued,
+                Outcome::Error => TaskState::Error,
+                Outcome::Timeout => TaskState::Timeout,
+                Outcome::Killed => TaskState::Killed,
+            };
+            assert_eq!(h.task(id).state, want);
+        }
+        Op::Complete { pick, outcome, .. } => {
+            let Some(g) = grants.get(pick % grants.len().max(1)).cloned() else { return };
+            // A current lease is made stale by naming another agent.
+            let agent_id = if is_current(h, &g) { "zombie".to_string() } else { g.agent_id };
+            let before = h.snapshot();
+            let r = h.complete(&agent_id, g.task_id, g.epoch, outcome);
+            assert!(
+                matches!(r, Err(StateError::StaleEpoch { .. } | StateError::TaskNotFound(_))),
+                "stale completion: {r:?}"
+            );
+            assert!(h.snapshot() == before, "a stale completion changed the state");
+        }
+        Op::Expire { pick, lost } => {
+            let Some(g) = grants.get(pick % grants.len().max(1)).cloned() else { return };
+            let current = is_current(h, &g);
+            let before = h.snapshot();
+            let reason = if lost { ExpireReason::LeaseLost } else { ExpireReason::TimedOut };
+            let expired = h.expire(g.task_id, g.epoch, reason);
+            if current {
+                assert_eq!(expired, vec![g.task_id]);
+                assert_ne!(h.task(g.task_id).state, TaskState::Running);
+            } else {
+                assert!(expired.is_empty());
+                assert!(h.snapshot() == before, "a stale expiry changed the state");
+            }
+        }
+        Op::Cancel { tenant, pick } => {
+            let Some(&id) = ids.get(pick % ids.len().max(1)) else { return };
+            let before = h.snapshot();
+            match h.apply(Command::Cancel { tenant: TENANTS[tenant].into(), task_id: id }) {
+                Response::Cancelled(t) => assert_eq!((t.state, h.task(id).state), (TaskState::Cancelled, TaskState::Cancelled)),
+                Response::Rejected(StateError::TaskNotFound(_) | StateError::AlreadyFinished(_)) => {
+                    assert!(h.snapshot() == before, "a rejected cancel changed the state");
+                }
+                other => panic!("cancel: {other:?}"),
+            }
+        }
+        Op::Promote => {
+            h.apply(Command::PromoteDelayed { max_tasks: 1_000 });
+            assert!(h.sm.indexes().delayed.first().is_none_or(|(at, _)| *at > h.now_ms));
+        }
+        Op::Purge { age } => {
+            let bound = h.now_ms.saturating_sub(age);
+            h.apply(Command::Purge { finished_before_ms: bound, max_tasks: 1_000 });
+            assert!(h.sm.indexes().finished.first().is_none_or(|(at, _)| *at >= bound));
+            assert!(h.sm.indexes().idem_expiry.first().is_none_or(|(at, _)| *at > h.now_ms));
+        }
+    }
+}
+
+/// Properties that hold after every entry (beyond `invariants::check`, run by the harness).
+fn check_properties(h: &Harness) {
+    let idx = h.sm.indexes();
+    let mut tasks = Vec::new();
+    h.kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
+        tasks.push(keys::decode::<Task>(v).expect("decode"));
+        true
+    })
+    .expect("scan");
+    assert_eq!(idx.state_counts.iter().sum::<u64>(), tasks.len() as u64, "each task counted once");
+    for t in &tasks {
+        let indexed = idx.running.get(&t.id).map(|r| (r.agent_id.as_str(), r.epoch));
+        let lease = t.lease.as_ref().map(|l| (l.agent_id.as_str(), l.epoch));
+        if t.state == TaskState::Running {
+            assert!(lease.is_some() && lease == indexed, "running task {} lease {lease:?} index {indexed:?}", t.id);
+        } else {
+            assert_eq!((lease, indexed), (None, None), "task {} is {:?}", t.id, t.state);
+        }
+    }
+    let mut per_code: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    let mut per_tenant: BTreeMap<&str, u32> = BTreeMap::new();
+    for r in idx.running.values() {
+        *per_code.entry((r.tenant.as_str(), r.code.as_str())).or_default() += 1;
+        *per_tenant.entry(r.tenant.as_str()).or_default() += 1;
+    }
+    for ((tenant, code), n) in per_code {
+        let max = h.sm.codes()[&(tenant.to_string(), code.to_string())].max_concurrency;
+        assert!(max == 0 || n <= max, "{tenant}/{code}: {n} running, max {max}");
+    }
+    for (tenant, n) in per_tenant {
+        let max = h.sm.tenants()[tenant].limits.max_concurrency;
+        assert!(max == 0 || n <= max, "{tenant}: {n} running, max {max}");
+    }
+    let waiting = |t: &str| tasks.iter().filter(|x| x.tenant == t && matches!(x.state, TaskState::Queued | TaskState::Delayed)).count();
+    assert!(waiting("t1") <= 12, "t1 over its queued quota");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_command_sequences_keep_the_invariants(ops in proptest::collection::vec((op(), 0..1_500u64), 1..60)) {
+        let mut h = fleet();
+        let (mut grants, mut ids) = (Vec::new(), Vec::new());
+        for (op, advance) in ops {
+            h.now_ms += advance;
+            step(&mut h, &mut grants, &mut ids, op);
+            check_properties(&h);
+        }
+
+        // Replaying the log into a fresh replica gives byte-identical tables.
+        let mut replica = Harness::new();
+        for req in h.log.clone() {
+            replica.apply_request(req);
+        }
+        prop_assert!(replica.kv == h.kv, "replay diverged");
+        prop_assert_eq!(views::digest(&replica.kv).expect("digest"), views::digest(&h.kv).expect("digest"));
+        // And reloading the tables rebuilds the same indexes.
+        let loaded = StateMachine::load(&h.kv).expect("load");
+        prop_assert_eq!(loaded.indexes().canonical(), h.sm.indexes().canonical());
+    }
+}

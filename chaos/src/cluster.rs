@@ -1,0 +1,285 @@
+//! A cluster of real `drover server` processes on loopback.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use drover_proto::admin as pa;
+
+use crate::clients;
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub nodes: u64,
+    /// Passed as `--lease-ttl` (for example "3s").
+    pub lease_ttl: Option<String>,
+    /// Extra TOML lines appended to every node's config file.
+    pub extra_config: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { nodes: 3, lease_ttl: None, extra_config: String::new() }
+    }
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    opts: ClusterOptions,
+}
+
+/// A loopback port free at the time of the call.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn signal(child: &Child, sig: i32) -> anyhow::Result<()> {
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    let rc = unsafe_kill(pid, sig);
+    if rc != 0 {
+        bail!("kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, sig: i32) -> i32 {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid, sig) }
+}
+
+impl Cluster {
+    /// Starts `opts.nodes` servers that bootstrap one cluster, and waits for a leader.
+    pub async fn start(bin: &Path, opts: ClusterOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("drover-cluster-").tempdir()?;
+        let mut c = Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone() };
+        let mut members = BTreeMap::new();
+        for id in 1..=opts.nodes {
+            let n = c.make_node(id)?;
+            members.insert(id, n.addr.clone());
+            c.nodes.insert(id, n);
+        }
+        for id in 1..=opts.nodes {
+            c.write_config(id, &members)?;
+            c.spawn(id)?;
+        }
+        c.wait_leader(Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    fn make_node(&self, id: u64) -> anyhow::Result<NodeProc> {
+        let base = self.dir.path().join(format!("node{id}"));
+        std::fs::create_dir_all(&base)?;
+        Ok(NodeProc {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()?),
+            http: format!("127.0.0.1:{}", free_port()?),
+            data_dir: base.join("data"),
+            config: base.join("drover.toml"),
+            log: base.join("server.log"),
+            child: None,
+        })
+    }
+
+    fn write_config(&self, id: u64, members: &BTreeMap<u64, String>) -> anyhow::Result<()> {
+        let n = &self.nodes[&id];
+        let mut toml = format!(
+            "node_id = {id}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = {:?}\n",
+            n.addr,
+            n.http,
+            n.data_dir.display().to_string()
+        );
+        if let Some(ttl) = &self.opts.lease_ttl {
+            toml.push_str(&format!("lease_ttl = \"{ttl}\"\n"));
+        }
+        toml.push_str(&self.opts.extra_config);
+        toml.push('\n');
+        if !members.is_empty() {
+            toml.push_str("[initial_members]\n");
+            for (mid, addr) in members {
+                toml.push_str(&format!("{mid} = \"{addr}\"\n"));
+            }
+        }
+        std::fs::write(&n.config, toml)?;
+        Ok(())
+    }
+
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(&id).context("no such node")?;
+        let log = File::options().create(true).append(true).open(&n.log)?;
+        let child = Command::new(&self.bin)
+            .arg("server")
+            .arg("--config")
+            .arg(&n.config)
+            .env("DROVER_LOG", "info,openraft=error,sled=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        &self.nodes[&id].addr
+    }
+
+    pub fn http(&self, id: u64) -> &str {
+        &self.nodes[&id].http
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    /// The server log of a node, for failure messages.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// kill -9: no shutdown path runs.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(&id).context("no such node")?;
+        if let Some(mut c) = n.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait up to 20 s for a clean exit (kill -9 after that).
+    pub fn stop(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self.nodes.get_mut(&id).context("no such node")?;
+        let Some(mut c) = n.child.take() else { return Ok(()) };
+        signal(&c, libc::SIGTERM)?;
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait()? {
+                if !status.success() {
+                    bail!("node {id} exited with {status} on SIGTERM");
+                }
+                return Ok(());
+            }
+            if Instant::now() > until {
+                c.kill()?;
+                c.wait()?;
+                bail!("node {id} did not exit within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pause(&self, id: u64) -> anyhow::Result<()> {
+        signal(self.nodes[&id].child.as_ref().context("not running")?, libc::SIGSTOP)
+    }
+
+    pub fn resume(&self, id: u64) -> anyhow::Result<()> {
+        signal(self.nodes[&id].child.as_ref().context("not running")?, libc::SIGCONT)
+    }
+
+    /// Starts a stopped or killed node again with the same ports and data.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.nodes[&id].child.is_some() {
+            bail!("node {id} is still running");
+        }
+        self.spawn(id)
+    }
+
+    /// Starts a brand-new node that is not a member yet (to be added as a learner).
+    pub fn start_joining_node(&mut self) -> anyhow::Result<u64> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let n = self.make_node(id)?;
+        self.nodes.insert(id, n);
+        self.write_config(id, &BTreeMap::new())?;
+        self.spawn(id)?;
+        Ok(id)
+    }
+
+    pub async fn status(&self, id: u64) -> anyhow::Result<pa::RaftStatusResponse> {
+        let mut a = clients::admin(self.addr(id))?;
+        Ok(a.raft_status(pa::RaftStatusRequest {}).await?.into_inner())
+    }
+
+    /// Waits until a running node reports itself leader and the others agree; returns it.
+    pub async fn wait_leader(&self, deadline: Duration) -> anyhow::Result<u64> {
+        let ids = self.running_ids();
+        crate::eventually(deadline, "a leader every running node agrees on", || {
+            let ids = ids.clone();
+            async move {
+                let mut leader = None;
+                for id in &ids {
+                    let s = self.status(*id).await.ok()?;
+                    if !s.has_leader || leader.is_some_and(|l| l != s.leader_id) {
+                        return None;
+                    }
+                    leader = Some(s.leader_id);
+                }
+                let l = leader?;
+                let s = self.status(l).await.ok()?;
+                (s.state == "Leader").then_some(l)
+            }
+        })
+        .await
+    }
+
+    /// Some running node other than the leader.
+    pub async fn follower(&self) -> anyhow::Result<u64> {
+        let leader = self.wait_leader(Duration::from_secs(30)).await?;
+        self.running_ids().into_iter().find(|id| *id != leader).context("no running follower")
+    }
+
+    /// Every running node's inspection once it has applied at least `min_applied`.
+    pub async fn inspect_all(&self, min_applied: u64) -> anyhow::Result<Vec<pa::InspectNodeResponse>> {
+        let mut out = Vec::new();
+        for id in self.running_ids() {
+            let mut a = clients::admin(self.addr(id))?;
+            let r = a
+                .inspect_node(pa::InspectNodeRequest { min_applied_index: min_applied, wait_ms: 30_000 })
+                .await
+                .with_context(|| format!("inspecting node {id}"))?;
+            out.push(r.into_inner());
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some(mut c) = n.child.take() {
+                // Resume first in case it was paused; then kill -9 and reap.
+                let _ = signal(&c, libc::SIGCONT);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::env::var_os("DROVER_KEEP_TEST_DIRS").is_some() {
+            let path = self.dir.path().to_path_buf();
+            eprintln!("keeping cluster dir {}", path.display());
+            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::TempDir::new().expect("temp dir")));
+        }
+    }
+}

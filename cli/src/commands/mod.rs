@@ -1,0 +1,5 @@
+//! One module per command group.
+pub mod client;
+pub mod operator;
+pub mod server;
+pub mod tenant;

@@ -1,0 +1,87 @@
+//! `drover operator raft status|add-learner|promote|remove|snapshot`.
+
+use clap::{Args, Subcommand};
+use drover_proto::admin as pa;
+use drover_proto::admin::admin_client::AdminClient;
+
+use super::client::{Conn, with_leader};
+
+#[derive(Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: OperatorCmd,
+}
+
+#[derive(Subcommand)]
+enum OperatorCmd {
+    /// Raft membership and replication.
+    #[command(subcommand)]
+    Raft(RaftCmd),
+}
+
+#[derive(Subcommand)]
+enum RaftCmd {
+    /// Show this node's view: term, leader, indexes, members.
+    Status,
+    /// Add a node as a non-voting learner; returns once it has caught up.
+    AddLearner { node_id: u64, addr: String },
+    /// Make learners voters.
+    Promote { node_ids: Vec<u64> },
+    /// Remove a node from the cluster.
+    Remove { node_id: u64 },
+    /// Build a snapshot on the node and purge the log behind it.
+    Snapshot,
+}
+
+pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
+    let OperatorCmd::Raft(cmd) = a.cmd;
+    let conn = a.conn;
+    match cmd {
+        RaftCmd::Status => {
+            let ch = super::client::connect(conn.addr.first().map(String::as_str).unwrap_or("127.0.0.1:7400")).await?;
+            let s = AdminClient::new(ch).raft_status(pa::RaftStatusRequest {}).await?.into_inner();
+            println!("node {}  state {}  term {}", s.node_id, s.state, s.term);
+            println!("leader {}", if s.has_leader { s.leader_id.to_string() } else { "none".into() });
+            println!("log last {}  applied {}  snapshot {}  purged {}", s.last_log_index, s.last_applied_index, s.snapshot_index, s.purged_index);
+            print_nodes(&s.nodes);
+        }
+        RaftCmd::AddLearner { node_id, addr } => {
+            let r = with_leader(&conn, |ch| {
+                let addr = addr.clone();
+                async move { AdminClient::new(ch).add_learner(pa::AddLearnerRequest { node_id, addr }).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+            print_nodes(&r.nodes);
+        }
+        RaftCmd::Promote { node_ids } => {
+            let r = with_leader(&conn, |ch| {
+                let node_ids = node_ids.clone();
+                async move { AdminClient::new(ch).promote(pa::PromoteRequest { node_ids }).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+            print_nodes(&r.nodes);
+        }
+        RaftCmd::Remove { node_id } => {
+            let r = with_leader(&conn, |ch| async move {
+                AdminClient::new(ch).remove_node(pa::RemoveNodeRequest { node_id }).await.map(|r| r.into_inner())
+            })
+            .await?;
+            print_nodes(&r.nodes);
+        }
+        RaftCmd::Snapshot => {
+            let ch = super::client::connect(conn.addr.first().map(String::as_str).unwrap_or("127.0.0.1:7400")).await?;
+            let r = AdminClient::new(ch).snapshot(pa::SnapshotRequest {}).await?.into_inner();
+            println!("snapshot at index {}, log purged up to {}", r.snapshot_index, r.purged_index);
+        }
+    }
+    Ok(())
+}
+
+fn print_nodes(nodes: &[pa::NodeInfo]) {
+    println!("{:<6} {:<24} ROLE", "ID", "ADDRESS");
+    for n in nodes {
+        println!("{:<6} {:<24} {}", n.id, n.addr, if n.voter { "voter" } else { "learner" });
+    }
+}

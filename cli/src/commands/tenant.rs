@@ -1,0 +1,67 @@
+//! `drover tenant create|update|list` (operator, through `drover.admin.v1`).
+
+use clap::{Args, Subcommand};
+use drover_proto::admin as pa;
+use drover_proto::admin::admin_client::AdminClient;
+
+use super::client::{Conn, with_leader};
+
+#[derive(Args)]
+pub struct TenantArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: TenantCmd,
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant, or update its limits.
+    #[command(alias = "update")]
+    Create {
+        id: String,
+        /// Most tasks queued or delayed at once (0: server default).
+        #[arg(long, default_value_t = 0)]
+        max_queued: u64,
+        /// Most tasks running at once (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_concurrency: u32,
+        /// Largest payload in bytes (0: server default).
+        #[arg(long, default_value_t = 0)]
+        max_payload_bytes: u64,
+    },
+    List,
+}
+
+pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
+    match a.cmd {
+        TenantCmd::Create { id, max_queued, max_concurrency, max_payload_bytes } => {
+            let t = with_leader(&a.conn, |ch| {
+                let id = id.clone();
+                async move {
+                    AdminClient::new(ch)
+                        .upsert_tenant(pa::UpsertTenantRequest {
+                            id,
+                            limits: Some(pa::TenantLimits { max_queued_tasks: max_queued, max_concurrency, max_payload_bytes }),
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+            println!("tenant {} saved", t.id);
+        }
+        TenantCmd::List => {
+            let r = with_leader(&a.conn, |ch| async move {
+                AdminClient::new(ch).list_tenants(pa::ListTenantsRequest {}).await.map(|r| r.into_inner())
+            })
+            .await?;
+            println!("{:<24} {:>10} {:>10} {:>12} {:>14}", "TENANT", "QUEUED", "RUNNING", "MAX_QUEUED", "MAX_CONCURRENCY");
+            for t in r.tenants {
+                let l = t.limits.unwrap_or_default();
+                println!("{:<24} {:>10} {:>10} {:>12} {:>14}", t.id, t.queued_tasks, t.running_tasks, l.max_queued_tasks, l.max_concurrency);
+            }
+        }
+    }
+    Ok(())
+}

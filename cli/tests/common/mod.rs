@@ -1,0 +1,72 @@
+//! Shared setup for the integration tests: a real cluster of `drover` processes.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use drover_chaos::{Cluster, ClusterOptions, clients};
+use drover_proto::admin as pa;
+use drover_proto::v1 as pv;
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drover"))
+}
+
+pub async fn cluster(opts: ClusterOptions) -> Cluster {
+    Cluster::start(bin(), opts).await.expect("start cluster")
+}
+
+/// Creates tenant `acme` with code `echo` through `addr`.
+pub async fn setup_tenant(c: &Cluster, addr_id: u64) {
+    let mut admin = clients::admin(c.addr(addr_id)).expect("admin client");
+    admin
+        .upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), limits: None })
+        .await
+        .expect("create tenant");
+    let mut t = clients::tenant(c.addr(addr_id), "acme").expect("tenant client");
+    t.register_code(pv::RegisterCodeRequest { name: "echo".into(), image: "drover-test/busybox:1".into(), ..Default::default() })
+        .await
+        .expect("register code");
+}
+
+pub fn batch(n: usize, payload_bytes: usize, key: &str) -> pv::QueueTasksRequest {
+    pv::QueueTasksRequest {
+        tasks: (0..n)
+            .map(|i| pv::NewTask { code: "echo".into(), payload: vec![(i % 251) as u8; payload_bytes], ..Default::default() })
+            .collect(),
+        idempotency_key: key.into(),
+    }
+}
+
+/// Every task id of tenant `acme`, read (linearizably) through node `id`.
+pub async fn all_task_ids(c: &Cluster, id: u64) -> Vec<u64> {
+    let mut t = clients::tenant(c.addr(id), "acme").expect("tenant client");
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let r = t
+            .list_tasks(pv::ListTasksRequest { after_id: after, limit: 1000, ..Default::default() })
+            .await
+            .expect("list tasks")
+            .into_inner();
+        out.extend(r.tasks.iter().map(|t| t.id));
+        if r.next_after_id == 0 {
+            return out;
+        }
+        after = r.next_after_id;
+    }
+}
+
+/// Asserts every running node holds identical state tables; returns the applied index.
+pub async fn assert_replicas_identical(c: &Cluster, expect_tasks: u64) -> u64 {
+    let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    let applied = c.status(leader).await.expect("status").last_applied_index;
+    let views = c.inspect_all(applied).await.expect("inspect");
+    let digests: BTreeSet<&str> = views.iter().map(|v| v.state_digest.as_str()).collect();
+    assert_eq!(digests.len(), 1, "replicas diverge: {views:#?}");
+    for v in &views {
+        assert_eq!(v.task_count, expect_tasks, "node {} holds {} tasks", v.node_id, v.task_count);
+    }
+    applied
+}

@@ -1,0 +1,175 @@
+//! `drover.admin.v1.Admin`: Raft membership and status, snapshots, node inspection and
+//! tenants. Membership changes must run on the leader; a follower answers `Unavailable`
+//! with the leader's address in metadata.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::admin as pa;
+use drover_proto::admin::admin_server::Admin;
+use openraft::ChangeMembers;
+use tonic::{Request, Response};
+
+use super::convert;
+use super::error::{ApiError, ApiResult};
+use super::tenant::unexpected;
+use super::ApiCtx;
+use crate::raft::types::Node;
+use crate::state::command::Command;
+use crate::state::{Response as SmResponse, validate, views};
+
+pub struct AdminService {
+    pub ctx: Arc<ApiCtx>,
+}
+
+const MAX_INSPECT_WAIT: Duration = Duration::from_secs(60);
+
+impl AdminService {
+    fn nodes(&self) -> Vec<pa::NodeInfo> {
+        let m = self.ctx.node.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| pa::NodeInfo { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .collect()
+    }
+
+    async fn change(&self, changes: ChangeMembers<u64, Node>, retain: bool) -> ApiResult<pa::MembershipResponse> {
+        self.ctx.require_leader()?;
+        self.ctx
+            .node
+            .raft
+            .change_membership(changes, retain)
+            .await
+            .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
+        Ok(Response::new(pa::MembershipResponse { nodes: self.nodes() }))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn raft_status(&self, _req: Request<pa::RaftStatusRequest>) -> ApiResult<pa::RaftStatusResponse> {
+        let m = self.ctx.node.metrics();
+        Ok(Response::new(pa::RaftStatusResponse {
+            node_id: m.id,
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            has_leader: m.current_leader.is_some(),
+            state: format!("{:?}", m.state),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            nodes: self.nodes(),
+        }))
+    }
+
+    async fn add_learner(&self, req: Request<pa::AddLearnerRequest>) -> ApiResult<pa::MembershipResponse> {
+        self.ctx.require_leader()?;
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(ApiError::invalid("node_id", "must be positive").into());
+        }
+        if r.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::invalid("addr", format!("{:?} is not host:port", r.addr)).into());
+        }
+        // Blocks until the learner has caught up (from a snapshot if the log was purged).
+        self.ctx
+            .node
+            .raft
+            .add_learner(r.node_id, Node { addr: r.addr }, true)
+            .await
+            .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
+        Ok(Response::new(pa::MembershipResponse { nodes: self.nodes() }))
+    }
+
+    async fn promote(&self, req: Request<pa::PromoteRequest>) -> ApiResult<pa::MembershipResponse> {
+        let ids: BTreeSet<u64> = req.into_inner().node_ids.into_iter().collect();
+        if ids.is_empty() {
+            return Err(ApiError::invalid("node_ids", "must name at least one learner").into());
+        }
+        self.change(ChangeMembers::AddVoterIds(ids), true).await
+    }
+
+    async fn remove_node(&self, req: Request<pa::RemoveNodeRequest>) -> ApiResult<pa::MembershipResponse> {
+        let id = req.into_inner().node_id;
+        let voters: BTreeSet<u64> = self.ctx.node.metrics().membership_config.membership().voter_ids().collect();
+        if voters.contains(&id) {
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await
+        } else {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await
+        }
+    }
+
+    async fn snapshot(&self, _req: Request<pa::SnapshotRequest>) -> ApiResult<pa::SnapshotResponse> {
+        let raft = &self.ctx.node.raft;
+        let applied = self.ctx.node.metrics().last_applied;
+        raft.trigger().snapshot().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let target = applied.map(|l| l.index).unwrap_or(0);
+        let m = raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= target, "snapshot built")
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let snapshot_index = m.snapshot.map(|s| s.index).unwrap_or(0);
+        raft.trigger().purge_log(snapshot_index).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let m = raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(|m| m.purged.map(|p| p.index).unwrap_or(0) >= snapshot_index, "log purged")
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(Response::new(pa::SnapshotResponse { snapshot_index, purged_index: m.purged.map(|p| p.index).unwrap_or(0) }))
+    }
+
+    async fn inspect_node(&self, req: Request<pa::InspectNodeRequest>) -> ApiResult<pa::InspectNodeResponse> {
+        let r = req.into_inner();
+        if r.min_applied_index > 0 {
+            let wait = Duration::from_millis(r.wait_ms).min(MAX_INSPECT_WAIT);
+            self.ctx
+                .node
+                .raft
+                .wait(Some(wait))
+                .applied_index_at_least(Some(r.min_applied_index), "inspect")
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("applied index {} not reached: {e}", r.min_applied_index)))?;
+        }
+        let sm = self.ctx.node.sm.clone();
+        let out = tokio::task::spawn_blocking(move || -> Result<pa::InspectNodeResponse, ApiError> {
+            // Holding the machine lock keeps apply out, so the digest is one consistent cut.
+            let _guard = sm.machine()?;
+            let kv = sm.kv();
+            let (state_digest, key_count) = views::digest(&kv)?;
+            let task_count = views::task_count(&kv)?;
+            let applied_index = sm.applied_index().map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(pa::InspectNodeResponse { node_id: 0, applied_index, state_digest, task_count, key_count })
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        Ok(Response::new(pa::InspectNodeResponse { node_id: self.ctx.node.id, ..out }))
+    }
+
+    async fn upsert_tenant(&self, req: Request<pa::UpsertTenantRequest>) -> ApiResult<pa::TenantInfo> {
+        let r = req.into_inner();
+        validate::name("id", &r.id).map_err(ApiError::from)?;
+        let limits = convert::tenant_limits_in(r.limits);
+        validate::tenant_limits(&limits).map_err(ApiError::from)?;
+        match self.ctx.propose(Command::UpsertTenant { id: r.id, limits }).await? {
+            SmResponse::Tenant(t) => Ok(Response::new(convert::tenant_out(&t, 0, 0))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_tenants(&self, _req: Request<pa::ListTenantsRequest>) -> ApiResult<pa::ListTenantsResponse> {
+        self.ctx.read_barrier().await?;
+        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+        let idx = sm.indexes();
+        let tenants = sm
+            .tenants()
+            .values()
+            .map(|t| convert::tenant_out(t, idx.waiting(&t.id), idx.running_for_tenant(&t.id) as u64))
+            .collect();
+        Ok(Response::new(pa::ListTenantsResponse { tenants }))
+    }
+}

@@ -1,0 +1,199 @@
+//! `drover.agent.v1.Agent`: leasing (long-poll), heartbeats and completion. Lease and
+//! heartbeat are served by the leader only (the lease tracker lives there); a follower
+//! answers `Unavailable` with the leader's address in metadata.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_proto::agent as pa;
+use drover_proto::agent::agent_server::Agent;
+use tonic::{Request, Response};
+
+use super::error::{ApiError, ApiResult};
+use super::tenant::unexpected;
+use super::{ApiCtx, caller};
+use crate::state::command::{Command, Completion, LeaseRef, LeaseRequest, Outcome};
+use crate::state::model::AgentAttrs;
+use crate::state::{Response as SmResponse, placement, validate, views};
+
+pub struct AgentService {
+    pub ctx: Arc<ApiCtx>,
+}
+
+fn attrs_in(a: Option<pa::AgentAttributes>) -> Result<AgentAttrs, ApiError> {
+    let a = a.unwrap_or_default();
+    let attrs = AgentAttrs {
+        region: a.region,
+        cluster: a.cluster,
+        vpc: a.vpc,
+        ip_pool: a.ip_pool,
+        egress_ip: a.egress_ip,
+        labels: a.labels.into_iter().collect(),
+    };
+    for (field, v) in [
+        ("attributes.region", &attrs.region),
+        ("attributes.cluster", &attrs.cluster),
+        ("attributes.vpc", &attrs.vpc),
+        ("attributes.ip_pool", &attrs.ip_pool),
+        ("attributes.egress_ip", &attrs.egress_ip),
+    ] {
+        if v.len() > validate::MAX_NAME_BYTES {
+            return Err(ApiError::invalid(field, format!("{} bytes is over the limit of {}", v.len(), validate::MAX_NAME_BYTES)));
+        }
+    }
+    if attrs.labels.len() > validate::MAX_LABELS {
+        return Err(ApiError::invalid("attributes.labels", format!("over the limit of {} labels", validate::MAX_LABELS)));
+    }
+    Ok(attrs)
+}
+
+impl AgentService {
+    /// Whether the leader's current state has a task this agent could be granted.
+    fn has_work(&self, attrs: &AgentAttrs) -> Result<bool, ApiError> {
+        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+        Ok(placement::pick(sm.indexes(), sm.tenants(), sm.codes(), "", attrs).is_some())
+    }
+
+    fn granted(&self, task_id: u64, epoch: u64) -> Result<pa::GrantedTask, ApiError> {
+        let kv = self.ctx.node.sm.kv();
+        let task = views::get_task(&kv, None, task_id)?.ok_or_else(|| ApiError::Internal(format!("granted task {task_id} vanished")))?;
+        let payload = views::get_payload(&kv, task_id)?.unwrap_or_default();
+        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+        let code = sm.codes().get(&(task.tenant.clone(), task.code.clone()));
+        let (image, command, env, limits) = match code {
+            Some(c) => (c.image.clone(), c.command.clone(), c.env.clone().into_iter().collect(), c.limits.clone()),
+            None => Default::default(),
+        };
+        Ok(pa::GrantedTask {
+            task_id,
+            lease_epoch: epoch,
+            attempt: task.attempts,
+            tenant: task.tenant,
+            code: task.code,
+            image,
+            command,
+            env,
+            payload,
+            memory_bytes: limits.memory_bytes,
+            cpu_millis: limits.cpu_millis,
+            pids: limits.pids,
+            timeout_ms: task.timeout_ms,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn lease(&self, req: Request<pa::LeaseRequest>) -> ApiResult<pa::LeaseResponse> {
+        let agent_id = caller::agent(&req)?;
+        self.ctx.require_leader()?;
+        let r = req.into_inner();
+        if r.max_tasks > validate::MAX_TASKS_PER_LEASE_REQUEST {
+            return Err(ApiError::invalid("max_tasks", format!("{} is over the limit of {}", r.max_tasks, validate::MAX_TASKS_PER_LEASE_REQUEST)).into());
+        }
+        let attrs = attrs_in(r.attributes)?;
+        let wait = Duration::from_millis(r.wait_ms).min(self.ctx.cfg.max_lease_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        let lease_ttl_ms = self.ctx.cfg.lease_ttl.as_millis() as u64;
+        loop {
+            let notified = self.ctx.node.sm.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Propose only when something could be granted: idle agents must not fill the
+            // log with empty lease entries.
+            if r.max_tasks > 0 && self.has_work(&attrs)? {
+                let cmd = Command::Lease {
+                    requests: vec![LeaseRequest { agent_id: agent_id.clone(), attrs: attrs.clone(), slots: r.slots, max_tasks: r.max_tasks }],
+                };
+                let grants = match self.ctx.propose(cmd).await? {
+                    SmResponse::Leased { grants } => grants,
+                    other => return Err(unexpected(other)),
+                };
+                if !grants.is_empty() {
+                    let now = Instant::now();
+                    let mut tasks = Vec::with_capacity(grants.len());
+                    for g in grants {
+                        self.ctx.tracker.touch(LeaseRef { task_id: g.task_id, epoch: g.epoch }, now);
+                        tasks.push(self.granted(g.task_id, g.epoch)?);
+                    }
+                    return Ok(Response::new(pa::LeaseResponse { tasks, lease_ttl_ms }));
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Ok(Response::new(pa::LeaseResponse { tasks: vec![], lease_ttl_ms }));
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(&self, req: Request<pa::HeartbeatRequest>) -> ApiResult<pa::HeartbeatResponse> {
+        let agent_id = caller::agent(&req)?;
+        self.ctx.require_leader()?;
+        let r = req.into_inner();
+        if r.leases.len() > validate::MAX_COMPLETIONS {
+            return Err(ApiError::invalid("leases", format!("{} is over the limit of {}", r.leases.len(), validate::MAX_COMPLETIONS)).into());
+        }
+        let now = Instant::now();
+        let mut revoked = Vec::new();
+        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+        for l in r.leases {
+            let current = sm
+                .indexes()
+                .running
+                .get(&l.task_id)
+                .is_some_and(|run| run.epoch == l.lease_epoch && run.agent_id == agent_id);
+            if current {
+                self.ctx.tracker.touch(LeaseRef { task_id: l.task_id, epoch: l.lease_epoch }, now);
+            } else {
+                revoked.push(l);
+            }
+        }
+        Ok(Response::new(pa::HeartbeatResponse { revoked, lease_ttl_ms: self.ctx.cfg.lease_ttl.as_millis() as u64 }))
+    }
+
+    async fn complete(&self, req: Request<pa::CompleteRequest>) -> ApiResult<pa::CompleteResponse> {
+        let agent_id = caller::agent(&req)?;
+        let r = req.into_inner();
+        if r.completions.len() > validate::MAX_COMPLETIONS {
+            return Err(ApiError::invalid("completions", format!("{} is over the limit of {}", r.completions.len(), validate::MAX_COMPLETIONS)).into());
+        }
+        let mut completions = Vec::with_capacity(r.completions.len());
+        for (i, c) in r.completions.into_iter().enumerate() {
+            let lease = c.lease.ok_or_else(|| ApiError::invalid(format!("completions[{i}].lease"), "is required"))?;
+            let outcome = match pa::Outcome::try_from(c.outcome) {
+                Ok(pa::Outcome::Success) => Outcome::Success,
+                Ok(pa::Outcome::Error) => Outcome::Error,
+                Ok(pa::Outcome::Timeout) => Outcome::Timeout,
+                Ok(pa::Outcome::Killed) => Outcome::Killed,
+                _ => return Err(ApiError::invalid(format!("completions[{i}].outcome"), "must be SUCCESS, ERROR, TIMEOUT or KILLED").into()),
+            };
+            completions.push(Completion {
+                agent_id: agent_id.clone(),
+                lease: LeaseRef { task_id: lease.task_id, epoch: lease.lease_epoch },
+                outcome,
+                exit_code: c.exit_code,
+                oom_killed: c.oom_killed,
+                error: c.error.chars().take(validate::MAX_VALUE_BYTES).collect(),
+                started_ms: c.started_ms,
+                peak_memory_bytes: c.peak_memory_bytes,
+            });
+        }
+        let leases: Vec<LeaseRef> = completions.iter().map(|c| c.lease).collect();
+        let results = match self.ctx.propose(Command::Complete { completions }).await? {
+            SmResponse::Completed { results } => results,
+            other => return Err(unexpected(other)),
+        };
+        let results = leases
+            .into_iter()
+            .zip(results)
+            .map(|(l, r)| pa::CompletionResult {
+                lease: Some(pa::LeaseRef { task_id: l.task_id, lease_epoch: l.epoch }),
+                accepted: r.is_ok(),
+                reason: r.err().map(|e| e.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pa::CompleteResponse { results }))
+    }
+}

@@ -1,0 +1,167 @@
+//! Conversions between wire messages and state-machine types. Inputs are checked for
+//! ranges that the wire types allow but the state does not (u32 priority → u8).
+
+use drover_proto::{admin as pa, v1 as pv};
+
+use super::error::ApiError;
+use crate::state::command::{CodeSpec, NewTask};
+use crate::state::model::{Code, CodeLimits, Placement, Task, TaskResult, TaskState, Tenant, TenantLimits};
+use crate::state::validate;
+
+pub fn placement_in(p: Option<pv::Placement>) -> Placement {
+    p.map(|p| Placement { cluster: p.cluster, region: p.region, labels: p.labels.into_iter().collect() })
+        .unwrap_or_default()
+}
+
+pub fn placement_out(p: &Placement) -> pv::Placement {
+    pv::Placement { cluster: p.cluster.clone(), region: p.region.clone(), labels: p.labels.clone().into_iter().collect() }
+}
+
+pub fn code_spec_in(r: pv::RegisterCodeRequest) -> CodeSpec {
+    let l = r.limits.unwrap_or_default();
+    CodeSpec {
+        name: r.name,
+        image: r.image,
+        command: r.command,
+        env: r.env.into_iter().collect(),
+        limits: CodeLimits { memory_bytes: l.memory_bytes, cpu_millis: l.cpu_millis, pids: l.pids, timeout_ms: l.timeout_ms },
+        max_concurrency: r.max_concurrency,
+        default_retries: r.default_retries,
+        placement: placement_in(r.placement),
+    }
+}
+
+pub fn code_out(c: &Code) -> pv::Code {
+    pv::Code {
+        tenant: c.tenant.clone(),
+        name: c.name.clone(),
+        image: c.image.clone(),
+        command: c.command.clone(),
+        env: c.env.clone().into_iter().collect(),
+        limits: Some(pv::CodeLimits {
+            memory_bytes: c.limits.memory_bytes,
+            cpu_millis: c.limits.cpu_millis,
+            pids: c.limits.pids,
+            timeout_ms: c.limits.timeout_ms,
+        }),
+        max_concurrency: c.max_concurrency,
+        default_retries: c.default_retries,
+        placement: Some(placement_out(&c.placement)),
+        created_ms: c.created_ms,
+        updated_ms: c.updated_ms,
+    }
+}
+
+pub fn new_tasks_in(tasks: Vec<pv::NewTask>) -> Result<Vec<NewTask>, ApiError> {
+    if tasks.len() > validate::MAX_BATCH_TASKS {
+        return Err(ApiError::invalid(
+            "tasks",
+            format!("{} tasks is over the batch limit of {}", tasks.len(), validate::MAX_BATCH_TASKS),
+        ));
+    }
+    tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let priority = u8::try_from(t.priority)
+                .ok()
+                .filter(|p| *p <= validate::MAX_PRIORITY)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("tasks[{i}].priority"), format!("{} is out of range 0..={}", t.priority, validate::MAX_PRIORITY))
+                })?;
+            Ok(NewTask {
+                code: t.code,
+                payload: t.payload,
+                priority,
+                delay_ms: t.delay_ms,
+                timeout_ms: t.timeout_ms,
+                retries: t.retries,
+                placement: t.placement.map(|p| placement_in(Some(p))),
+            })
+        })
+        .collect()
+}
+
+pub fn state_out(s: TaskState) -> pv::TaskState {
+    match s {
+        TaskState::Delayed => pv::TaskState::Delayed,
+        TaskState::Queued => pv::TaskState::Queued,
+        TaskState::Running => pv::TaskState::Running,
+        TaskState::Complete => pv::TaskState::Complete,
+        TaskState::Error => pv::TaskState::Error,
+        TaskState::Timeout => pv::TaskState::Timeout,
+        TaskState::Killed => pv::TaskState::Killed,
+        TaskState::Cancelled => pv::TaskState::Cancelled,
+    }
+}
+
+pub fn state_in(s: i32) -> Result<Option<TaskState>, ApiError> {
+    let s = pv::TaskState::try_from(s).map_err(|_| ApiError::invalid("state", format!("unknown task state {s}")))?;
+    Ok(match s {
+        pv::TaskState::Unspecified => None,
+        pv::TaskState::Delayed => Some(TaskState::Delayed),
+        pv::TaskState::Queued => Some(TaskState::Queued),
+        pv::TaskState::Running => Some(TaskState::Running),
+        pv::TaskState::Complete => Some(TaskState::Complete),
+        pv::TaskState::Error => Some(TaskState::Error),
+        pv::TaskState::Timeout => Some(TaskState::Timeout),
+        pv::TaskState::Killed => Some(TaskState::Killed),
+        pv::TaskState::Cancelled => Some(TaskState::Cancelled),
+    })
+}
+
+fn result_out(r: &TaskResult) -> pv::TaskResult {
+    pv::TaskResult {
+        exit_code: r.exit_code,
+        oom_killed: r.oom_killed,
+        error: r.error.clone(),
+        started_ms: r.started_ms,
+        finished_ms: r.finished_ms,
+        peak_memory_bytes: r.peak_memory_bytes,
+    }
+}
+
+pub fn task_out(t: &Task) -> pv::Task {
+    pv::Task {
+        id: t.id,
+        tenant: t.tenant.clone(),
+        code: t.code.clone(),
+        priority: t.priority as u32,
+        state: state_out(t.state) as i32,
+        created_ms: t.created_ms,
+        ready_at_ms: t.ready_at_ms,
+        timeout_ms: t.timeout_ms,
+        retries_left: t.retries_left,
+        attempts: t.attempts,
+        lost_leases: t.lost_leases,
+        placement: Some(placement_out(&t.placement)),
+        agent_id: t.lease.as_ref().map(|l| l.agent_id.clone()).unwrap_or_default(),
+        lease_epoch: t.lease.as_ref().map(|l| l.epoch).unwrap_or(0),
+        result: t.result.as_ref().map(result_out),
+        payload_bytes: t.payload_bytes,
+    }
+}
+
+pub fn tenant_limits_in(l: Option<pa::TenantLimits>) -> TenantLimits {
+    let d = validate::DEFAULT_TENANT_LIMITS;
+    let l = l.unwrap_or_default();
+    TenantLimits {
+        max_queued_tasks: if l.max_queued_tasks == 0 { d.max_queued_tasks } else { l.max_queued_tasks },
+        max_concurrency: l.max_concurrency,
+        max_payload_bytes: if l.max_payload_bytes == 0 { d.max_payload_bytes } else { l.max_payload_bytes },
+    }
+}
+
+pub fn tenant_out(t: &Tenant, queued: u64, running: u64) -> pa::TenantInfo {
+    pa::TenantInfo {
+        id: t.id.clone(),
+        limits: Some(pa::TenantLimits {
+            max_queued_tasks: t.limits.max_queued_tasks,
+            max_concurrency: t.limits.max_concurrency,
+            max_payload_bytes: t.limits.max_payload_bytes,
+        }),
+        created_ms: t.created_ms,
+        queued_tasks: queued,
+        running_tasks: running,
+    }
+}

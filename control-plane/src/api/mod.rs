@@ -1,0 +1,56 @@
+//! The gRPC services: [`tenant`] (`drover.v1`), [`agent`] (`drover.agent.v1`) and
+//! [`admin`] (`drover.admin.v1`). Handlers validate, propose or read, and convert; every
+//! error becomes a status through [`error::ApiError`].
+
+pub mod admin;
+pub mod agent;
+pub mod caller;
+pub mod convert;
+pub mod error;
+pub mod tenant;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use error::ApiError;
+
+use crate::leader::lease_tracker::LeaseTracker;
+use crate::raft::node::RaftNode;
+use crate::state::{Command, Response};
+
+/// Limits and windows the API applies (from the server config).
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub idempotency_ttl: Duration,
+    pub lease_ttl: Duration,
+    pub max_lease_wait: Duration,
+}
+
+/// What every handler shares.
+pub struct ApiCtx {
+    pub node: Arc<RaftNode>,
+    pub cfg: ApiConfig,
+    pub tracker: Arc<LeaseTracker>,
+}
+
+impl ApiCtx {
+    /// Proposes and turns a state-machine refusal into an API error.
+    pub async fn propose(&self, cmd: Command) -> Result<Response, ApiError> {
+        match self.node.propose(cmd).await? {
+            Response::Rejected(e) => Err(e.into()),
+            r => Ok(r),
+        }
+    }
+
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        Ok(self.node.read_barrier().await?)
+    }
+
+    /// Fails with the leader's address unless this node is the leader.
+    pub fn require_leader(&self) -> Result<(), ApiError> {
+        if self.node.is_leader() {
+            return Ok(());
+        }
+        Err(ApiError::NotLeader { leader: self.node.leader().map(|(_, addr)| addr) })
+    }
+}

@@ -1,0 +1,159 @@
+//! The server's configuration: parsed once (TOML file, then command-line overrides) into
+//! validated, typed values. Libraries never read environment variables.
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "127.0.0.1:7400"        # gRPC: tenant, agent, admin and node-to-node Raft
+//! advertise = "127.0.0.1:7400"     # address peers and clients use (default: listen)
+//! http_listen = "127.0.0.1:7401"   # /metrics /healthz /readyz
+//! data_dir = "/var/lib/drover"
+//! initial_members = { 1 = "127.0.0.1:7400", 2 = "127.0.0.1:7410", 3 = "127.0.0.1:7420" }
+//! lease_ttl = "10s"
+//! idempotency_window = "24h"
+//! retention = "7d"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Members to bootstrap a new cluster with (node id → advertised address). The node
+    /// with the smallest id initializes the cluster if its storage is empty; a node
+    /// started without members waits to be added (`drover operator raft add-learner`).
+    #[serde(default)]
+    pub initial_members: BTreeMap<u64, String>,
+    /// Serve plaintext gRPC and HTTP. Refused unless every listener is on loopback; TLS
+    /// (mutual, with role certificates) replaces it.
+    #[serde(default = "yes")]
+    pub dev_insecure: bool,
+    #[serde(default = "d_lease_ttl", deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    #[serde(default = "d_idem", deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+    #[serde(default = "d_retention", deserialize_with = "duration")]
+    pub retention: Duration,
+    #[serde(default = "d_grace", deserialize_with = "duration")]
+    pub timeout_grace: Duration,
+    #[serde(default = "d_propose", deserialize_with = "duration")]
+    pub propose_timeout: Duration,
+    #[serde(default = "d_lease_wait", deserialize_with = "duration")]
+    pub max_lease_wait: Duration,
+    #[serde(default)]
+    pub raft: RaftTuning,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot (for slow followers).
+    pub keep_entries_behind_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            snapshot_every_entries: 50_000,
+            keep_entries_behind_snapshot: 1_000,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn d_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_idem() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn d_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn d_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_propose() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_lease_wait() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl ServerConfig {
+    pub fn from_toml(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })
+    }
+
+    pub fn advertised(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.node_id == 0 {
+            return bad("node_id", "must be positive".into());
+        }
+        if !self.dev_insecure {
+            return bad("dev_insecure", "TLS is not available in this build yet; set dev_insecure = true on loopback".into());
+        }
+        if !self.listen.ip().is_loopback() || !self.http_listen.ip().is_loopback() {
+            return bad("listen", "plaintext (dev_insecure) listeners must bind to loopback".into());
+        }
+        if self.lease_ttl < Duration::from_millis(500) {
+            return bad("lease_ttl", format!("{:?} is under the minimum of 500ms", self.lease_ttl));
+        }
+        if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms {
+            return bad("raft", "need heartbeat_ms < election_min_ms < election_max_ms".into());
+        }
+        for (id, addr) in &self.initial_members {
+            if *id == 0 {
+                return bad("initial_members", "node ids must be positive".into());
+            }
+            if addr.parse::<SocketAddr>().is_err() {
+                return bad("initial_members", format!("{addr:?} (node {id}) is not host:port"));
+            }
+        }
+        if !self.initial_members.is_empty() && !self.initial_members.contains_key(&self.node_id) {
+            return bad("initial_members", format!("does not include this node ({})", self.node_id));
+        }
+        Ok(())
+    }
+}

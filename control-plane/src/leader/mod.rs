@@ -1,0 +1,157 @@
+//! Leader-only loops: lease expiry, delayed-task promotion, the timeout backstop and
+//! retention purge. [`supervise`] watches Raft's metrics and starts the loops (with a
+//! child cancellation token) when this node becomes leader, and cancels and joins them
+//! when it stops being leader or the server shuts down.
+//!
+//! The loops only *propose*; every decision that changes state is made again inside
+//! `apply`, so a loop running on a deposed leader for one extra tick is harmless (its
+//! proposals fail or are no-ops).
+
+pub mod lease_tracker;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::lease_tracker::LeaseTracker;
+use crate::metrics::Metrics;
+use crate::raft::node::{RaftNode, now_ms};
+use crate::state::command::{Command, ExpireReason, LeaseRef};
+use crate::state::Response;
+
+/// Most tasks one timer command moves (bounds one log entry).
+const MAX_TASKS_PER_TIMER_COMMAND: u32 = 10_000;
+
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    pub lease_ttl: Duration,
+    pub tick: Duration,
+    /// How long past its timeout a running task may go before the control plane expires it.
+    pub timeout_grace: Duration,
+    /// How long finished tasks are kept.
+    pub retention: Duration,
+}
+
+pub async fn supervise(
+    node: Arc<RaftNode>,
+    tracker: Arc<LeaseTracker>,
+    cfg: LeaderConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut rx = node.raft.metrics();
+    let mut running: Option<(CancellationToken, JoinHandle<()>)> = None;
+    loop {
+        let leader = node.is_leader();
+        if leader && running.is_none() {
+            let leases = running_leases(&node);
+            tracing::info!(leases = leases.len(), "became leader: granting every lease a full TTL");
+            tracker.reset(leases, Instant::now());
+            let token = shutdown.child_token();
+            let h = tokio::spawn(run_loops(node.clone(), tracker.clone(), cfg.clone(), metrics.clone(), token.clone()));
+            running = Some((token, h));
+        } else if !leader && let Some((token, h)) = running.take() {
+            tracing::info!("no longer leader: stopping leader loops");
+            token.cancel();
+            let _ = h.await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = rx.changed() => if r.is_err() { break },
+        }
+    }
+    if let Some((token, h)) = running.take() {
+        token.cancel();
+        let _ = h.await;
+    }
+}
+
+fn running_leases(node: &RaftNode) -> Vec<LeaseRef> {
+    match node.sm.machine() {
+        Ok(sm) => sm.indexes().running.iter().map(|(id, r)| LeaseRef { task_id: *id, epoch: r.epoch }).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// What one tick found to do, gathered under the state machine lock.
+#[derive(Default)]
+struct Due {
+    running: Vec<LeaseRef>,
+    timed_out: Vec<LeaseRef>,
+    promote: bool,
+    purge: bool,
+}
+
+fn due(node: &RaftNode, cfg: &LeaderConfig, now_ms: u64) -> Due {
+    let Ok(sm) = node.sm.machine() else { return Due::default() };
+    let idx = sm.indexes();
+    let grace = cfg.timeout_grace.as_millis() as u64;
+    let retention = cfg.retention.as_millis() as u64;
+    Due {
+        running: idx.running.iter().map(|(id, r)| LeaseRef { task_id: *id, epoch: r.epoch }).collect(),
+        timed_out: idx
+            .running
+            .iter()
+            .filter(|(_, r)| r.deadline_ms.saturating_add(grace) < now_ms)
+            .map(|(id, r)| LeaseRef { task_id: *id, epoch: r.epoch })
+            .take(MAX_TASKS_PER_TIMER_COMMAND as usize)
+            .collect(),
+        promote: idx.delayed.first().is_some_and(|(at, _)| *at <= now_ms),
+        purge: idx.finished.first().is_some_and(|(at, _)| *at < now_ms.saturating_sub(retention))
+            || idx.idem_expiry.first().is_some_and(|(at, _)| *at <= now_ms),
+    }
+}
+
+async fn run_loops(
+    node: Arc<RaftNode>,
+    tracker: Arc<LeaseTracker>,
+    cfg: LeaderConfig,
+    metrics: Arc<Metrics>,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(cfg.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let due = due(&node, &cfg, now);
+        let overdue = tracker.overdue(&due.running, Instant::now(), cfg.lease_ttl);
+        if !overdue.is_empty() {
+            let n = propose(&node, Command::ExpireLeases { leases: overdue, reason: ExpireReason::LeaseLost }).await;
+            metrics.leases_expired.with_label_values(&["lease_lost"]).inc_by(n);
+        }
+        if !due.timed_out.is_empty() {
+            let n = propose(&node, Command::ExpireLeases { leases: due.timed_out, reason: ExpireReason::TimedOut }).await;
+            metrics.leases_expired.with_label_values(&["timeout"]).inc_by(n);
+        }
+        if due.promote {
+            propose(&node, Command::PromoteDelayed { max_tasks: MAX_TASKS_PER_TIMER_COMMAND }).await;
+        }
+        if due.purge {
+            let before = now.saturating_sub(cfg.retention.as_millis() as u64);
+            propose(&node, Command::Purge { finished_before_ms: before, max_tasks: MAX_TASKS_PER_TIMER_COMMAND }).await;
+        }
+    }
+}
+
+/// Proposes a timer command; returns how many leases it expired (for metrics).
+async fn propose(node: &RaftNode, cmd: Command) -> u64 {
+    match node.propose(cmd).await {
+        Ok(Response::Expired { task_ids }) => {
+            if !task_ids.is_empty() {
+                tracing::info!(tasks = ?task_ids, "expired leases");
+            }
+            task_ids.len() as u64
+        }
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "leader timer proposal failed");
+            0
+        }
+    }
+}

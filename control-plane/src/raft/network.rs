@@ -1,0 +1,108 @@
+//! The client half of node-to-node Raft traffic: openraft's `RaftNetwork` over tonic
+//! (`drover.raft.v1`). Channels connect lazily and reconnect on their own; every call is
+//! bounded by openraft's hard TTL, and a transport failure is `Unreachable` so openraft
+//! backs off.
+
+use std::time::Duration;
+
+use drover_proto::raft::raft_client::RaftClient;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use super::codec;
+use super::types::{Node, NodeId, TypeConfig};
+
+/// Largest Raft message either side accepts (a batch of large queue entries).
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A lazily connecting channel to a peer's gRPC listener.
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+pub fn raft_client(ch: Channel) -> RaftClient<Channel> {
+    RaftClient::new(ch).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES).max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+}
+
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient { target, addr: node.addr.clone(), client: None }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
+
+impl PeerClient {
+    fn client<E: std::error::Error>(&mut self) -> Result<RaftClient<Channel>, RpcErr<E>> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let ch = channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let c = raft_client(ch);
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn call<Req, Resp, E, F, Fut>(&mut self, req: &Req, option: &RPCOption, f: F) -> Result<Resp, RpcErr<E>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, drover_proto::raft::RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<drover_proto::raft::RaftMessage>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        let msg = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = match tokio::time::timeout(option.hard_ttl(), f(client, msg)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&status))),
+            Err(elapsed) => return Err(RPCError::Unreachable(Unreachable::new(&elapsed))),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.call(&rpc, &option, |mut c, m| async move { c.append_entries(m).await }).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(&rpc, &option, |mut c, m| async move { c.install_snapshot(m).await }).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await }).await
+    }
+}

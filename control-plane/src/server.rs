@@ -1,0 +1,156 @@
+//! Wiring of one `drover server` node, and its shutdown tree: storage → Raft → gRPC
+//! services + HTTP listener + leader supervisor, all children of one cancellation token;
+//! shutdown cancels, joins every task, then shuts Raft down.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::admin::admin_server::AdminServer;
+use drover_proto::agent::agent_server::AgentServer;
+use drover_proto::raft::raft_server::RaftServer;
+use drover_proto::v1::tenant_server::TenantServer;
+use openraft::SnapshotPolicy;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::admin::AdminService;
+use crate::api::agent::AgentService;
+use crate::api::tenant::TenantService;
+use crate::api::{ApiConfig, ApiCtx};
+use crate::config::{ConfigError, ServerConfig};
+use crate::leader::lease_tracker::LeaseTracker;
+use crate::leader::{LeaderConfig, supervise};
+use crate::metrics::{Metrics, MetricsError};
+use crate::raft::network::{MAX_RAFT_MESSAGE_BYTES, NetworkFactory};
+use crate::raft::node::RaftNode;
+use crate::raft::service::RaftService;
+use crate::raft::types::{Node, Raft};
+use crate::storage::{self, StorageError};
+
+/// Largest tenant/agent/admin message (a queue batch at its payload ceiling, plus framing).
+pub const MAX_API_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("grpc server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(StorageError::from)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let (log_store, sm_store) = storage::open(&cfg.data_dir, metrics.apply.clone())?;
+    let sm = sm_store.shared.clone();
+
+    let raft_config = openraft::Config {
+        cluster_name: "drover".into(),
+        heartbeat_interval: cfg.raft.heartbeat_ms,
+        election_timeout_min: cfg.raft.election_min_ms,
+        election_timeout_max: cfg.raft.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: cfg.raft.keep_entries_behind_snapshot,
+        snapshot_max_chunk_size: 1024 * 1024,
+        max_payload_entries: 64,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let raft = Raft::new(cfg.node_id, Arc::new(raft_config), NetworkFactory, log_store, sm_store)
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+    let quorum_timeout = Duration::from_millis(cfg.raft.election_max_ms * 2);
+    let node = Arc::new(RaftNode::new(cfg.node_id, raft.clone(), sm, cfg.propose_timeout, quorum_timeout));
+    let tracker = Arc::new(LeaseTracker::default());
+    let ctx = Arc::new(ApiCtx {
+        node: node.clone(),
+        cfg: ApiConfig { idempotency_ttl: cfg.idempotency_window, lease_ttl: cfg.lease_ttl, max_lease_wait: cfg.max_lease_wait },
+        tracker: tracker.clone(),
+    });
+
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: cfg.listen.to_string(), source })?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: cfg.http_listen.to_string(), source })?;
+
+    maybe_initialize(&raft, &cfg).await?;
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            RaftServer::new(RaftService { node: node.clone() })
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        )
+        .add_service(TenantServer::new(TenantService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(AgentServer::new(AgentService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(AdminServer::new(AdminService { ctx: ctx.clone() }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let grpc_task = tasks.spawn(grpc);
+    tasks.spawn({
+        let (node, metrics, token) = (node.clone(), metrics.clone(), shutdown.clone());
+        async move {
+            if let Err(e) = crate::http::serve(http_listener, node, metrics, token).await {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        }
+    });
+    let leader_cfg = LeaderConfig {
+        lease_ttl: cfg.lease_ttl,
+        tick: Duration::from_millis(200).min(cfg.lease_ttl / 4),
+        timeout_grace: cfg.timeout_grace,
+        retention: cfg.retention,
+    };
+    tasks.spawn(supervise(node.clone(), tracker, leader_cfg, metrics, shutdown.clone()));
+    tasks.close();
+    tracing::info!(node_id = cfg.node_id, listen = %cfg.listen, http = %cfg.http_listen, "drover server started");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    let grpc_result = grpc_task.await;
+    tasks.wait().await;
+    raft.shutdown().await.map_err(|e| ServerError::Raft(e.to_string()))?;
+    match grpc_result {
+        Ok(r) => r.map_err(ServerError::from),
+        Err(e) => Err(ServerError::Raft(format!("grpc task: {e}"))),
+    }
+}
+
+/// The lowest-id initial member bootstraps a brand-new cluster; every other case
+/// (already initialized, or joining later) does nothing.
+async fn maybe_initialize(raft: &Raft, cfg: &ServerConfig) -> Result<(), ServerError> {
+    let Some((&first, _)) = cfg.initial_members.iter().next() else { return Ok(()) };
+    if first != cfg.node_id {
+        return Ok(());
+    }
+    if raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))? {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, Node> =
+        cfg.initial_members.iter().map(|(id, addr)| (*id, Node { addr: addr.clone() })).collect();
+    tracing::info!(?members, "initializing a new cluster");
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(openraft::error::RaftError::APIError(e)) => {
+            tracing::info!(error = %e, "cluster already initialized");
+            Ok(())
+        }
+        Err(e) => Err(ServerError::Raft(e.to_string())),
+    }
+}
