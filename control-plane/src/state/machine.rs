@@ -91,11 +91,7 @@ impl StateMachine {
     /// replica); a refused command is `Ok(Response::Rejected(..))` and writes nothing.
     pub fn apply(&mut self, txn: &mut Txn<'_>, req: &Request, index: u64) -> Result<Response, KvError> {
         let Request::V1(p) = req;
-        if p.stamp_ms > self.clock_ms {
-            self.clock_ms = p.stamp_ms;
-            txn.put(META_CLOCK.to_vec(), keys::encode(&self.clock_ms));
-        }
-        let ctx = ApplyCtx { index, now_ms: self.clock_ms };
+        let ctx = ApplyCtx { index, now_ms: p.stamp_ms.max(self.clock_ms) };
         let out = match &p.cmd {
             Command::UpsertTenant { id, limits } => self.upsert_tenant(txn, ctx, id, limits),
             Command::RegisterCode { tenant, spec } => self.register_code(txn, ctx, tenant, spec),
@@ -113,7 +109,15 @@ impl StateMachine {
             }
         };
         Ok(match out? {
-            Ok(r) => r,
+            Ok(r) => {
+                // The clock advances only with commands that take effect: a refused command
+                // leaves the tables byte-identical.
+                if ctx.now_ms > self.clock_ms {
+                    self.clock_ms = ctx.now_ms;
+                    txn.put(META_CLOCK.to_vec(), keys::encode(&self.clock_ms));
+                }
+                r
+            }
             Err(e) => Response::Rejected(e),
         })
     }
