@@ -70,7 +70,12 @@ fn queue_cmd(n: usize) -> Command {
 fn lease_cmd(agents: usize, per_agent: u32) -> Command {
     Command::Lease {
         requests: (0..agents)
-            .map(|i| LeaseRequest { agent_id: format!("agent-{i}"), attrs: AgentAttrs::default(), slots: per_agent, max_tasks: per_agent })
+            .map(|i| LeaseRequest {
+                agent_id: format!("agent-{i}"),
+                attrs: AgentAttrs::default(),
+                slots: per_agent,
+                max_tasks: per_agent,
+            })
             .collect(),
     }
 }
@@ -79,7 +84,11 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("apply");
     g.throughput(Throughput::Elements(100));
     g.bench_function("queue_batch_100x1KiB", |bch| {
-        bch.iter_batched(|| (Bench::new(), queue_cmd(100)), |(mut b, cmd)| black_box(b.apply(cmd)), BatchSize::SmallInput)
+        bch.iter_batched(
+            || (Bench::new(), queue_cmd(100)),
+            |(mut b, cmd)| black_box(b.apply(cmd)),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("lease_10_agents_x10", |bch| {
         bch.iter_batched(

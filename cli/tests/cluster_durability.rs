@@ -30,7 +30,8 @@ async fn queue_through_follower_survives_leader_kill() {
     let half_done = Arc::new(tokio::sync::Notify::new());
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (acked, failed_calls, next, half_done) = (acked.clone(), failed_calls.clone(), next.clone(), half_done.clone());
+        let (acked, failed_calls, next, half_done) =
+            (acked.clone(), failed_calls.clone(), next.clone(), half_done.clone());
         let addr = c.addr(via).to_string();
         workers.push(tokio::spawn(async move {
             let mut t = clients::tenant(&addr, "acme").expect("client");

@@ -19,7 +19,13 @@ fn opts() -> ClusterOptions {
 async fn lease_one(c: &Cluster, leader: u64, agent: &str) -> pg::GrantedTask {
     let mut a = clients::agent(c.addr(leader), agent).expect("agent client");
     let r = a
-        .lease(pg::LeaseRequest { agent_id: agent.into(), slots: 1, max_tasks: 1, wait_ms: 5_000, ..Default::default() })
+        .lease(pg::LeaseRequest {
+            agent_id: agent.into(),
+            slots: 1,
+            max_tasks: 1,
+            wait_ms: 5_000,
+            ..Default::default()
+        })
         .await
         .expect("lease")
         .into_inner();
@@ -27,7 +33,12 @@ async fn lease_one(c: &Cluster, leader: u64, agent: &str) -> pg::GrantedTask {
     r.tasks.into_iter().next().expect("a task was granted")
 }
 
-async fn heartbeat(c: &Cluster, node: u64, agent: &str, g: &pg::GrantedTask) -> Result<pg::HeartbeatResponse, tonic::Status> {
+async fn heartbeat(
+    c: &Cluster,
+    node: u64,
+    agent: &str,
+    g: &pg::GrantedTask,
+) -> Result<pg::HeartbeatResponse, tonic::Status> {
     let mut a = clients::agent(c.addr(node), agent).expect("agent client");
     a.heartbeat(pg::HeartbeatRequest {
         agent_id: agent.into(),

@@ -39,10 +39,8 @@ async fn restart_all_keeps_identical_state() {
 /// the snapshot, since the log behind it is gone), promote it, and read through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn learner_catches_up_from_snapshot_and_serves_reads() {
-    let opts = ClusterOptions {
-        extra_config: "[raft]\nkeep_entries_behind_snapshot = 0\n".into(),
-        ..Default::default()
-    };
+    let opts =
+        ClusterOptions { extra_config: "[raft]\nkeep_entries_behind_snapshot = 0\n".into(), ..Default::default() };
     let mut c = cluster(opts).await;
     let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
     setup_tenant(&c, leader).await;
@@ -61,10 +59,7 @@ async fn learner_catches_up_from_snapshot_and_serves_reads() {
     eventually(Duration::from_secs(20), "node 4 to listen", || async { c.status(new).await.ok() })
         .await
         .expect("node 4 up");
-    admin
-        .add_learner(pa::AddLearnerRequest { node_id: new, addr: new_addr.clone() })
-        .await
-        .expect("add learner");
+    admin.add_learner(pa::AddLearnerRequest { node_id: new, addr: new_addr.clone() }).await.expect("add learner");
     let want = snap.snapshot_index;
     eventually(Duration::from_secs(20), "node 4 to install the snapshot", || async {
         let s = c.status(new).await.ok()?;
@@ -78,7 +73,8 @@ async fn learner_catches_up_from_snapshot_and_serves_reads() {
     // A write through node 1 is visible through node 4 at once (read-index).
     let id = t.queue_tasks(batch(1, 8, "after-join")).await.expect("queue").into_inner().task_ids[0];
     let mut t4 = clients::tenant(&new_addr, "acme").expect("client 4");
-    let got = t4.get_task(pv::GetTaskRequest { id, include_payload: false }).await.expect("read via node 4").into_inner();
+    let got =
+        t4.get_task(pv::GetTaskRequest { id, include_payload: false }).await.expect("read via node 4").into_inner();
     assert_eq!(got.id, id);
     assert_eq!(all_task_ids(&c, new).await.len(), 1001);
     assert_replicas_identical(&c, 1001).await;

@@ -32,7 +32,8 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// while its holder heartbeats; finished tasks are purged after the retention period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delay_timeout_backstop_and_retention() {
-    let opts = ClusterOptions { extra_config: "timeout_grace = \"1s\"\nretention = \"4s\"\n".into(), ..Default::default() };
+    let opts =
+        ClusterOptions { extra_config: "timeout_grace = \"1s\"\nretention = \"4s\"\n".into(), ..Default::default() };
     let c = cluster(opts).await;
     let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
     setup_tenant(&c, leader).await;
@@ -57,7 +58,13 @@ async fn delay_timeout_backstop_and_retention() {
     short.tasks[0].priority = 2;
     let id = t.queue_tasks(short).await.expect("queue").into_inner().task_ids[0];
     let g = a
-        .lease(pg::LeaseRequest { agent_id: "agent-a".into(), slots: 1, max_tasks: 1, wait_ms: 5_000, ..Default::default() })
+        .lease(pg::LeaseRequest {
+            agent_id: "agent-a".into(),
+            slots: 1,
+            max_tasks: 1,
+            wait_ms: 5_000,
+            ..Default::default()
+        })
         .await
         .expect("lease")
         .into_inner()
@@ -84,9 +91,11 @@ async fn delay_timeout_backstop_and_retention() {
     assert!(ended.result.expect("result").error.contains("timed out"));
 
     // Retention: the finished task disappears a few seconds later.
-    eventually(Duration::from_secs(20), "purge after retention", || async { task(&c, leader, id).await.is_none().then_some(()) })
-        .await
-        .expect("purged");
+    eventually(Duration::from_secs(20), "purge after retention", || async {
+        task(&c, leader, id).await.is_none().then_some(())
+    })
+    .await
+    .expect("purged");
     assert!(task(&c, leader, delayed).await.is_some(), "an unfinished task is never purged");
 }
 
@@ -112,7 +121,9 @@ async fn metrics_and_health_endpoints() {
     ] {
         assert!(body.lines().any(|l| l == line), "missing {line:?} in:\n{body}");
     }
-    for name in ["drover_raft_term", "drover_raft_applied_index", "drover_apply_seconds_bucket", "drover_raft_last_log_index"] {
+    for name in
+        ["drover_raft_term", "drover_raft_applied_index", "drover_apply_seconds_bucket", "drover_raft_last_log_index"]
+    {
         assert!(body.contains(name), "missing {name}");
     }
     let follower = c.follower().await.expect("follower");

@@ -132,7 +132,10 @@ impl ServerConfig {
             return bad("node_id", "must be positive".into());
         }
         if !self.dev_insecure {
-            return bad("dev_insecure", "TLS is not available in this build yet; set dev_insecure = true on loopback".into());
+            return bad(
+                "dev_insecure",
+                "TLS is not available in this build yet; set dev_insecure = true on loopback".into(),
+            );
         }
         if !self.listen.ip().is_loopback() || !self.http_listen.ip().is_loopback() {
             return bad("listen", "plaintext (dev_insecure) listeners must bind to loopback".into());
@@ -140,7 +143,8 @@ impl ServerConfig {
         if self.lease_ttl < Duration::from_millis(500) {
             return bad("lease_ttl", format!("{:?} is under the minimum of 500ms", self.lease_ttl));
         }
-        if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms {
+        if self.raft.election_min_ms <= self.raft.heartbeat_ms || self.raft.election_max_ms <= self.raft.election_min_ms
+        {
             return bad("raft", "need heartbeat_ms < election_min_ms < election_max_ms".into());
         }
         for (id, addr) in &self.initial_members {

@@ -36,16 +36,25 @@ impl Metrics {
                 HistogramOpts::new("apply_seconds", "Time to apply one batch of Raft entries to the state machine")
                     .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
             )?,
-            applied_entries: IntCounter::new("raft_applied_entries_total", "Raft entries applied to the state machine")?,
+            applied_entries: IntCounter::new(
+                "raft_applied_entries_total",
+                "Raft entries applied to the state machine",
+            )?,
         };
         let m = Metrics {
-            leases_expired: IntCounterVec::new(Opts::new("leases_expired_total", "Leases expired by the leader"), &["reason"])?,
+            leases_expired: IntCounterVec::new(
+                Opts::new("leases_expired_total", "Leases expired by the leader"),
+                &["reason"],
+            )?,
             term: IntGauge::new("raft_term", "Current Raft term")?,
             last_log_index: IntGauge::new("raft_last_log_index", "Index of the last entry in this node's log")?,
             applied_index: IntGauge::new("raft_applied_index", "Index of the last entry applied on this node")?,
             snapshot_index: IntGauge::new("raft_snapshot_index", "Last log index covered by this node's snapshot")?,
             is_leader: IntGauge::new("raft_is_leader", "1 if this node is the Raft leader")?,
-            queue_depth: IntGaugeVec::new(Opts::new("queue_depth", "Ready tasks by tenant and priority"), &["tenant", "priority"])?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new("queue_depth", "Ready tasks by tenant and priority"),
+                &["tenant", "priority"],
+            )?,
             leases_active: IntGauge::new("leases_active", "Tasks currently leased to agents")?,
             tasks: IntGaugeVec::new(Opts::new("tasks", "Tasks held by the control plane, by state"), &["state"])?,
             apply,

@@ -75,7 +75,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let tracker = Arc::new(LeaseTracker::default());
     let ctx = Arc::new(ApiCtx {
         node: node.clone(),
-        cfg: ApiConfig { idempotency_ttl: cfg.idempotency_window, lease_ttl: cfg.lease_ttl, max_lease_wait: cfg.max_lease_wait },
+        cfg: ApiConfig {
+            idempotency_ttl: cfg.idempotency_window,
+            lease_ttl: cfg.lease_ttl,
+            max_lease_wait: cfg.max_lease_wait,
+        },
         tracker: tracker.clone(),
     });
 
@@ -95,8 +99,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
-        .add_service(TenantServer::new(TenantService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
-        .add_service(AgentServer::new(AgentService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(
+            TenantServer::new(TenantService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES),
+        )
+        .add_service(
+            AgentServer::new(AgentService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES),
+        )
         .add_service(AdminServer::new(AdminService { ctx: ctx.clone() }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

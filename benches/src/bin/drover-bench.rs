@@ -53,7 +53,8 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cmd::Queue { drover, batch, clients: n_clients, duration, max_tasks, payload_bytes, via_follower } = Cli::parse().cmd;
+    let Cmd::Queue { drover, batch, clients: n_clients, duration, max_tasks, payload_bytes, via_follower } =
+        Cli::parse().cmd;
     let bin = match drover {
         Some(p) => p,
         None => std::env::current_exe()?.parent().context("exe dir")?.join("drover"),
@@ -70,13 +71,20 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     clients::tenant(&addr, "bench")?
-        .register_code(pv::RegisterCodeRequest { name: "noop".into(), image: "drover-test/busybox:1".into(), ..Default::default() })
+        .register_code(pv::RegisterCodeRequest {
+            name: "noop".into(),
+            image: "drover-test/busybox:1".into(),
+            ..Default::default()
+        })
         .await?;
     println!(
         "drover-bench queue: 3 nodes on loopback, {n_clients} clients, {payload_bytes} B payloads, {duration:?} per run, via {}",
         if via_follower { "a follower" } else { "the leader" }
     );
-    println!("{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>8}", "batch", "tasks", "tasks/s", "p50", "p99", "max", "errors");
+    println!(
+        "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "batch", "tasks", "tasks/s", "p50", "p99", "max", "errors"
+    );
     for b in batch {
         let queued = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
@@ -89,7 +97,13 @@ async fn main() -> anyhow::Result<()> {
                 let mut t = clients::tenant(&addr, "bench")?;
                 let mut lat = Vec::new();
                 let req = pv::QueueTasksRequest {
-                    tasks: (0..b).map(|_| pv::NewTask { code: "noop".into(), payload: vec![b'x'; payload_bytes], ..Default::default() }).collect(),
+                    tasks: (0..b)
+                        .map(|_| pv::NewTask {
+                            code: "noop".into(),
+                            payload: vec![b'x'; payload_bytes],
+                            ..Default::default()
+                        })
+                        .collect(),
                     idempotency_key: String::new(),
                 };
                 while Instant::now() < until && queued.load(Ordering::Relaxed) < max_tasks {

@@ -44,23 +44,34 @@ pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
             let s = AdminClient::new(ch).raft_status(pa::RaftStatusRequest {}).await?.into_inner();
             println!("node {}  state {}  term {}", s.node_id, s.state, s.term);
             println!("leader {}", if s.has_leader { s.leader_id.to_string() } else { "none".into() });
-            println!("log last {}  applied {}  snapshot {}  purged {}", s.last_log_index, s.last_applied_index, s.snapshot_index, s.purged_index);
+            println!(
+                "log last {}  applied {}  snapshot {}  purged {}",
+                s.last_log_index, s.last_applied_index, s.snapshot_index, s.purged_index
+            );
             print_nodes(&s.nodes);
         }
         RaftCmd::AddLearner { node_id, addr } => {
             let r = with_leader(&conn, |ch| {
                 let addr = addr.clone();
-                async move { AdminClient::new(ch).add_learner(pa::AddLearnerRequest { node_id, addr }).await.map(|r| r.into_inner()) }
+                async move {
+                    AdminClient::new(ch)
+                        .add_learner(pa::AddLearnerRequest { node_id, addr })
+                        .await
+                        .map(|r| r.into_inner())
+                }
             })
             .await?;
             print_nodes(&r.nodes);
         }
         RaftCmd::Promote { node_ids } => {
-            let r = with_leader(&conn, |ch| {
-                let node_ids = node_ids.clone();
-                async move { AdminClient::new(ch).promote(pa::PromoteRequest { node_ids }).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+            let r =
+                with_leader(&conn, |ch| {
+                    let node_ids = node_ids.clone();
+                    async move {
+                        AdminClient::new(ch).promote(pa::PromoteRequest { node_ids }).await.map(|r| r.into_inner())
+                    }
+                })
+                .await?;
             print_nodes(&r.nodes);
         }
         RaftCmd::Remove { node_id } => {

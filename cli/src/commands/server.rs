@@ -39,7 +39,8 @@ pub struct ServerArgs {
 fn parse_members(items: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut out = BTreeMap::new();
     for item in items {
-        let (id, addr) = item.split_once('=').with_context(|| format!("--initial-members: {item:?} is not ID=HOST:PORT"))?;
+        let (id, addr) =
+            item.split_once('=').with_context(|| format!("--initial-members: {item:?} is not ID=HOST:PORT"))?;
         let id: u64 = id.trim().parse().with_context(|| format!("--initial-members: {id:?} is not a node id"))?;
         out.insert(id, addr.trim().to_string());
     }
@@ -50,7 +51,8 @@ fn build_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     let mut cfg = match &a.config {
         Some(path) => ServerConfig::from_toml(path)?,
         None => {
-            let (Some(node_id), Some(listen), Some(http), Some(data_dir)) = (a.node_id, a.listen, a.http, a.data_dir.clone())
+            let (Some(node_id), Some(listen), Some(http), Some(data_dir)) =
+                (a.node_id, a.listen, a.http, a.data_dir.clone())
             else {
                 bail!("without --config, --node-id, --listen, --http and --data-dir are required");
             };

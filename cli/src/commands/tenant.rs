@@ -42,7 +42,11 @@ pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
                     AdminClient::new(ch)
                         .upsert_tenant(pa::UpsertTenantRequest {
                             id,
-                            limits: Some(pa::TenantLimits { max_queued_tasks: max_queued, max_concurrency, max_payload_bytes }),
+                            limits: Some(pa::TenantLimits {
+                                max_queued_tasks: max_queued,
+                                max_concurrency,
+                                max_payload_bytes,
+                            }),
                         })
                         .await
                         .map(|r| r.into_inner())
@@ -56,10 +60,16 @@ pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
                 AdminClient::new(ch).list_tenants(pa::ListTenantsRequest {}).await.map(|r| r.into_inner())
             })
             .await?;
-            println!("{:<24} {:>10} {:>10} {:>12} {:>14}", "TENANT", "QUEUED", "RUNNING", "MAX_QUEUED", "MAX_CONCURRENCY");
+            println!(
+                "{:<24} {:>10} {:>10} {:>12} {:>14}",
+                "TENANT", "QUEUED", "RUNNING", "MAX_QUEUED", "MAX_CONCURRENCY"
+            );
             for t in r.tenants {
                 let l = t.limits.unwrap_or_default();
-                println!("{:<24} {:>10} {:>10} {:>12} {:>14}", t.id, t.queued_tasks, t.running_tasks, l.max_queued_tasks, l.max_concurrency);
+                println!(
+                    "{:<24} {:>10} {:>10} {:>12} {:>14}",
+                    t.id, t.queued_tasks, t.running_tasks, l.max_queued_tasks, l.max_concurrency
+                );
             }
         }
     }

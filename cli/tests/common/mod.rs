@@ -20,20 +20,25 @@ pub async fn cluster(opts: ClusterOptions) -> Cluster {
 /// Creates tenant `acme` with code `echo` through `addr`.
 pub async fn setup_tenant(c: &Cluster, addr_id: u64) {
     let mut admin = clients::admin(c.addr(addr_id)).expect("admin client");
-    admin
-        .upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), limits: None })
-        .await
-        .expect("create tenant");
+    admin.upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), limits: None }).await.expect("create tenant");
     let mut t = clients::tenant(c.addr(addr_id), "acme").expect("tenant client");
-    t.register_code(pv::RegisterCodeRequest { name: "echo".into(), image: "drover-test/busybox:1".into(), ..Default::default() })
-        .await
-        .expect("register code");
+    t.register_code(pv::RegisterCodeRequest {
+        name: "echo".into(),
+        image: "drover-test/busybox:1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("register code");
 }
 
 pub fn batch(n: usize, payload_bytes: usize, key: &str) -> pv::QueueTasksRequest {
     pv::QueueTasksRequest {
         tasks: (0..n)
-            .map(|i| pv::NewTask { code: "echo".into(), payload: vec![(i % 251) as u8; payload_bytes], ..Default::default() })
+            .map(|i| pv::NewTask {
+                code: "echo".into(),
+                payload: vec![(i % 251) as u8; payload_bytes],
+                ..Default::default()
+            })
             .collect(),
         idempotency_key: key.into(),
     }

@@ -11,10 +11,10 @@ use drover_proto::admin::admin_server::Admin;
 use openraft::ChangeMembers;
 use tonic::{Request, Response};
 
+use super::ApiCtx;
 use super::convert;
 use super::error::{ApiError, ApiResult};
 use super::tenant::unexpected;
-use super::ApiCtx;
 use crate::raft::types::Node;
 use crate::state::command::Command;
 use crate::state::{Response as SmResponse, validate, views};
@@ -133,7 +133,9 @@ impl Admin for AdminService {
                 .wait(Some(wait))
                 .applied_index_at_least(Some(r.min_applied_index), "inspect")
                 .await
-                .map_err(|e| ApiError::Unavailable(format!("applied index {} not reached: {e}", r.min_applied_index)))?;
+                .map_err(|e| {
+                    ApiError::Unavailable(format!("applied index {} not reached: {e}", r.min_applied_index))
+                })?;
         }
         let sm = self.ctx.node.sm.clone();
         let out = tokio::task::spawn_blocking(move || -> Result<pa::InspectNodeResponse, ApiError> {

@@ -38,11 +38,17 @@ fn attrs_in(a: Option<pa::AgentAttributes>) -> Result<AgentAttrs, ApiError> {
         ("attributes.egress_ip", &attrs.egress_ip),
     ] {
         if v.len() > validate::MAX_NAME_BYTES {
-            return Err(ApiError::invalid(field, format!("{} bytes is over the limit of {}", v.len(), validate::MAX_NAME_BYTES)));
+            return Err(ApiError::invalid(
+                field,
+                format!("{} bytes is over the limit of {}", v.len(), validate::MAX_NAME_BYTES),
+            ));
         }
     }
     if attrs.labels.len() > validate::MAX_LABELS {
-        return Err(ApiError::invalid("attributes.labels", format!("over the limit of {} labels", validate::MAX_LABELS)));
+        return Err(ApiError::invalid(
+            "attributes.labels",
+            format!("over the limit of {} labels", validate::MAX_LABELS),
+        ));
     }
     Ok(attrs)
 }
@@ -56,7 +62,8 @@ impl AgentService {
 
     fn granted(&self, task_id: u64, epoch: u64) -> Result<pa::GrantedTask, ApiError> {
         let kv = self.ctx.node.sm.kv();
-        let task = views::get_task(&kv, None, task_id)?.ok_or_else(|| ApiError::Internal(format!("granted task {task_id} vanished")))?;
+        let task = views::get_task(&kv, None, task_id)?
+            .ok_or_else(|| ApiError::Internal(format!("granted task {task_id} vanished")))?;
         let payload = views::get_payload(&kv, task_id)?.unwrap_or_default();
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
         let code = sm.codes().get(&(task.tenant.clone(), task.code.clone()));
@@ -89,7 +96,11 @@ impl Agent for AgentService {
         self.ctx.require_leader()?;
         let r = req.into_inner();
         if r.max_tasks > validate::MAX_TASKS_PER_LEASE_REQUEST {
-            return Err(ApiError::invalid("max_tasks", format!("{} is over the limit of {}", r.max_tasks, validate::MAX_TASKS_PER_LEASE_REQUEST)).into());
+            return Err(ApiError::invalid(
+                "max_tasks",
+                format!("{} is over the limit of {}", r.max_tasks, validate::MAX_TASKS_PER_LEASE_REQUEST),
+            )
+            .into());
         }
         let attrs = attrs_in(r.attributes)?;
         let wait = Duration::from_millis(r.wait_ms).min(self.ctx.cfg.max_lease_wait);
@@ -103,7 +114,12 @@ impl Agent for AgentService {
             // log with empty lease entries.
             if r.max_tasks > 0 && self.has_work(&attrs)? {
                 let cmd = Command::Lease {
-                    requests: vec![LeaseRequest { agent_id: agent_id.clone(), attrs: attrs.clone(), slots: r.slots, max_tasks: r.max_tasks }],
+                    requests: vec![LeaseRequest {
+                        agent_id: agent_id.clone(),
+                        attrs: attrs.clone(),
+                        slots: r.slots,
+                        max_tasks: r.max_tasks,
+                    }],
                 };
                 let grants = match self.ctx.propose(cmd).await? {
                     SmResponse::Leased { grants } => grants,
@@ -133,7 +149,11 @@ impl Agent for AgentService {
         self.ctx.require_leader()?;
         let r = req.into_inner();
         if r.leases.len() > validate::MAX_COMPLETIONS {
-            return Err(ApiError::invalid("leases", format!("{} is over the limit of {}", r.leases.len(), validate::MAX_COMPLETIONS)).into());
+            return Err(ApiError::invalid(
+                "leases",
+                format!("{} is over the limit of {}", r.leases.len(), validate::MAX_COMPLETIONS),
+            )
+            .into());
         }
         let now = Instant::now();
         let mut revoked = Vec::new();
@@ -157,7 +177,11 @@ impl Agent for AgentService {
         let agent_id = caller::agent(&req)?;
         let r = req.into_inner();
         if r.completions.len() > validate::MAX_COMPLETIONS {
-            return Err(ApiError::invalid("completions", format!("{} is over the limit of {}", r.completions.len(), validate::MAX_COMPLETIONS)).into());
+            return Err(ApiError::invalid(
+                "completions",
+                format!("{} is over the limit of {}", r.completions.len(), validate::MAX_COMPLETIONS),
+            )
+            .into());
         }
         let mut completions = Vec::with_capacity(r.completions.len());
         for (i, c) in r.completions.into_iter().enumerate() {
@@ -167,7 +191,13 @@ impl Agent for AgentService {
                 Ok(pa::Outcome::Error) => Outcome::Error,
                 Ok(pa::Outcome::Timeout) => Outcome::Timeout,
                 Ok(pa::Outcome::Killed) => Outcome::Killed,
-                _ => return Err(ApiError::invalid(format!("completions[{i}].outcome"), "must be SUCCESS, ERROR, TIMEOUT or KILLED").into()),
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!("completions[{i}].outcome"),
+                        "must be SUCCESS, ERROR, TIMEOUT or KILLED",
+                    )
+                    .into());
+                }
             };
             completions.push(Completion {
                 agent_id: agent_id.clone(),

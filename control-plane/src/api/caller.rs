@@ -13,10 +13,8 @@ pub const TENANT_METADATA: &str = "x-drover-tenant";
 pub const AGENT_METADATA: &str = "x-drover-agent";
 
 fn id_from<T>(req: &Request<T>, key: &str, role: &str) -> Result<String, ApiError> {
-    let v = req
-        .metadata()
-        .get(key)
-        .ok_or_else(|| ApiError::Unauthenticated(format!("no {role} identity on the call")))?;
+    let v =
+        req.metadata().get(key).ok_or_else(|| ApiError::Unauthenticated(format!("no {role} identity on the call")))?;
     let id = v.to_str().map_err(|_| ApiError::Unauthenticated(format!("{role} identity is not ASCII")))?;
     validate::name(role, id).map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
     Ok(id.to_string())

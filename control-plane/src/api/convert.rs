@@ -14,7 +14,11 @@ pub fn placement_in(p: Option<pv::Placement>) -> Placement {
 }
 
 pub fn placement_out(p: &Placement) -> pv::Placement {
-    pv::Placement { cluster: p.cluster.clone(), region: p.region.clone(), labels: p.labels.clone().into_iter().collect() }
+    pv::Placement {
+        cluster: p.cluster.clone(),
+        region: p.region.clone(),
+        labels: p.labels.clone().into_iter().collect(),
+    }
 }
 
 pub fn code_spec_in(r: pv::RegisterCodeRequest) -> CodeSpec {
@@ -24,7 +28,12 @@ pub fn code_spec_in(r: pv::RegisterCodeRequest) -> CodeSpec {
         image: r.image,
         command: r.command,
         env: r.env.into_iter().collect(),
-        limits: CodeLimits { memory_bytes: l.memory_bytes, cpu_millis: l.cpu_millis, pids: l.pids, timeout_ms: l.timeout_ms },
+        limits: CodeLimits {
+            memory_bytes: l.memory_bytes,
+            cpu_millis: l.cpu_millis,
+            pids: l.pids,
+            timeout_ms: l.timeout_ms,
+        },
         max_concurrency: r.max_concurrency,
         default_retries: r.default_retries,
         placement: placement_in(r.placement),
@@ -63,12 +72,12 @@ pub fn new_tasks_in(tasks: Vec<pv::NewTask>) -> Result<Vec<NewTask>, ApiError> {
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
-            let priority = u8::try_from(t.priority)
-                .ok()
-                .filter(|p| *p <= validate::MAX_PRIORITY)
-                .ok_or_else(|| {
-                    ApiError::invalid(format!("tasks[{i}].priority"), format!("{} is out of range 0..={}", t.priority, validate::MAX_PRIORITY))
-                })?;
+            let priority = u8::try_from(t.priority).ok().filter(|p| *p <= validate::MAX_PRIORITY).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("tasks[{i}].priority"),
+                    format!("{} is out of range 0..={}", t.priority, validate::MAX_PRIORITY),
+                )
+            })?;
             Ok(NewTask {
                 code: t.code,
                 payload: t.payload,

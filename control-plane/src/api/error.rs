@@ -44,7 +44,9 @@ impl From<StateError> for ApiError {
                 ApiError::NotFound(e.to_string())
             }
             StateError::QuotaExceeded { .. } => ApiError::Exhausted(e.to_string()),
-            StateError::StaleEpoch { .. } | StateError::AlreadyFinished(_) => ApiError::FailedPrecondition(e.to_string()),
+            StateError::StaleEpoch { .. } | StateError::AlreadyFinished(_) => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
         }
     }
 }

@@ -38,7 +38,10 @@ impl Tenant for TenantService {
         self.ctx.read_barrier().await?;
         let name = req.into_inner().name;
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
-        let code = sm.codes().get(&(tenant, name.clone())).ok_or_else(|| ApiError::NotFound(format!("code {name:?} not found")))?;
+        let code = sm
+            .codes()
+            .get(&(tenant, name.clone()))
+            .ok_or_else(|| ApiError::NotFound(format!("code {name:?} not found")))?;
         Ok(Response::new(convert::code_out(code)))
     }
 
@@ -104,10 +107,8 @@ impl Tenant for TenantService {
         if r.limit > MAX_LIST_LIMIT {
             return Err(ApiError::invalid("limit", format!("{} is over the limit of {MAX_LIST_LIMIT}", r.limit)).into());
         }
-        let filter = views::TaskFilter {
-            state: convert::state_in(r.state)?,
-            code: (!r.code.is_empty()).then_some(r.code),
-        };
+        let filter =
+            views::TaskFilter { state: convert::state_in(r.state)?, code: (!r.code.is_empty()).then_some(r.code) };
         let limit = if r.limit == 0 { DEFAULT_LIST_LIMIT } else { r.limit };
         self.ctx.read_barrier().await?;
         let kv = self.ctx.node.sm.kv();

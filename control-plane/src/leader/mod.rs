@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use self::lease_tracker::LeaseTracker;
 use crate::metrics::Metrics;
 use crate::raft::node::{RaftNode, now_ms};
-use crate::state::command::{Command, ExpireReason, LeaseRef};
 use crate::state::Response;
+use crate::state::command::{Command, ExpireReason, LeaseRef};
 
 /// Most tasks one timer command moves (bounds one log entry).
 const MAX_TASKS_PER_TIMER_COMMAND: u32 = 10_000;
@@ -126,7 +126,8 @@ async fn run_loops(
             metrics.leases_expired.with_label_values(&["lease_lost"]).inc_by(n);
         }
         if !due.timed_out.is_empty() {
-            let n = propose(&node, Command::ExpireLeases { leases: due.timed_out, reason: ExpireReason::TimedOut }).await;
+            let n =
+                propose(&node, Command::ExpireLeases { leases: due.timed_out, reason: ExpireReason::TimedOut }).await;
             metrics.leases_expired.with_label_values(&["timeout"]).inc_by(n);
         }
         if due.promote {

@@ -31,7 +31,9 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 }
 
 pub fn raft_client(ch: Channel) -> RaftClient<Channel> {
-    RaftClient::new(ch).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES).max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    RaftClient::new(ch)
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
 }
 
 #[derive(Clone, Default)]

@@ -93,9 +93,18 @@ pub enum ExpireReason {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Command {
-    UpsertTenant { id: String, limits: TenantLimits },
-    RegisterCode { tenant: String, spec: CodeSpec },
-    DeleteCode { tenant: String, name: String },
+    UpsertTenant {
+        id: String,
+        limits: TenantLimits,
+    },
+    RegisterCode {
+        tenant: String,
+        spec: CodeSpec,
+    },
+    DeleteCode {
+        tenant: String,
+        name: String,
+    },
     QueueTasks {
         tenant: String,
         idempotency_key: Option<String>,
@@ -103,15 +112,30 @@ pub enum Command {
         idempotency_ttl_ms: u64,
         tasks: Vec<NewTask>,
     },
-    Lease { requests: Vec<LeaseRequest> },
-    Complete { completions: Vec<Completion> },
-    ExpireLeases { leases: Vec<LeaseRef>, reason: ExpireReason },
-    Cancel { tenant: String, task_id: u64 },
+    Lease {
+        requests: Vec<LeaseRequest>,
+    },
+    Complete {
+        completions: Vec<Completion>,
+    },
+    ExpireLeases {
+        leases: Vec<LeaseRef>,
+        reason: ExpireReason,
+    },
+    Cancel {
+        tenant: String,
+        task_id: u64,
+    },
     /// Moves every delayed task whose time has come (by the stamp) to its ready queue.
-    PromoteDelayed { max_tasks: u32 },
+    PromoteDelayed {
+        max_tasks: u32,
+    },
     /// Deletes finished tasks (and payloads) finished before the given time, and
     /// idempotency records that have expired.
-    Purge { finished_before_ms: u64, max_tasks: u32 },
+    Purge {
+        finished_before_ms: u64,
+        max_tasks: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -128,12 +152,26 @@ pub enum Response {
     Tenant(Tenant),
     Code(Code),
     CodeDeleted,
-    Queued { task_ids: Vec<u64>, deduplicated: bool },
-    Leased { grants: Vec<Grant> },
-    Completed { results: Vec<Result<(), StateError>> },
-    Expired { task_ids: Vec<u64> },
+    Queued {
+        task_ids: Vec<u64>,
+        deduplicated: bool,
+    },
+    Leased {
+        grants: Vec<Grant>,
+    },
+    Completed {
+        results: Vec<Result<(), StateError>>,
+    },
+    Expired {
+        task_ids: Vec<u64>,
+    },
     Cancelled(Box<Task>),
-    Promoted { count: u64 },
-    Purged { tasks: u64, idempotency_keys: u64 },
+    Promoted {
+        count: u64,
+    },
+    Purged {
+        tasks: u64,
+        idempotency_keys: u64,
+    },
     Rejected(StateError),
 }

@@ -94,9 +94,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, KvError> {
     match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| KvError(format!("corrupt value: {e}")))
-        }
+        Some((&VALUE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| KvError(format!("corrupt value: {e}"))),
         Some((v, _)) => Err(KvError(format!("unknown value version {v}"))),
         None => Err(KvError("empty value".into())),
     }

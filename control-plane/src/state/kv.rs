@@ -19,12 +19,7 @@ pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     /// Calls `f` for each key with `prefix`, in key order, starting at `start`
     /// (which must itself start with `prefix`), until `f` returns false.
-    fn scan(
-        &self,
-        prefix: &[u8],
-        start: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), KvError>;
+    fn scan(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError>;
 }
 
 /// The writes of one or more applied entries, not yet committed.
@@ -89,12 +84,7 @@ impl KvRead for MemKv {
         Ok(self.map.get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        prefix: &[u8],
-        start: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), KvError> {
+    fn scan(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError> {
         for (k, v) in self.map.range(start.to_vec()..) {
             if !k.starts_with(prefix) || !f(k, v) {
                 break;

@@ -79,7 +79,12 @@ impl StateMachine {
     }
 
     /// The task if `lease` (held by `agent_id`) is its current lease.
-    fn current(&self, txn: &Txn<'_>, lease: LeaseRef, agent_id: Option<&str>) -> Result<Result<Task, StateError>, KvError> {
+    fn current(
+        &self,
+        txn: &Txn<'_>,
+        lease: LeaseRef,
+        agent_id: Option<&str>,
+    ) -> Result<Result<Task, StateError>, KvError> {
         let stale = StateError::StaleEpoch { task_id: lease.task_id, epoch: lease.epoch };
         let Some(t) = self.read_task(txn, lease.task_id)? else {
             return Ok(Err(StateError::TaskNotFound(lease.task_id)));

@@ -67,9 +67,7 @@ impl StateMachine {
                 sm.agents.insert(a.id.clone(), a);
             }))
         })?;
-        kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
-            keep(keys::decode::<Task>(v).map(|t| sm.idx.add(&t)))
-        })?;
+        kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode::<Task>(v).map(|t| sm.idx.add(&t))))?;
         kv.scan(keys::IDEM, keys::IDEM, &mut |k, v| {
             keep(keys::decode::<IdemRecord>(v).map(|r| {
                 sm.idx.idem_expiry.insert((r.expires_ms, k.to_vec()));
@@ -104,9 +102,7 @@ impl StateMachine {
             Command::ExpireLeases { leases, reason } => self.expire_leases(txn, ctx, leases, *reason),
             Command::Cancel { tenant, task_id } => self.cancel(txn, ctx, tenant, *task_id),
             Command::PromoteDelayed { max_tasks } => self.promote_delayed(txn, ctx, *max_tasks),
-            Command::Purge { finished_before_ms, max_tasks } => {
-                self.purge(txn, ctx, *finished_before_ms, *max_tasks)
-            }
+            Command::Purge { finished_before_ms, max_tasks } => self.purge(txn, ctx, *finished_before_ms, *max_tasks),
         };
         Ok(match out? {
             Ok(r) => {
@@ -134,7 +130,9 @@ impl StateMachine {
         }
         let tenant = match self.tenants.get(id) {
             Some(t) => Tenant { limits: limits.clone(), updated_ms: ctx.now_ms, ..t.clone() },
-            None => Tenant { id: id.to_string(), limits: limits.clone(), created_ms: ctx.now_ms, updated_ms: ctx.now_ms },
+            None => {
+                Tenant { id: id.to_string(), limits: limits.clone(), created_ms: ctx.now_ms, updated_ms: ctx.now_ms }
+            }
         };
         txn.put(keys::tenant(id), keys::encode(&tenant));
         self.tenants.insert(id.to_string(), tenant.clone());
@@ -174,7 +172,12 @@ impl StateMachine {
         Ok(Ok(Response::Code(code)))
     }
 
-    fn delete_code(&mut self, txn: &mut Txn<'_>, tenant: &str, name: &str) -> Result<Result<Response, StateError>, KvError> {
+    fn delete_code(
+        &mut self,
+        txn: &mut Txn<'_>,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Result<Response, StateError>, KvError> {
         // Tasks of a deleted code stay queued, and placement skips them, until a code of
         // that name is registered again or they are cancelled.
         if self.codes.remove(&(tenant.to_string(), name.to_string())).is_none() {

@@ -27,11 +27,8 @@ pub const MAX_TASKS_PER_LEASE_REQUEST: u32 = 256;
 pub const MAX_COMPLETIONS: usize = 1_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 3600 * 1000;
 
-pub const DEFAULT_TENANT_LIMITS: TenantLimits = TenantLimits {
-    max_queued_tasks: 1_000_000,
-    max_concurrency: 0,
-    max_payload_bytes: 256 * 1024,
-};
+pub const DEFAULT_TENANT_LIMITS: TenantLimits =
+    TenantLimits { max_queued_tasks: 1_000_000, max_concurrency: 0, max_payload_bytes: 256 * 1024 };
 
 /// A name: 1..=128 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
 pub fn name(field: &str, value: &str) -> Result<(), StateError> {
@@ -39,10 +36,7 @@ pub fn name(field: &str, value: &str) -> Result<(), StateError> {
         return Err(StateError::invalid(field, "must not be empty"));
     }
     if value.len() > MAX_NAME_BYTES {
-        return Err(StateError::invalid(
-            field,
-            format!("{} bytes is over the limit of {MAX_NAME_BYTES}", value.len()),
-        ));
+        return Err(StateError::invalid(field, format!("{} bytes is over the limit of {MAX_NAME_BYTES}", value.len())));
     }
     if value.starts_with(['.', '-']) {
         return Err(StateError::invalid(field, "must not start with '.' or '-'"));
@@ -100,7 +94,10 @@ pub fn code_spec(s: &CodeSpec) -> Result<(), StateError> {
         return Err(StateError::invalid("image", "must not contain whitespace"));
     }
     if s.command.len() > MAX_COMMAND_ARGS {
-        return Err(StateError::invalid("command", format!("{} arguments is over the limit of {MAX_COMMAND_ARGS}", s.command.len())));
+        return Err(StateError::invalid(
+            "command",
+            format!("{} arguments is over the limit of {MAX_COMMAND_ARGS}", s.command.len()),
+        ));
     }
     for a in &s.command {
         bounded("command", a, MAX_VALUE_BYTES)?;
@@ -110,7 +107,10 @@ pub fn code_spec(s: &CodeSpec) -> Result<(), StateError> {
         return Err(StateError::invalid("limits.timeout_ms", format!("over the limit of {MAX_TIMEOUT_MS}")));
     }
     if s.default_retries > MAX_RETRIES {
-        return Err(StateError::invalid("default_retries", format!("{} is over the limit of {MAX_RETRIES}", s.default_retries)));
+        return Err(StateError::invalid(
+            "default_retries",
+            format!("{} is over the limit of {MAX_RETRIES}", s.default_retries),
+        ));
     }
     placement("placement", &s.placement)
 }
@@ -133,7 +133,10 @@ pub fn new_task(i: usize, t: &NewTask, limits: &TenantLimits) -> Result<(), Stat
         return Err(StateError::invalid(f("delay_ms"), format!("{} is over the limit of {MAX_DELAY_MS}", t.delay_ms)));
     }
     if t.timeout_ms > MAX_TIMEOUT_MS {
-        return Err(StateError::invalid(f("timeout_ms"), format!("{} is over the limit of {MAX_TIMEOUT_MS}", t.timeout_ms)));
+        return Err(StateError::invalid(
+            f("timeout_ms"),
+            format!("{} is over the limit of {MAX_TIMEOUT_MS}", t.timeout_ms),
+        ));
     }
     if let Some(r) = t.retries
         && r > MAX_RETRIES
@@ -147,23 +150,25 @@ pub fn new_task(i: usize, t: &NewTask, limits: &TenantLimits) -> Result<(), Stat
 }
 
 /// Checks a whole queue batch: its length, its total payload and each task.
-pub fn queue_batch(
-    tasks: &[NewTask],
-    idempotency_key: Option<&str>,
-    limits: &TenantLimits,
-) -> Result<(), StateError> {
+pub fn queue_batch(tasks: &[NewTask], idempotency_key: Option<&str>, limits: &TenantLimits) -> Result<(), StateError> {
     if tasks.is_empty() {
         return Err(StateError::invalid("tasks", "must hold at least one task"));
     }
     if tasks.len() > MAX_BATCH_TASKS {
-        return Err(StateError::invalid("tasks", format!("{} tasks is over the batch limit of {MAX_BATCH_TASKS}", tasks.len())));
+        return Err(StateError::invalid(
+            "tasks",
+            format!("{} tasks is over the batch limit of {MAX_BATCH_TASKS}", tasks.len()),
+        ));
     }
     if let Some(k) = idempotency_key {
         bounded("idempotency_key", k, MAX_IDEMPOTENCY_KEY_BYTES)?;
     }
     let total: u64 = tasks.iter().map(|t| t.payload.len() as u64).sum();
     if total > MAX_BATCH_PAYLOAD_BYTES {
-        return Err(StateError::invalid("tasks", format!("{total} payload bytes in one call is over the limit of {MAX_BATCH_PAYLOAD_BYTES}")));
+        return Err(StateError::invalid(
+            "tasks",
+            format!("{total} payload bytes in one call is over the limit of {MAX_BATCH_PAYLOAD_BYTES}"),
+        ));
     }
     for (i, t) in tasks.iter().enumerate() {
         new_task(i, t, limits)?;

@@ -63,9 +63,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for item in self.log.range(start.to_be_bytes()..) {
             let (k, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                io_err(ErrorSubject::Logs, ErrorVerb::Read, std::io::Error::other("bad log key"))
-            })?);
+            let idx = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| io_err(ErrorSubject::Logs, ErrorVerb::Read, std::io::Error::other("bad log key")))?,
+            );
             if !range.contains(&idx) {
                 break;
             }

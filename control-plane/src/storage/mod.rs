@@ -30,7 +30,10 @@ pub enum StorageError {
 }
 
 /// Opens the node's storage under `data_dir`.
-pub fn open(data_dir: &Path, metrics: sm_store::ApplyMetrics) -> Result<(log_store::LogStore, sm_store::SmStore), StorageError> {
+pub fn open(
+    data_dir: &Path,
+    metrics: sm_store::ApplyMetrics,
+) -> Result<(log_store::LogStore, sm_store::SmStore), StorageError> {
     let path = data_dir.join("sled");
     let db = sled::Config::new()
         .path(&path)
@@ -44,7 +47,11 @@ pub fn open(data_dir: &Path, metrics: sm_store::ApplyMetrics) -> Result<(log_sto
     Ok((log, sm))
 }
 
-pub(crate) fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> RaftStorageError {
+pub(crate) fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> RaftStorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 

@@ -22,8 +22,8 @@ use super::io_err;
 use super::sled_kv::SledKv;
 use super::snapshot_file;
 use crate::raft::types::{Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::state::{StateMachine, Txn, keys};
 use crate::state::{Response, kv::KvError};
+use crate::state::{StateMachine, Txn, keys};
 
 const APPLIED: &[u8] = b"r/applied";
 const MEMBERSHIP: &[u8] = b"r/membership";
@@ -191,7 +191,9 @@ impl SmStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static) -> Result<T, RaftStorageError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
+) -> Result<T, RaftStorageError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| sm_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?
 }
 
@@ -244,7 +246,11 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), RaftStorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), RaftStorageError> {
         use tokio::io::{AsyncSeekExt, AsyncWriteExt};
         let mut src = *snapshot;
         src.flush().await.map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -272,4 +278,3 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 }
-
