@@ -29,6 +29,7 @@ pub type Admin = AdminClient<Channel>;
 pub fn channel(addr: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true)
         .timeout(std::time::Duration::from_secs(30))
         .connect_lazy())
 }

@@ -21,6 +21,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::leader::lease_tracker::LeaseTracker;
 use crate::leader::{LeaderConfig, supervise};
 use crate::metrics::{Metrics, MetricsError};
+use crate::raft::batcher::Batcher;
 use crate::raft::network::{MAX_RAFT_MESSAGE_BYTES, NetworkFactory};
 use crate::raft::node::RaftNode;
 use crate::raft::service::RaftService;
@@ -29,6 +30,8 @@ use crate::storage::{self, StorageError};
 
 /// Largest tenant/agent/admin message (a queue batch at its payload ceiling, plus framing).
 pub const MAX_API_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Client entries the batcher keeps in flight at once.
+const MAX_ENTRIES_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -73,8 +76,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let quorum_timeout = Duration::from_millis(cfg.raft.election_max_ms * 2);
     let node = Arc::new(RaftNode::new(cfg.node_id, raft.clone(), sm, cfg.propose_timeout, quorum_timeout));
     let tracker = Arc::new(LeaseTracker::default());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let batcher = Batcher::start(node.clone(), MAX_ENTRIES_IN_FLIGHT, &tasks, shutdown.clone());
     let ctx = Arc::new(ApiCtx {
         node: node.clone(),
+        batcher,
         cfg: ApiConfig {
             idempotency_ttl: cfg.idempotency_window,
             lease_ttl: cfg.lease_ttl,
@@ -92,7 +98,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
 
     maybe_initialize(&raft, &cfg).await?;
 
-    let tasks = tokio_util::task::TaskTracker::new();
     let grpc = tonic::transport::Server::builder()
         .add_service(
             RaftServer::new(RaftService { node: node.clone() })
@@ -107,7 +112,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         )
         .add_service(AdminServer::new(AdminService { ctx: ctx.clone() }))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            // Without TCP_NODELAY, small replies sit behind Nagle and delayed ACKs (~40 ms).
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
     let grpc_task = tasks.spawn(grpc);

@@ -15,6 +15,7 @@ use std::time::Duration;
 use error::ApiError;
 
 use crate::leader::lease_tracker::LeaseTracker;
+use crate::raft::batcher::Batcher;
 use crate::raft::node::RaftNode;
 use crate::state::{Command, Response};
 
@@ -29,6 +30,7 @@ pub struct ApiConfig {
 /// What every handler shares.
 pub struct ApiCtx {
     pub node: Arc<RaftNode>,
+    pub batcher: Batcher,
     pub cfg: ApiConfig,
     pub tracker: Arc<LeaseTracker>,
 }
@@ -36,7 +38,7 @@ pub struct ApiCtx {
 impl ApiCtx {
     /// Proposes and turns a state-machine refusal into an API error.
     pub async fn propose(&self, cmd: Command) -> Result<Response, ApiError> {
-        match self.node.propose(cmd).await? {
+        match self.batcher.propose(cmd).await? {
             Response::Rejected(e) => Err(e.into()),
             r => Ok(r),
         }

@@ -5,7 +5,9 @@
 //! * [`network`] — the tonic client side (`RaftNetwork`).
 //! * [`service`] — the tonic server side, forwarding and read-index.
 //! * [`node`] — proposals, follower forwarding, linearizable read barriers.
+//! * [`batcher`] — many clients' commands in one entry.
 
+pub mod batcher;
 pub mod codec;
 pub mod network;
 pub mod node;

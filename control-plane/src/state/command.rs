@@ -136,6 +136,9 @@ pub enum Command {
         finished_before_ms: u64,
         max_tasks: u32,
     },
+    /// Several clients' commands in one log entry (the proposal batcher's hot path). Each
+    /// is applied, or refused, on its own.
+    Batch(Vec<Command>),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -174,4 +177,5 @@ pub enum Response {
         idempotency_keys: u64,
     },
     Rejected(StateError),
+    Batch(Vec<Response>),
 }

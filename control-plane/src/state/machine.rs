@@ -28,6 +28,9 @@ pub struct ApplyCtx {
     pub index: u64,
     /// Leader-stamped time, never earlier than any entry before it.
     pub now_ms: u64,
+    /// Tasks already queued by earlier commands of the same entry (a batch): task ids
+    /// continue from here.
+    pub first_task_seq: u64,
 }
 
 #[derive(Default, Debug)]
@@ -87,10 +90,57 @@ impl StateMachine {
 
     /// Applies one command. `Err` only for a storage failure underneath (fatal for the
     /// replica); a refused command is `Ok(Response::Rejected(..))` and writes nothing.
+    /// A [`Command::Batch`] applies its commands in order, each refused or applied on its
+    /// own, and answers [`Response::Batch`] with one response each.
     pub fn apply(&mut self, txn: &mut Txn<'_>, req: &Request, index: u64) -> Result<Response, KvError> {
         let Request::V1(p) = req;
-        let ctx = ApplyCtx { index, now_ms: p.stamp_ms.max(self.clock_ms) };
+        let mut ctx = ApplyCtx { index, now_ms: p.stamp_ms.max(self.clock_ms), first_task_seq: 0 };
+        let mut took_effect = false;
         let out = match &p.cmd {
+            Command::Batch(cmds) => {
+                let mut out = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    let r = match cmd {
+                        Command::Batch(_) => Err(StateError::invalid("command", "batches do not nest")),
+                        cmd => self.apply_one(txn, ctx, cmd)?,
+                    };
+                    out.push(match r {
+                        Ok(r) => {
+                            took_effect = true;
+                            if let Response::Queued { task_ids, deduplicated: false } = &r {
+                                ctx.first_task_seq += task_ids.len() as u64;
+                            }
+                            r
+                        }
+                        Err(e) => Response::Rejected(e),
+                    });
+                }
+                Response::Batch(out)
+            }
+            cmd => match self.apply_one(txn, ctx, cmd)? {
+                Ok(r) => {
+                    took_effect = true;
+                    r
+                }
+                Err(e) => Response::Rejected(e),
+            },
+        };
+        // The clock advances only with commands that take effect: a refused command
+        // leaves the tables byte-identical.
+        if took_effect && ctx.now_ms > self.clock_ms {
+            self.clock_ms = ctx.now_ms;
+            txn.put(META_CLOCK.to_vec(), keys::encode(&self.clock_ms));
+        }
+        Ok(out)
+    }
+
+    fn apply_one(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        cmd: &Command,
+    ) -> Result<Result<Response, StateError>, KvError> {
+        match cmd {
             Command::UpsertTenant { id, limits } => self.upsert_tenant(txn, ctx, id, limits),
             Command::RegisterCode { tenant, spec } => self.register_code(txn, ctx, tenant, spec),
             Command::DeleteCode { tenant, name } => self.delete_code(txn, tenant, name),
@@ -103,19 +153,8 @@ impl StateMachine {
             Command::Cancel { tenant, task_id } => self.cancel(txn, ctx, tenant, *task_id),
             Command::PromoteDelayed { max_tasks } => self.promote_delayed(txn, ctx, *max_tasks),
             Command::Purge { finished_before_ms, max_tasks } => self.purge(txn, ctx, *finished_before_ms, *max_tasks),
-        };
-        Ok(match out? {
-            Ok(r) => {
-                // The clock advances only with commands that take effect: a refused command
-                // leaves the tables byte-identical.
-                if ctx.now_ms > self.clock_ms {
-                    self.clock_ms = ctx.now_ms;
-                    txn.put(META_CLOCK.to_vec(), keys::encode(&self.clock_ms));
-                }
-                r
-            }
-            Err(e) => Response::Rejected(e),
-        })
+            Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
+        }
     }
 
     fn upsert_tenant(

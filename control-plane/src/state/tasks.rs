@@ -9,8 +9,8 @@ use super::machine::{ApplyCtx, StateMachine};
 use super::model::{IdemRecord, Task, TaskResult, TaskState};
 use super::validate;
 
-/// Task ids are `log_index << TASK_ID_SHIFT | position in the batch`: unique, increasing
-/// with the log, and the same on every replica.
+/// Task ids are `log_index << TASK_ID_SHIFT | position among the entry's tasks`: unique,
+/// increasing with the log, and the same on every replica.
 pub const TASK_ID_SHIFT: u32 = 20;
 const _: () = assert!(validate::MAX_BATCH_TASKS < (1 << TASK_ID_SHIFT));
 
@@ -45,6 +45,9 @@ impl StateMachine {
         if let Some(t) = tasks.iter().find(|t| !self.codes.contains_key(&(tenant_id.to_string(), t.code.clone()))) {
             return Ok(Err(StateError::CodeNotFound(t.code.clone())));
         }
+        if ctx.first_task_seq + tasks.len() as u64 >= 1 << TASK_ID_SHIFT {
+            return Ok(Err(StateError::invalid("tasks", "too many tasks in one log entry")));
+        }
         let queued = self.idx.waiting(tenant_id);
         let adding = tasks.len() as u64;
         if tenant.limits.max_queued_tasks > 0 && queued + adding > tenant.limits.max_queued_tasks {
@@ -59,7 +62,7 @@ impl StateMachine {
         let mut ids = Vec::with_capacity(tasks.len());
         for (i, t) in tasks.iter().enumerate() {
             let code = &self.codes[&(tenant_id.to_string(), t.code.clone())];
-            let id = (ctx.index << TASK_ID_SHIFT) | i as u64;
+            let id = (ctx.index << TASK_ID_SHIFT) | (ctx.first_task_seq + i as u64);
             let timeout_ms = match (t.timeout_ms, code.limits.timeout_ms) {
                 (0, 0) => validate::DEFAULT_TIMEOUT_MS,
                 (0, c) => c,

@@ -235,6 +235,36 @@ fn task_ids_come_from_the_log_index_and_position() {
 }
 
 #[test]
+fn batched_commands_apply_in_order_with_distinct_ids() {
+    let mut h = acme();
+    let bad = NewTask { priority: 7, ..task("work") };
+    let resp = h.apply(Command::Batch(vec![
+        Harness::queue_cmd("acme", None, vec![task("work"), task("work")]),
+        Harness::queue_cmd("acme", None, vec![bad]),
+        Harness::queue_cmd("acme", Some("k"), vec![task("pair")]),
+        Harness::queue_cmd("acme", Some("k"), vec![task("pair")]),
+        Command::Batch(vec![]),
+    ]));
+    let i = h.index;
+    let Response::Batch(rs) = resp else { panic!("{resp:?}") };
+    assert_eq!(rs[0], Response::Queued { task_ids: vec![i << 20, (i << 20) | 1], deduplicated: false });
+    assert!(matches!(&rs[1], Response::Rejected(StateError::Invalid { field, .. }) if field == "tasks[0].priority"));
+    assert_eq!(rs[2], Response::Queued { task_ids: vec![(i << 20) | 2], deduplicated: false });
+    // The same key later in the same entry sees the first use.
+    assert_eq!(rs[3], Response::Queued { task_ids: vec![(i << 20) | 2], deduplicated: true });
+    assert!(matches!(&rs[4], Response::Rejected(StateError::Invalid { .. })), "batches do not nest");
+    assert_eq!(views::task_count(&h.kv).expect("count"), 3);
+
+    // A batch whose every command is refused leaves the tables byte-identical.
+    let all_bad = Command::Batch(vec![Harness::queue_cmd("nobody", None, vec![task("work")])]);
+    let before = h.snapshot();
+    h.now_ms += 5;
+    let resp = h.apply(all_bad);
+    h.assert_unchanged(before, &Response::Rejected(StateError::UnknownTenant("nobody".into())));
+    assert!(matches!(resp, Response::Batch(ref rs) if matches!(rs[0], Response::Rejected(_))), "{resp:?}");
+}
+
+#[test]
 fn idempotency_key_dedups_until_ttl_and_purge() {
     let mut h = acme();
     let first = match h.apply(Harness::queue_cmd("acme", Some("k"), vec![task("work"), task("work")])) {

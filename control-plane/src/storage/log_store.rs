@@ -2,11 +2,16 @@
 //!
 //! Durability: an append is reported to openraft (its `LogFlushed` callback) only after
 //! sled has flushed it to disk, and `save_vote` returns only after the vote is flushed.
+//! Flushes are grouped: one background flush completes every append written before it,
+//! in order, so concurrent appends share a disk sync.
 //! sled itself only flushes on a timer, so without this an acknowledged entry could be
 //! lost by a power cut.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
@@ -23,6 +28,27 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    flusher: Arc<OnceLock<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+}
+
+/// Most appends waiting for one group flush.
+const FLUSH_QUEUE_LEN: usize = 1_024;
+
+/// Group commit: waits for appends' callbacks, flushes sled once for everything written so
+/// far, then completes the callbacks in append order. Ends when every `LogStore` handle
+/// (the channel's senders) is gone.
+async fn flush_loop(db: sled::Db, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut pending = Vec::new();
+    while let Some(first) = rx.recv().await {
+        pending.push(first);
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+        }
+        let result = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
+        for cb in pending.drain(..) {
+            cb.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
+    }
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -34,7 +60,12 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 impl LogStore {
     pub fn new(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self { db: db.clone(), log: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? })
+        Ok(Self {
+            db: db.clone(),
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+            flusher: Arc::new(OnceLock::new()),
+        })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, RaftStorageError> {
@@ -126,8 +157,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&e.log_id.index.to_be_bytes(), enc(&e));
         }
         self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        let flushed = self.flush().await.map_err(std::io::Error::other);
-        callback.log_io_completed(flushed);
+        // Returning before the flush lets openraft keep appending (and replicating) while
+        // the disk works; the callback, which is what makes the entry count as persisted,
+        // fires only after a flush that covers it.
+        let flusher = self.flusher.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(FLUSH_QUEUE_LEN);
+            tokio::spawn(flush_loop(self.db.clone(), rx));
+            tx
+        });
+        flusher
+            .send(callback)
+            .await
+            .map_err(|_| io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other("log flusher stopped")))?;
         Ok(())
     }
 
