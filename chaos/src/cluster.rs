@@ -160,6 +160,15 @@ impl Cluster {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Resident memory of a running node's process, from /proc (Linux).
+    pub fn rss_bytes(&self, id: u64) -> Option<u64> {
+        let pid = self.nodes.get(&id)?.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     /// kill -9: no shutdown path runs.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
         let n = self.nodes.get_mut(&id).context("no such node")?;

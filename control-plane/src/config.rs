@@ -11,6 +11,7 @@
 //! lease_ttl = "10s"
 //! idempotency_window = "24h"
 //! retention = "7d"
+//! cache_capacity = "256 MiB"
 //! ```
 
 use std::collections::BTreeMap;
@@ -65,6 +66,9 @@ pub struct ServerConfig {
     pub propose_timeout: Duration,
     #[serde(default = "d_lease_wait", deserialize_with = "duration")]
     pub max_lease_wait: Duration,
+    /// Memory for sled's page cache (the bulk of a node's memory use).
+    #[serde(default = "d_cache")]
+    pub cache_capacity: bytesize::ByteSize,
     #[serde(default)]
     pub raft: RaftTuning,
 }
@@ -79,6 +83,9 @@ pub struct RaftTuning {
     pub snapshot_every_entries: u64,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub keep_entries_behind_snapshot: u64,
+    /// Most entries in one AppendEntries message. An entry can carry up to 16 MiB of
+    /// payload, so this bounds the leader's replication buffers per follower.
+    pub max_entries_per_append: u64,
 }
 
 impl Default for RaftTuning {
@@ -89,6 +96,7 @@ impl Default for RaftTuning {
             election_max_ms: 1000,
             snapshot_every_entries: 50_000,
             keep_entries_behind_snapshot: 1_000,
+            max_entries_per_append: 16,
         }
     }
 }
@@ -110,6 +118,9 @@ fn d_grace() -> Duration {
 }
 fn d_propose() -> Duration {
     Duration::from_secs(5)
+}
+fn d_cache() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(256)
 }
 fn d_lease_wait() -> Duration {
     Duration::from_secs(20)

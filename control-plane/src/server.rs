@@ -53,7 +53,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(StorageError::from)?;
     let metrics = Arc::new(Metrics::new()?);
-    let (log_store, sm_store) = storage::open(&cfg.data_dir, metrics.apply.clone())?;
+    let (log_store, sm_store) = storage::open(&cfg.data_dir, cfg.cache_capacity.as_u64(), metrics.apply.clone())?;
     let sm = sm_store.shared.clone();
 
     let raft_config = openraft::Config {
@@ -64,7 +64,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every_entries),
         max_in_snapshot_log_to_keep: cfg.raft.keep_entries_behind_snapshot,
         snapshot_max_chunk_size: 1024 * 1024,
-        max_payload_entries: 64,
+        max_payload_entries: cfg.raft.max_entries_per_append,
         ..Default::default()
     }
     .validate()

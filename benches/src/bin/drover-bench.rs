@@ -49,17 +49,36 @@ enum Cmd {
         #[arg(long)]
         via_follower: bool,
     },
+    /// Queue a large backlog and report each node's memory and single-task enqueue
+    /// latency before and after it (the backlog lives on disk, not in memory).
+    Backlog {
+        #[arg(long)]
+        drover: Option<PathBuf>,
+        /// Tasks to queue.
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: u64,
+        #[arg(long, default_value_t = 1024)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Extra TOML lines for every server's config (for example `cache_capacity = "64 MiB"`).
+        #[arg(long, default_value = "")]
+        server_config: String,
+    },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let Cmd::Queue { drover, batch, clients: n_clients, duration, max_tasks, payload_bytes, via_follower } =
-        Cli::parse().cmd;
-    let bin = match drover {
-        Some(p) => p,
-        None => std::env::current_exe()?.parent().context("exe dir")?.join("drover"),
-    };
-    let cluster = Cluster::start(&bin, ClusterOptions::default()).await?;
+fn drover_bin(drover: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match drover {
+        Some(p) => Ok(p),
+        None => Ok(std::env::current_exe()?.parent().context("exe dir")?.join("drover")),
+    }
+}
+
+/// Starts a 3-node cluster with tenant `bench` and code `noop`; returns it and the address
+/// clients should use.
+async fn setup(bin: &std::path::Path, via_follower: bool, extra_config: &str) -> anyhow::Result<(Cluster, String)> {
+    let opts = ClusterOptions { extra_config: extra_config.to_string(), ..Default::default() };
+    let cluster = Cluster::start(bin, opts).await?;
     let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
     let target = if via_follower { cluster.follower().await? } else { leader };
     let addr = cluster.addr(target).to_string();
@@ -77,6 +96,86 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
+    Ok((cluster, addr))
+}
+
+fn new_tasks(n: usize, payload_bytes: usize) -> Vec<pv::NewTask> {
+    (0..n)
+        .map(|_| pv::NewTask { code: "noop".into(), payload: vec![b'x'; payload_bytes], ..Default::default() })
+        .collect()
+}
+
+/// p50/p99 of `n` sequential single-task queue calls.
+async fn single_latency(addr: &str, n: usize) -> anyhow::Result<drover_benches::Percentiles> {
+    let mut t = clients::tenant(addr, "bench")?;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        t.queue_tasks(pv::QueueTasksRequest { tasks: new_tasks(1, 1024), idempotency_key: String::new() }).await?;
+        lat.push(t0.elapsed());
+    }
+    drover_benches::percentiles(&mut lat).context("no samples")
+}
+
+fn rss_line(c: &Cluster) -> String {
+    c.ids()
+        .into_iter()
+        .map(|id| format!("node {id}: {:.0} MiB", c.rss_bytes(id).unwrap_or(0) as f64 / (1024.0 * 1024.0)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn backlog(
+    bin: &std::path::Path,
+    tasks: u64,
+    payload_bytes: usize,
+    n_clients: usize,
+    extra_config: &str,
+) -> anyhow::Result<()> {
+    let (cluster, addr) = setup(bin, false, extra_config).await?;
+    const BATCH: usize = 1000;
+    let before = single_latency(&addr, 500).await?;
+    println!("drover-bench backlog: {tasks} tasks of {payload_bytes} B in batches of {BATCH}, {n_clients} clients");
+    println!("before: rss {}; single enqueue p50 {:.1?} p99 {:.1?}", rss_line(&cluster), before.p50, before.p99);
+    let queued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..n_clients {
+        let (addr, queued) = (addr.clone(), queued.clone());
+        handles.push(tokio::spawn(async move {
+            let mut t = clients::tenant(&addr, "bench")?;
+            let req = pv::QueueTasksRequest { tasks: new_tasks(BATCH, payload_bytes), idempotency_key: String::new() };
+            while queued.fetch_add(BATCH as u64, Ordering::SeqCst) < tasks {
+                t.queue_tasks(req.clone()).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = single_latency(&addr, 500).await?;
+    println!("queued {tasks} in {secs:.1} s ({:.0} tasks/s)", tasks as f64 / secs);
+    println!("after:  rss {}; single enqueue p50 {:.1?} p99 {:.1?}", rss_line(&cluster), after.p50, after.p99);
+    // Memory after load is partly allocator and page-cache retention; show it once idle too.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    println!("idle 15 s later: rss {}", rss_line(&cluster));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (drover, batch, n_clients, duration, max_tasks, payload_bytes, via_follower) = match Cli::parse().cmd {
+        Cmd::Backlog { drover, tasks, payload_bytes, clients, server_config } => {
+            return backlog(&drover_bin(drover)?, tasks, payload_bytes, clients, &server_config).await;
+        }
+        Cmd::Queue { drover, batch, clients, duration, max_tasks, payload_bytes, via_follower } => {
+            (drover, batch, clients, duration, max_tasks, payload_bytes, via_follower)
+        }
+    };
+    let bin = drover_bin(drover)?;
+    let (cluster, addr) = setup(&bin, via_follower, "").await?;
     println!(
         "drover-bench queue: 3 nodes on loopback, {n_clients} clients, {payload_bytes} B payloads, {duration:?} per run, via {}",
         if via_follower { "a follower" } else { "the leader" }

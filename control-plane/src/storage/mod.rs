@@ -32,6 +32,7 @@ pub enum StorageError {
 /// Opens the node's storage under `data_dir`.
 pub fn open(
     data_dir: &Path,
+    cache_capacity_bytes: u64,
     metrics: sm_store::ApplyMetrics,
 ) -> Result<(log_store::LogStore, sm_store::SmStore), StorageError> {
     let path = data_dir.join("sled");
@@ -40,6 +41,8 @@ pub fn open(
         // The Raft adapter flushes explicitly before acknowledging; the timer only bounds
         // how long the state machine's writes may sit in memory.
         .flush_every_ms(Some(500))
+        // sled's page cache is the bulk of a node's memory; bound it (default 1 GiB).
+        .cache_capacity(cache_capacity_bytes)
         .open()
         .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
     let log = log_store::LogStore::new(&db)?;
@@ -77,7 +80,7 @@ mod suite {
     impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, SmStore), RaftStorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let (log, sm) = super::open(dir.path(), test_metrics()).expect("open storage");
+            let (log, sm) = super::open(dir.path(), 64 << 20, test_metrics()).expect("open storage");
             Ok((dir, log, sm))
         }
     }
