@@ -16,21 +16,10 @@ fn opts() -> ClusterOptions {
     ClusterOptions { lease_ttl: Some("3s".into()), ..Default::default() }
 }
 
-async fn lease_one(c: &Cluster, leader: u64, agent: &str) -> pg::GrantedTask {
-    let mut a = clients::agent(c.addr(leader), agent).expect("agent client");
-    let r = a
-        .lease(pg::LeaseRequest {
-            agent_id: agent.into(),
-            slots: 1,
-            max_tasks: 1,
-            wait_ms: 5_000,
-            ..Default::default()
-        })
-        .await
-        .expect("lease")
-        .into_inner();
-    assert_eq!(r.lease_ttl_ms, TTL.as_millis() as u64);
-    r.tasks.into_iter().next().expect("a task was granted")
+async fn lease_checked(c: &Cluster, leader: u64, agent: &str) -> pg::GrantedTask {
+    let (g, ttl_ms) = lease_one(c, leader, agent).await;
+    assert_eq!(ttl_ms, TTL.as_millis() as u64);
+    g
 }
 
 async fn heartbeat(
@@ -62,7 +51,7 @@ async fn silent_holder_loses_lease_after_ttl() {
     setup_tenant(&c, leader).await;
     let mut t = clients::tenant(c.addr(leader), "acme").expect("client");
     t.queue_tasks(batch(1, 16, "")).await.expect("queue");
-    let g = lease_one(&c, leader, "agent-a").await;
+    let g = lease_checked(&c, leader, "agent-a").await;
 
     // Alive for two TTLs while heartbeating every TTL/3.
     let alive_until = Instant::now() + 2 * TTL;
@@ -89,39 +78,11 @@ async fn silent_holder_loses_lease_after_ttl() {
     // The lost holder is fenced: its heartbeat is revoked and its completion refused.
     let hb = heartbeat(&c, leader, "agent-a", &g).await.expect("heartbeat");
     assert_eq!(hb.revoked.len(), 1);
-    let g2 = lease_one(&c, leader, "agent-b").await;
+    let g2 = lease_checked(&c, leader, "agent-b").await;
     assert_eq!(g2.task_id, g.task_id);
     assert!(g2.lease_epoch > g.lease_epoch);
-    let mut a = clients::agent(c.addr(leader), "agent-a").expect("agent client");
-    let stale = a
-        .complete(pg::CompleteRequest {
-            agent_id: "agent-a".into(),
-            completions: vec![pg::Completion {
-                lease: Some(pg::LeaseRef { task_id: g.task_id, lease_epoch: g.lease_epoch }),
-                outcome: pg::Outcome::Success as i32,
-                exit_code: Some(0),
-                ..Default::default()
-            }],
-        })
-        .await
-        .expect("complete call")
-        .into_inner();
-    assert!(!stale.results[0].accepted, "stale completion accepted");
-    let mut b = clients::agent(c.addr(leader), "agent-b").expect("agent client");
-    let ok = b
-        .complete(pg::CompleteRequest {
-            agent_id: "agent-b".into(),
-            completions: vec![pg::Completion {
-                lease: Some(pg::LeaseRef { task_id: g2.task_id, lease_epoch: g2.lease_epoch }),
-                outcome: pg::Outcome::Error as i32,
-                exit_code: Some(3),
-                ..Default::default()
-            }],
-        })
-        .await
-        .expect("complete call")
-        .into_inner();
-    assert!(ok.results[0].accepted, "{:?}", ok.results[0]);
+    assert!(!complete(&c, leader, "agent-a", &g, pg::Outcome::Success, 0).await, "stale completion accepted");
+    assert!(complete(&c, leader, "agent-b", &g2, pg::Outcome::Error, 3).await, "current holder refused");
     let done = task(&c, leader, g.task_id).await;
     assert_eq!(done.state, pv::TaskState::Error as i32);
     assert_eq!(done.result.expect("result").exit_code, Some(3), "the recorded result is the second holder's");
@@ -137,7 +98,7 @@ async fn new_leader_grants_full_ttl_from_election() {
     setup_tenant(&c, leader).await;
     let mut t = clients::tenant(c.addr(leader), "acme").expect("client");
     t.queue_tasks(batch(1, 16, "")).await.expect("queue");
-    let g = lease_one(&c, leader, "agent-a").await;
+    let g = lease_checked(&c, leader, "agent-a").await;
     heartbeat(&c, leader, "agent-a", &g).await.expect("heartbeat");
     // Most of the TTL passes in silence: under the old leader's clock the lease has
     // well under a second left when the leader dies.

@@ -52,24 +52,12 @@ async fn delay_timeout_backstop_and_retention() {
     assert!(promoted.ready_at_ms >= promoted.created_ms + 1_500);
 
     // Lease it with a 1 s timeout and keep heartbeating: the backstop still ends it.
-    let mut a = clients::agent(c.addr(leader), "agent-a").expect("agent");
+    let a = clients::agent(c.addr(leader), "agent-a").expect("agent");
     let mut short = batch(1, 8, "");
     short.tasks[0].timeout_ms = 1_000;
     short.tasks[0].priority = 2;
     let id = t.queue_tasks(short).await.expect("queue").into_inner().task_ids[0];
-    let g = a
-        .lease(pg::LeaseRequest {
-            agent_id: "agent-a".into(),
-            slots: 1,
-            max_tasks: 1,
-            wait_ms: 5_000,
-            ..Default::default()
-        })
-        .await
-        .expect("lease")
-        .into_inner()
-        .tasks
-        .remove(0);
+    let (g, _) = lease_one(&c, leader, "agent-a").await;
     assert_eq!(g.task_id, id, "priority 2 leased first");
     let ended = eventually(Duration::from_secs(15), "the timeout backstop", || {
         let mut a = a.clone();

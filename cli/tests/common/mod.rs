@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use drover_chaos::{Cluster, ClusterOptions, clients};
 use drover_proto::admin as pa;
+use drover_proto::agent as pg;
 use drover_proto::v1 as pv;
 
 pub fn bin() -> &'static Path {
@@ -74,4 +75,40 @@ pub async fn assert_replicas_identical(c: &Cluster, expect_tasks: u64) -> u64 {
         assert_eq!(v.task_count, expect_tasks, "node {} holds {} tasks", v.node_id, v.task_count);
     }
     applied
+}
+
+/// Leases one task as `agent` through node `id`, waiting up to 5 s for one.
+pub async fn lease_one(c: &Cluster, id: u64, agent: &str) -> (pg::GrantedTask, u64) {
+    let mut a = clients::agent(c.addr(id), agent).expect("agent client");
+    let r = a
+        .lease(pg::LeaseRequest {
+            agent_id: agent.into(),
+            slots: 1,
+            max_tasks: 1,
+            wait_ms: 5_000,
+            ..Default::default()
+        })
+        .await
+        .expect("lease")
+        .into_inner();
+    (r.tasks.into_iter().next().expect("a task was granted"), r.lease_ttl_ms)
+}
+
+/// Reports one completion as `agent`; returns whether the control plane accepted it.
+pub async fn complete(c: &Cluster, id: u64, agent: &str, g: &pg::GrantedTask, outcome: pg::Outcome, exit: i32) -> bool {
+    let mut a = clients::agent(c.addr(id), agent).expect("agent client");
+    let r = a
+        .complete(pg::CompleteRequest {
+            agent_id: agent.into(),
+            completions: vec![pg::Completion {
+                lease: Some(pg::LeaseRef { task_id: g.task_id, lease_epoch: g.lease_epoch }),
+                outcome: outcome as i32,
+                exit_code: Some(exit),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("complete call")
+        .into_inner();
+    r.results[0].accepted
 }
