@@ -27,6 +27,8 @@ enum Command {
     Operator(commands::operator::OperatorArgs),
     /// Manage tenants (operator).
     Tenant(commands::tenant::TenantArgs),
+    /// Create a CA and issue role certificates.
+    Certs(commands::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
             Command::Server(a) => commands::server::run(a).await,
             Command::Operator(a) => commands::operator::run(a).await,
             Command::Tenant(a) => commands::tenant::run(a).await,
+            Command::Certs(a) => commands::certs::run(a),
         }
     });
     match result {

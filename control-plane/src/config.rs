@@ -11,7 +11,7 @@
 //! lease_ttl = "10s"
 //! idempotency_window = "24h"
 //! retention = "7d"
-//! cache_capacity = "256 MiB"
+//! cache_capacity = "64 MiB"
 //! ```
 
 use std::collections::BTreeMap;
@@ -120,7 +120,7 @@ fn d_propose() -> Duration {
     Duration::from_secs(5)
 }
 fn d_cache() -> bytesize::ByteSize {
-    bytesize::ByteSize::mib(256)
+    bytesize::ByteSize::mib(64)
 }
 fn d_lease_wait() -> Duration {
     Duration::from_secs(20)

@@ -5,6 +5,8 @@
 //! verified by the mutual-TLS layer); this crate owns the format and its parsing, so
 //! there is exactly one definition of who may be named what.
 
+pub mod certs;
+
 use std::fmt;
 use std::str::FromStr;
 
