@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use drover_proto::admin as pa;
 
-use crate::clients;
+use drover_identity::certs::{self, LeafSpec, Pem};
+use drover_identity::{Role, SpiffeId};
+
+use crate::clients::{self, Creds};
 
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -19,11 +22,13 @@ pub struct ClusterOptions {
     pub lease_ttl: Option<String>,
     /// Extra TOML lines appended to every node's config file.
     pub extra_config: String,
+    /// Mutual TLS with a CA made for the cluster (otherwise plaintext development mode).
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 3, lease_ttl: None, extra_config: String::new() }
+        Self { nodes: 3, lease_ttl: None, extra_config: String::new(), tls: false }
     }
 }
 
@@ -42,6 +47,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, NodeProc>,
     opts: ClusterOptions,
+    /// The cluster's CA in TLS mode.
+    ca: Option<Pem>,
 }
 
 /// A loopback port free at the time of the call.
@@ -68,7 +75,8 @@ impl Cluster {
     /// Starts `opts.nodes` servers that bootstrap one cluster, and waits for a leader.
     pub async fn start(bin: &Path, opts: ClusterOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("drover-cluster-").tempdir()?;
-        let mut c = Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone() };
+        let ca = if opts.tls { Some(certs::new_ca("drover test CA", 30)?) } else { None };
+        let mut c = Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone(), ca };
         let mut members = BTreeMap::new();
         for id in 1..=opts.nodes {
             let n = c.make_node(id)?;
@@ -105,6 +113,24 @@ impl Cluster {
             n.http,
             n.data_dir.display().to_string()
         );
+        match &self.ca {
+            None => toml.push_str("dev_insecure = true\n"),
+            Some(ca) => {
+                let dir = n.config.parent().context("node dir")?;
+                let id_ = SpiffeId::new(Role::Server, &id.to_string())?;
+                let leaf = certs::issue(ca, &LeafSpec { ips: vec!["127.0.0.1".parse()?], ..LeafSpec::new(id_, 30) })?;
+                let (ca_path, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+                certs::write_file(&ca_path, &ca.cert, false)?;
+                certs::write_file(&cert, &leaf.cert, false)?;
+                certs::write_file(&key, &leaf.key, true)?;
+                toml.push_str(&format!(
+                    "tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n",
+                    ca_path.display().to_string(),
+                    cert.display().to_string(),
+                    key.display().to_string()
+                ));
+            }
+        }
         if let Some(ttl) = &self.opts.lease_ttl {
             toml.push_str(&format!("lease_ttl = \"{ttl}\"\n"));
         }
@@ -227,8 +253,33 @@ impl Cluster {
         Ok(id)
     }
 
+    /// The cluster's CA (TLS mode), to issue unusual certificates in tests.
+    pub fn ca(&self) -> Option<&Pem> {
+        self.ca.as_ref()
+    }
+
+    /// Credentials for `role`/`id`: a freshly issued certificate in TLS mode,
+    /// development-mode metadata otherwise.
+    pub fn creds(&self, role: Role, id: &str) -> anyhow::Result<Creds> {
+        let Some(ca) = &self.ca else { return Ok(Creds::Dev) };
+        let leaf = certs::issue(ca, &LeafSpec::new(SpiffeId::new(role, id)?, 30))?;
+        Ok(clients::tls_creds(&ca.cert, &leaf.cert, &leaf.key))
+    }
+
+    pub fn tenant(&self, node: u64, tenant: &str) -> anyhow::Result<clients::Tenant> {
+        clients::tenant_with(self.addr(node), &self.creds(Role::Tenant, tenant)?, tenant)
+    }
+
+    pub fn agent(&self, node: u64, agent: &str) -> anyhow::Result<clients::Agent> {
+        clients::agent_with(self.addr(node), &self.creds(Role::Agent, agent)?, agent)
+    }
+
+    pub fn admin(&self, node: u64) -> anyhow::Result<clients::Admin> {
+        clients::admin_with(self.addr(node), &self.creds(Role::Operator, "chaos")?)
+    }
+
     pub async fn status(&self, id: u64) -> anyhow::Result<pa::RaftStatusResponse> {
-        let mut a = clients::admin(self.addr(id))?;
+        let mut a = self.admin(id)?;
         Ok(a.raft_status(pa::RaftStatusRequest {}).await?.into_inner())
     }
 
@@ -264,7 +315,7 @@ impl Cluster {
     pub async fn inspect_all(&self, min_applied: u64) -> anyhow::Result<Vec<pa::InspectNodeResponse>> {
         let mut out = Vec::new();
         for id in self.running_ids() {
-            let mut a = clients::admin(self.addr(id))?;
+            let mut a = self.admin(id)?;
             let r = a
                 .inspect_node(pa::InspectNodeRequest { min_applied_index: min_applied, wait_ms: 30_000 })
                 .await

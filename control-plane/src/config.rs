@@ -50,9 +50,13 @@ pub struct ServerConfig {
     /// started without members waits to be added (`drover operator raft add-learner`).
     #[serde(default)]
     pub initial_members: BTreeMap<u64, String>,
-    /// Serve plaintext gRPC and HTTP. Refused unless every listener is on loopback; TLS
-    /// (mutual, with role certificates) replaces it.
-    #[serde(default = "yes")]
+    /// Mutual TLS on the gRPC listener and for node-to-node traffic.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Serve plaintext gRPC and HTTP instead, taking caller identities from metadata.
+    /// Development only: refused unless every listener is on loopback, and together with
+    /// `[tls]`.
+    #[serde(default)]
     pub dev_insecure: bool,
     #[serde(default = "d_lease_ttl", deserialize_with = "duration")]
     pub lease_ttl: Duration,
@@ -71,6 +75,17 @@ pub struct ServerConfig {
     pub cache_capacity: bytesize::ByteSize,
     #[serde(default)]
     pub raft: RaftTuning,
+}
+
+/// PEM files for mutual TLS: the CA bundle that client and peer certificates must chain
+/// to (it may hold several CAs, for rotation), and this node's certificate and key (a
+/// `server` role certificate with the node's IP or DNS name).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,9 +116,6 @@ impl Default for RaftTuning {
     }
 }
 
-fn yes() -> bool {
-    true
-}
 fn d_lease_ttl() -> Duration {
     Duration::from_secs(10)
 }
@@ -142,14 +154,18 @@ impl ServerConfig {
         if self.node_id == 0 {
             return bad("node_id", "must be positive".into());
         }
-        if !self.dev_insecure {
-            return bad(
-                "dev_insecure",
-                "TLS is not available in this build yet; set dev_insecure = true on loopback".into(),
-            );
+        match (&self.tls, self.dev_insecure) {
+            (None, false) => {
+                return bad("tls", "set [tls] ca/cert/key, or dev_insecure = true for loopback development".into());
+            }
+            (Some(_), true) => return bad("dev_insecure", "cannot be combined with [tls]".into()),
+            (None, true) if !self.listen.ip().is_loopback() || !self.http_listen.ip().is_loopback() => {
+                return bad("listen", "plaintext (dev_insecure) listeners must bind to loopback".into());
+            }
+            _ => {}
         }
-        if !self.listen.ip().is_loopback() || !self.http_listen.ip().is_loopback() {
-            return bad("listen", "plaintext (dev_insecure) listeners must bind to loopback".into());
+        if self.tls.is_some() && !self.http_listen.ip().is_loopback() {
+            return bad("http_listen", "the HTTP listener has no TLS yet; bind it to loopback".into());
         }
         if self.lease_ttl < Duration::from_millis(500) {
             return bad("lease_ttl", format!("{:?} is under the minimum of 500ms", self.lease_ttl));

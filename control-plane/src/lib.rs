@@ -9,6 +9,7 @@
 //! * [`raft`] — openraft types, tonic transport, proposals and follower forwarding.
 //! * [`api`] — tenant, agent and admin gRPC services; one error → status mapping.
 //! * [`leader`] — leader-only loops and the soft lease tracker.
+//! * [`tls`] — mutual-TLS material for the listener and for dialling peers.
 //! * [`config`], [`metrics`], [`http`], [`server`] — validated config, Prometheus
 //!   registry, side HTTP listener, wiring and shutdown.
 
@@ -21,3 +22,4 @@ pub mod raft;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod tls;

@@ -13,8 +13,11 @@ use drover_proto::v1::tenant_server::TenantServer;
 use openraft::SnapshotPolicy;
 use tokio_util::sync::CancellationToken;
 
+use tonic::service::interceptor::InterceptedService;
+
 use crate::api::admin::AdminService;
 use crate::api::agent::AgentService;
+use crate::api::authz::Authz;
 use crate::api::tenant::TenantService;
 use crate::api::{ApiConfig, ApiCtx};
 use crate::config::{ConfigError, ServerConfig};
@@ -41,6 +44,8 @@ pub enum ServerError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("raft: {0}")]
     Raft(String),
     #[error("binding {addr}: {source}")]
@@ -69,12 +74,15 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     }
     .validate()
     .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let raft = Raft::new(cfg.node_id, Arc::new(raft_config), NetworkFactory, log_store, sm_store)
+    let tls = cfg.tls.as_ref().map(crate::tls::load).transpose()?;
+    let peer_tls = tls.as_ref().map(|t| t.client.clone());
+    let network = NetworkFactory { tls: peer_tls.clone() };
+    let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm_store)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     let quorum_timeout = Duration::from_millis(cfg.raft.election_max_ms * 2);
-    let node = Arc::new(RaftNode::new(cfg.node_id, raft.clone(), sm, cfg.propose_timeout, quorum_timeout));
+    let node = Arc::new(RaftNode::new(cfg.node_id, raft.clone(), sm, peer_tls, cfg.propose_timeout, quorum_timeout));
     let tracker = Arc::new(LeaseTracker::default());
     let tasks = tokio_util::task::TaskTracker::new();
     let batcher = Batcher::start(node.clone(), MAX_ENTRIES_IN_FLIGHT, &tasks, shutdown.clone());
@@ -98,19 +106,30 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
 
     maybe_initialize(&raft, &cfg).await?;
 
-    let grpc = tonic::transport::Server::builder()
-        .add_service(
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server.clone())?;
+    }
+    let authz = |service| Authz::for_service(service, tls.is_some());
+    let grpc = builder
+        .add_service(InterceptedService::new(
             RaftServer::new(RaftService { node: node.clone() })
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
-        .add_service(
+            authz("drover.raft.v1.Raft"),
+        ))
+        .add_service(InterceptedService::new(
             TenantServer::new(TenantService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES),
-        )
-        .add_service(
+            authz("drover.v1.Tenant"),
+        ))
+        .add_service(InterceptedService::new(
             AgentServer::new(AgentService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES),
-        )
-        .add_service(AdminServer::new(AdminService { ctx: ctx.clone() }))
+            authz("drover.agent.v1.Agent"),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServer::new(AdminService { ctx: ctx.clone() }),
+            authz("drover.admin.v1.Admin"),
+        ))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, small replies sit behind Nagle and delayed ACKs (~40 ms).
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

@@ -105,7 +105,13 @@ pub fn identity_from_der(der: &[u8]) -> Result<SpiffeId, IdentityError> {
     }
     let san = cert.subject_alternative_name().map_err(|_| bad("malformed subjectAltName"))?;
     let uris: Vec<&str> = san
-        .map(|s| s.value.general_names.iter().filter_map(|g| if let GeneralName::URI(u) = g { Some(*u) } else { None }).collect())
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|g| if let GeneralName::URI(u) = g { Some(*u) } else { None })
+                .collect()
+        })
         .unwrap_or_default();
     match uris.as_slice() {
         [one] => one.parse(),

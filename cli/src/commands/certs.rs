@@ -60,7 +60,8 @@ pub fn run(a: CertsArgs) -> anyhow::Result<()> {
         }
         CertsCmd::Issue { dir, role, id, dns, ip, days } => {
             let ca = Pem {
-                cert: std::fs::read_to_string(dir.join("ca.pem")).context("reading ca.pem (run `drover certs init`)")?,
+                cert: std::fs::read_to_string(dir.join("ca.pem"))
+                    .context("reading ca.pem (run `drover certs init`)")?,
                 key: std::fs::read_to_string(dir.join("ca.key")).context("reading ca.key")?,
             };
             let spec = LeafSpec { dns, ips: ip, ..LeafSpec::new(SpiffeId::new(role, &id)?, days) };

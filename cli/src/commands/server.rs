@@ -34,6 +34,18 @@ pub struct ServerArgs {
     /// Lease TTL, for example 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
     lease_ttl: Option<Duration>,
+    /// CA bundle (PEM) that client and peer certificates must chain to.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This node's server certificate (PEM).
+    #[arg(long, requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires = "tls_ca")]
+    tls_key: Option<PathBuf>,
+    /// Plaintext development mode: loopback only, identities from metadata.
+    #[arg(long, conflicts_with = "tls_ca")]
+    dev_insecure: bool,
 }
 
 fn parse_members(items: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -82,6 +94,13 @@ fn build_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = a.lease_ttl {
         cfg.lease_ttl = v;
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (a.tls_ca, a.tls_cert, a.tls_key) {
+        cfg.tls = Some(drover_control_plane::config::TlsFiles { ca, cert, key });
+        cfg.dev_insecure = false;
+    }
+    if a.dev_insecure {
+        cfg.dev_insecure = true;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -1,11 +1,11 @@
-//! Who is calling. Until mutual TLS lands (identities from certificate SANs), the server
-//! runs in development mode only, bound to loopback, and takes the caller's tenant or
-//! agent id from the `x-drover-tenant` / `x-drover-agent` metadata entries. This is the
-//! one place that decides a caller's identity, so the certificate-based version replaces
-//! it without touching handlers.
+//! Who is calling. With TLS, the identity the `authz` interceptor verified from the client
+//! certificate (never a request field). In development mode (plaintext, loopback only)
+//! there is no certificate, and the tenant or agent id comes from the `x-drover-tenant` /
+//! `x-drover-agent` metadata entries.
 
 use tonic::Request;
 
+use super::authz::Caller;
 use super::error::ApiError;
 use crate::state::validate;
 
@@ -13,6 +13,10 @@ pub const TENANT_METADATA: &str = "x-drover-tenant";
 pub const AGENT_METADATA: &str = "x-drover-agent";
 
 fn id_from<T>(req: &Request<T>, key: &str, role: &str) -> Result<String, ApiError> {
+    if let Some(Caller(id)) = req.extensions().get::<Caller>() {
+        // The interceptor admitted only this service's role.
+        return Ok(id.id.clone());
+    }
     let v =
         req.metadata().get(key).ok_or_else(|| ApiError::Unauthenticated(format!("no {role} identity on the call")))?;
     let id = v.to_str().map_err(|_| ApiError::Unauthenticated(format!("{role} identity is not ASCII")))?;

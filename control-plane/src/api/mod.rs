@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod authz;
 pub mod caller;
 pub mod convert;
 pub mod error;

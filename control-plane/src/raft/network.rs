@@ -12,7 +12,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::codec;
 use super::types::{Node, NodeId, TypeConfig};
@@ -21,13 +21,21 @@ use super::types::{Node, NodeId, TypeConfig};
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How this node dials its peers: plaintext (development) or mutual TLS with its own
+/// server certificate.
+pub type PeerTls = Option<ClientTlsConfig>;
+
 /// A lazily connecting channel to a peer's gRPC listener.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+pub fn channel(addr: &str, tls: &PeerTls) -> Result<Channel, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
+        .http2_keep_alive_interval(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls.clone())?;
+    }
+    Ok(ep.connect_lazy())
 }
 
 pub fn raft_client(ch: Channel) -> RaftClient<Channel> {
@@ -37,19 +45,22 @@ pub fn raft_client(ch: Channel) -> RaftClient<Channel> {
 }
 
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    pub tls: PeerTls,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), client: None }
+        PeerClient { target, addr: node.addr.clone(), tls: self.tls.clone(), client: None }
     }
 }
 
 pub struct PeerClient {
     target: NodeId,
     addr: String,
+    tls: PeerTls,
     client: Option<RaftClient<Channel>>,
 }
 
@@ -60,7 +71,7 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ch = channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let ch = channel(&self.addr, &self.tls).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let c = raft_client(ch);
         self.client = Some(c.clone());
         Ok(c)

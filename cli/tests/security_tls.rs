@@ -1,0 +1,148 @@
+//! Mutual TLS on a real three-node cluster: node-to-node Raft over server certificates,
+//! the role table (each certificate role may call only its own service), tenant
+//! isolation, and refusal of connections without an acceptable client certificate.
+
+mod common;
+
+use std::time::Duration;
+
+use common::batch;
+use drover_chaos::clients::{self, Creds};
+use drover_chaos::{Cluster, ClusterOptions};
+use drover_identity::certs::{self, LeafSpec};
+use drover_identity::{Role, SpiffeId};
+use drover_proto::admin as pa;
+use drover_proto::agent as pg;
+use drover_proto::raft::ReadIndexRequest;
+use drover_proto::raft::raft_client::RaftClient;
+use drover_proto::v1 as pv;
+use tonic::Code;
+
+async fn tls_cluster() -> Cluster {
+    let opts = ClusterOptions { tls: true, ..Default::default() };
+    Cluster::start(common::bin(), opts).await.expect("start TLS cluster")
+}
+
+async fn setup(c: &Cluster, node: u64) {
+    c.admin(node)
+        .expect("admin")
+        .upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), limits: None })
+        .await
+        .expect("create tenant acme");
+    c.admin(node)
+        .expect("admin")
+        .upsert_tenant(pa::UpsertTenantRequest { id: "beta".into(), limits: None })
+        .await
+        .expect("create tenant beta");
+    c.tenant(node, "acme")
+        .expect("tenant")
+        .register_code(pv::RegisterCodeRequest {
+            name: "echo".into(),
+            image: "drover-test/busybox:1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register code");
+}
+
+/// Three nodes replicate over server certificates (writes through a follower are
+/// forwarded over TLS); every role is confined to its own service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_cluster_replicates_and_enforces_roles() {
+    let c = tls_cluster().await;
+    let follower = c.follower().await.expect("follower");
+    setup(&c, follower).await;
+    let mut acme = c.tenant(follower, "acme").expect("tenant");
+    let ids = acme.queue_tasks(batch(20, 64, "k1")).await.expect("queue over TLS").into_inner().task_ids;
+    assert_eq!(ids.len(), 20);
+    common::assert_replicas_identical(&c, 20).await;
+
+    let addr = c.addr(follower).to_string();
+    let tenant_creds = c.creds(Role::Tenant, "acme").expect("creds");
+    let agent_creds = c.creds(Role::Agent, "a1").expect("creds");
+
+    let e = clients::admin_with(&addr, &tenant_creds)
+        .expect("client")
+        .raft_status(pa::RaftStatusRequest {})
+        .await
+        .expect_err("tenant calling admin");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    let e = clients::agent_with(&addr, &tenant_creds, "acme")
+        .expect("client")
+        .lease(pg::LeaseRequest { max_tasks: 1, ..Default::default() })
+        .await
+        .expect_err("tenant calling agent service");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    let e = clients::tenant_with(&addr, &agent_creds, "a1")
+        .expect("client")
+        .queue_tasks(batch(1, 8, ""))
+        .await
+        .expect_err("agent queuing a task");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    let ch = clients::channel_with(&addr, &tenant_creds).expect("channel");
+    let e = RaftClient::new(ch).read_index(ReadIndexRequest {}).await.expect_err("tenant calling raft");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Tenant isolation: another tenant's id answers exactly like a missing one.
+    let mut beta = c.tenant(follower, "beta").expect("tenant beta");
+    let other =
+        beta.get_task(pv::GetTaskRequest { id: ids[0], include_payload: false }).await.expect_err("beta reads acme");
+    let missing = beta.get_task(pv::GetTaskRequest { id: 7, include_payload: false }).await.expect_err("missing id");
+    assert_eq!(other.code(), Code::NotFound);
+    assert_eq!(other.message().replace(&ids[0].to_string(), "ID"), missing.message().replace('7', "ID"));
+    let e = beta.cancel_task(pv::CancelTaskRequest { id: ids[0] }).await.expect_err("beta cancels acme's task");
+    assert_eq!(e.code(), Code::NotFound);
+    let listed = beta.list_tasks(pv::ListTasksRequest::default()).await.expect("list").into_inner();
+    assert!(listed.tasks.is_empty(), "beta sees acme's tasks");
+    let listed = acme.list_tasks(pv::ListTasksRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.tasks.len(), 20);
+}
+
+/// Connections without an acceptable client certificate are refused, and the server
+/// keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unacceptable_clients_are_refused() {
+    let c = tls_cluster().await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    let addr = c.addr(leader).to_string();
+    let ca = c.ca().expect("TLS cluster has a CA").clone();
+    let op = SpiffeId::new(Role::Operator, "mallory").expect("id");
+    let status = |creds: Creds| {
+        let addr = addr.clone();
+        async move {
+            clients::admin_with(&addr, &creds)?.raft_status(pa::RaftStatusRequest {}).await.map_err(anyhow::Error::from)
+        }
+    };
+
+    // A certificate from another CA (the client trusts the cluster CA for the server).
+    let other_ca = certs::new_ca("someone else", 30).expect("ca");
+    let foreign = certs::issue(&other_ca, &LeafSpec::new(op.clone(), 30)).expect("leaf");
+    assert!(status(clients::tls_creds(&ca.cert, &foreign.cert, &foreign.key)).await.is_err(), "foreign CA accepted");
+
+    // Expired, and not yet valid.
+    let past = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    let expired =
+        certs::issue(&ca, &LeafSpec { not_before: Some(past), ..LeafSpec::new(op.clone(), 1) }).expect("leaf");
+    assert!(status(clients::tls_creds(&ca.cert, &expired.cert, &expired.key)).await.is_err(), "expired accepted");
+    let future = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let early =
+        certs::issue(&ca, &LeafSpec { not_before: Some(future), ..LeafSpec::new(op.clone(), 30) }).expect("leaf");
+    assert!(status(clients::tls_creds(&ca.cert, &early.cert, &early.key)).await.is_err(), "not-yet-valid accepted");
+
+    // The CA's own certificate used as a client certificate.
+    assert!(status(clients::tls_creds(&ca.cert, &ca.cert, &ca.key)).await.is_err(), "CA cert accepted as a client");
+
+    // No client certificate at all, and plaintext.
+    let no_cert = Creds::Tls(
+        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca.cert)),
+    );
+    assert!(status(no_cert).await.is_err(), "no client certificate accepted");
+    assert!(status(Creds::Dev).await.is_err(), "plaintext accepted");
+
+    // The server still serves a good client.
+    let ok = status(c.creds(Role::Operator, "ops").expect("creds")).await.expect("good operator");
+    assert!(ok.into_inner().has_leader);
+}
