@@ -153,6 +153,28 @@ mod tests {
     }
 
     #[test]
+    fn none_or_two_uri_sans_are_refused() {
+        let ca = new_ca("drover test CA", 30).expect("ca");
+        let ca_key = KeyPair::from_pem(&ca.key).expect("key");
+        let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key).expect("issuer");
+        let leaf = |uris: &[&str]| {
+            let key = KeyPair::generate().expect("key");
+            let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+            for u in uris {
+                p.subject_alt_names.push(SanType::URI((*u).try_into().expect("uri")));
+            }
+            p.signed_by(&key, &issuer).expect("sign").der().to_vec()
+        };
+        let e = identity_from_der(&leaf(&[])).expect_err("no URI SAN");
+        assert!(e.to_string().contains("no URI SAN"), "{e}");
+        let two = leaf(&["spiffe://drover/tenant/a", "spiffe://drover/operator/b"]);
+        let e = identity_from_der(&two).expect_err("two URI SANs");
+        assert!(e.to_string().contains("more than one"), "{e}");
+        let ok = leaf(&["spiffe://drover/agent/x"]);
+        assert_eq!(identity_from_der(&ok).expect("one").to_string(), "spiffe://drover/agent/x");
+    }
+
+    #[test]
     fn private_keys_are_0600() {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("drover-cert-test-{}", std::process::id()));
