@@ -30,7 +30,7 @@ impl Bench {
     fn new() -> Self {
         let mut b = Bench { sm: StateMachine::default(), kv: MemKv::default(), index: 0 };
         let limits = drover_control_plane::state::model::TenantLimits { max_queued_tasks: 0, ..DEFAULT_TENANT_LIMITS };
-        b.apply(Command::UpsertTenant { id: "acme".into(), limits });
+        b.apply(Command::UpsertTenant { id: "acme".into(), limits, allowed_cidrs: vec![] });
         b.apply(Command::RegisterCode {
             tenant: "acme".into(),
             spec: CodeSpec {

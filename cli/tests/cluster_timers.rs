@@ -9,22 +9,10 @@ use common::*;
 use drover_chaos::{Cluster, ClusterOptions, clients, eventually};
 use drover_proto::agent as pg;
 use drover_proto::v1 as pv;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn task(c: &Cluster, node: u64, id: u64) -> Option<pv::Task> {
     let mut t = clients::tenant(c.addr(node), "acme").expect("tenant client");
     t.get_task(pv::GetTaskRequest { id, include_payload: false }).await.ok().map(|r| r.into_inner())
-}
-
-/// A plain HTTP/1.0 GET; returns (status code, body).
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect http");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
 }
 
 /// A delayed task is promoted to queued by the leader once its delay has passed; a leased
@@ -95,11 +83,11 @@ async fn metrics_and_health_endpoints() {
     let mut t = clients::tenant(c.addr(leader), "acme").expect("client");
     t.queue_tasks(batch(7, 8, "")).await.expect("queue");
 
-    let (code, body) = http_get(c.http(leader), "/healthz").await;
+    let (code, body) = common::http_get(c.http(leader), "/healthz").await;
     assert_eq!(code, 200, "{body}");
-    let (code, body) = http_get(c.http(leader), "/readyz").await;
+    let (code, body) = common::http_get(c.http(leader), "/readyz").await;
     assert_eq!(code, 200, "{body}");
-    let (code, body) = http_get(c.http(leader), "/metrics").await;
+    let (code, body) = common::http_get(c.http(leader), "/metrics").await;
     assert_eq!(code, 200);
     for line in [
         "drover_raft_is_leader 1",
@@ -115,6 +103,6 @@ async fn metrics_and_health_endpoints() {
         assert!(body.contains(name), "missing {name}");
     }
     let follower = c.follower().await.expect("follower");
-    let (_, body) = http_get(c.http(follower), "/metrics").await;
+    let (_, body) = common::http_get(c.http(follower), "/metrics").await;
     assert!(body.lines().any(|l| l == "drover_raft_is_leader 0"));
 }

@@ -26,12 +26,12 @@ async fn tls_cluster() -> Cluster {
 async fn setup(c: &Cluster, node: u64) {
     c.admin(node)
         .expect("admin")
-        .upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), limits: None })
+        .upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), ..Default::default() })
         .await
         .expect("create tenant acme");
     c.admin(node)
         .expect("admin")
-        .upsert_tenant(pa::UpsertTenantRequest { id: "beta".into(), limits: None })
+        .upsert_tenant(pa::UpsertTenantRequest { id: "beta".into(), ..Default::default() })
         .await
         .expect("create tenant beta");
     c.tenant(node, "acme")
@@ -99,6 +99,77 @@ async fn tls_cluster_replicates_and_enforces_roles() {
     assert!(listed.tasks.is_empty(), "beta sees acme's tasks");
     let listed = acme.list_tasks(pv::ListTasksRequest::default()).await.expect("list").into_inner();
     assert_eq!(listed.tasks.len(), 20);
+
+    // An agent cannot heartbeat or complete a lease granted to another agent.
+    let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    let mut a1 = c.agent(leader, "a1").expect("agent a1");
+    let g = a1
+        .lease(pg::LeaseRequest { max_tasks: 1, wait_ms: 5_000, ..Default::default() })
+        .await
+        .expect("lease")
+        .into_inner()
+        .tasks
+        .remove(0);
+    let lease = pg::LeaseRef { task_id: g.task_id, lease_epoch: g.lease_epoch };
+    let mut a2 = c.agent(leader, "a2").expect("agent a2");
+    let e = a2
+        .heartbeat(pg::HeartbeatRequest { leases: vec![lease], ..Default::default() })
+        .await
+        .expect_err("heartbeat of another agent's lease");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let done = pg::Completion { lease: Some(lease), outcome: pg::Outcome::Success as i32, ..Default::default() };
+    let e = a2
+        .complete(pg::CompleteRequest { completions: vec![done.clone()], ..Default::default() })
+        .await
+        .expect_err("completion of another agent's lease");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let hb = a1.heartbeat(pg::HeartbeatRequest { leases: vec![lease], ..Default::default() }).await.expect("own lease");
+    assert!(hb.into_inner().revoked.is_empty());
+    let r = a1.complete(pg::CompleteRequest { completions: vec![done], ..Default::default() }).await.expect("own");
+    assert!(r.into_inner().results[0].accepted);
+}
+
+/// A tenant whose source allowlist excludes 127.0.0.1 is refused before any handler runs
+/// (and counted); widening the allowlist lets it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_cidr_allowlist() {
+    let c = tls_cluster().await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    setup(&c, leader).await;
+    let allow = |cidrs: &[&str]| pa::UpsertTenantRequest {
+        id: "acme".into(),
+        allowed_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut admin = c.admin(leader).expect("admin");
+    let e = admin.upsert_tenant(allow(&["10.0.0.0/33"])).await.expect_err("bad CIDR");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("allowed_cidrs[0]"), "{}", e.message());
+    admin.upsert_tenant(allow(&["10.0.0.0/8", "fd00::/8"])).await.expect("narrow allowlist");
+
+    // Every node applies the change before it is checked there.
+    let applied = c.status(leader).await.expect("status").last_applied_index;
+    c.inspect_all(applied).await.expect("caught up");
+    for node in c.ids() {
+        let e = c
+            .tenant(node, "acme")
+            .expect("client")
+            .list_tasks(pv::ListTasksRequest::default())
+            .await
+            .expect_err("outside the allowlist");
+        assert_eq!(e.code(), Code::PermissionDenied, "node {node}: {e:?}");
+        assert!(e.message().contains("127.0.0.1"), "{}", e.message());
+    }
+    let (_, metrics) = common::http_get(c.http(leader), "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("drover_api_denied_total{reason=\"source_cidr\"}")),
+        "denial not counted:\n{metrics}"
+    );
+
+    admin.upsert_tenant(allow(&["10.0.0.0/8", "127.0.0.0/8"])).await.expect("widen allowlist");
+    let applied = c.status(leader).await.expect("status").last_applied_index;
+    c.inspect_all(applied).await.expect("caught up");
+    c.tenant(leader, "acme").expect("client").queue_tasks(batch(1, 8, "")).await.expect("inside the allowlist");
 }
 
 /// Connections without an acceptable client certificate are refused, and the server

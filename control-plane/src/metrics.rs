@@ -14,6 +14,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub apply: ApplyMetrics,
     pub leases_expired: IntCounterVec,
+    pub api_denied: IntCounterVec,
     term: IntGauge,
     last_log_index: IntGauge,
     applied_index: IntGauge,
@@ -46,6 +47,10 @@ impl Metrics {
                 Opts::new("leases_expired_total", "Leases expired by the leader"),
                 &["reason"],
             )?,
+            api_denied: IntCounterVec::new(
+                Opts::new("api_denied_total", "Calls refused before any handler ran, by reason"),
+                &["reason"],
+            )?,
             term: IntGauge::new("raft_term", "Current Raft term")?,
             last_log_index: IntGauge::new("raft_last_log_index", "Index of the last entry in this node's log")?,
             applied_index: IntGauge::new("raft_applied_index", "Index of the last entry applied on this node")?,
@@ -63,6 +68,7 @@ impl Metrics {
         m.registry.register(Box::new(m.apply.apply_seconds.clone()))?;
         m.registry.register(Box::new(m.apply.applied_entries.clone()))?;
         m.registry.register(Box::new(m.leases_expired.clone()))?;
+        m.registry.register(Box::new(m.api_denied.clone()))?;
         m.registry.register(Box::new(m.term.clone()))?;
         m.registry.register(Box::new(m.last_log_index.clone()))?;
         m.registry.register(Box::new(m.applied_index.clone()))?;

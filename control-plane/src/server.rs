@@ -110,7 +110,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.server.clone())?;
     }
-    let authz = |service| Authz::for_service(service, tls.is_some());
+    let authz = |service| Authz::new(service, tls.is_some(), node.sm.clone(), metrics.api_denied.clone());
     let grpc = builder
         .add_service(InterceptedService::new(
             RaftServer::new(RaftService { node: node.clone() })

@@ -87,6 +87,7 @@ async fn setup(bin: &std::path::Path, via_follower: bool, extra_config: &str) ->
         .upsert_tenant(pa::UpsertTenantRequest {
             id: "bench".into(),
             limits: Some(pa::TenantLimits { max_queued_tasks: 100_000_000, ..Default::default() }),
+            ..Default::default()
         })
         .await?;
     clients::tenant(&addr, "bench")?

@@ -29,15 +29,19 @@ enum TenantCmd {
         /// Largest payload in bytes (0: server default).
         #[arg(long, default_value_t = 0)]
         max_payload_bytes: u64,
+        /// Source networks API calls may come from (CIDR, repeatable); none = anywhere.
+        #[arg(long = "allow-cidr")]
+        allowed_cidrs: Vec<String>,
     },
     List,
 }
 
 pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
     match a.cmd {
-        TenantCmd::Create { id, max_queued, max_concurrency, max_payload_bytes } => {
+        TenantCmd::Create { id, max_queued, max_concurrency, max_payload_bytes, allowed_cidrs } => {
             let t = with_leader(&a.conn, |ch| {
                 let id = id.clone();
+                let allowed_cidrs = allowed_cidrs.clone();
                 async move {
                     AdminClient::new(ch)
                         .upsert_tenant(pa::UpsertTenantRequest {
@@ -47,6 +51,7 @@ pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
                                 max_concurrency,
                                 max_payload_bytes,
                             }),
+                            allowed_cidrs,
                         })
                         .await
                         .map(|r| r.into_inner())

@@ -21,7 +21,10 @@ pub async fn cluster(opts: ClusterOptions) -> Cluster {
 /// Creates tenant `acme` with code `echo` through `addr`.
 pub async fn setup_tenant(c: &Cluster, addr_id: u64) {
     let mut admin = clients::admin(c.addr(addr_id)).expect("admin client");
-    admin.upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), limits: None }).await.expect("create tenant");
+    admin
+        .upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), ..Default::default() })
+        .await
+        .expect("create tenant");
     let mut t = clients::tenant(c.addr(addr_id), "acme").expect("tenant client");
     t.register_code(pv::RegisterCodeRequest {
         name: "echo".into(),
@@ -111,4 +114,16 @@ pub async fn complete(c: &Cluster, id: u64, agent: &str, g: &pg::GrantedTask, ou
         .expect("complete call")
         .into_inner();
     r.results[0].accepted
+}
+
+/// A plain HTTP/1.0 GET; returns (status code, body).
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect http");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.expect("write");
+    let mut buf = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut buf).await.expect("read");
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
 }

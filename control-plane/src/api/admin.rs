@@ -157,7 +157,8 @@ impl Admin for AdminService {
         validate::name("id", &r.id).map_err(ApiError::from)?;
         let limits = convert::tenant_limits_in(r.limits);
         validate::tenant_limits(&limits).map_err(ApiError::from)?;
-        match self.ctx.propose(Command::UpsertTenant { id: r.id, limits }).await? {
+        validate::cidrs("allowed_cidrs", &r.allowed_cidrs).map_err(ApiError::from)?;
+        match self.ctx.propose(Command::UpsertTenant { id: r.id, limits, allowed_cidrs: r.allowed_cidrs }).await? {
             SmResponse::Tenant(t) => Ok(Response::new(convert::tenant_out(&t, 0, 0))),
             other => Err(unexpected(other)),
         }

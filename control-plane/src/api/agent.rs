@@ -60,6 +60,23 @@ impl AgentService {
         Ok(placement::pick(sm.indexes(), sm.tenants(), sm.codes(), "", attrs).is_some())
     }
 
+    /// Refuses the whole call if any lease it names is a current lease of another agent.
+    /// (A stale epoch is not a permission matter: it is answered per lease.)
+    fn check_owned(&self, agent_id: &str, leases: impl IntoIterator<Item = (u64, u64)>) -> Result<(), ApiError> {
+        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+        for (task_id, epoch) in leases {
+            if let Some(run) = sm.indexes().running.get(&task_id)
+                && run.epoch == epoch
+                && run.agent_id != agent_id
+            {
+                return Err(ApiError::PermissionDenied(format!(
+                    "the lease of task {task_id} (epoch {epoch}) was granted to another agent"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn granted(&self, task_id: u64, epoch: u64) -> Result<pa::GrantedTask, ApiError> {
         let kv = self.ctx.node.sm.kv();
         let task = views::get_task(&kv, None, task_id)?
@@ -155,6 +172,7 @@ impl Agent for AgentService {
             )
             .into());
         }
+        self.check_owned(&agent_id, r.leases.iter().map(|l| (l.task_id, l.lease_epoch)))?;
         let now = Instant::now();
         let mut revoked = Vec::new();
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
@@ -211,6 +229,7 @@ impl Agent for AgentService {
             });
         }
         let leases: Vec<LeaseRef> = completions.iter().map(|c| c.lease).collect();
+        self.check_owned(&agent_id, leases.iter().map(|l| (l.task_id, l.epoch)))?;
         let results = match self.ctx.propose(Command::Complete { completions }).await? {
             SmResponse::Completed { results } => results,
             other => return Err(unexpected(other)),

@@ -1,15 +1,25 @@
 //! Who may call what: one table, enforced by one interceptor on every service before any
 //! handler runs.
 //!
-//! With TLS the caller is the single SPIFFE URI SAN of its verified client certificate
-//! (`drover_identity::certs::identity_from_der`), and its role must be the one the
-//! service admits. The identity is handed to handlers as a [`Caller`] extension. In
-//! development mode (plaintext on loopback) no certificate exists and the interceptor
-//! admits everything; handlers then read metadata (see `caller`).
+//! The interceptor establishes the caller's identity and hands it to handlers as a
+//! [`Caller`] extension:
+//! * with TLS, the single SPIFFE URI SAN of the verified client certificate
+//!   (`drover_identity::certs::identity_from_der`), whose role must be the one the
+//!   service admits ([`ROLE_TABLE`]), else `PermissionDenied`;
+//! * in development mode (plaintext, loopback only), the `x-drover-tenant` /
+//!   `x-drover-agent` metadata entry for the tenant and agent services.
+//!
+//! A tenant with a source-CIDR allowlist is refused (`PermissionDenied`, counted in
+//! `drover_api_denied_total{reason="source_cidr"}`) when the peer address is outside it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use drover_identity::certs::identity_from_der;
 use drover_identity::{Role, SpiffeId};
 use tonic::{Request, Status};
+
+use crate::storage::sm_store::SmShared;
 
 /// The gRPC services and the one role each admits.
 pub const ROLE_TABLE: &[(&str, Role)] = &[
@@ -18,6 +28,9 @@ pub const ROLE_TABLE: &[(&str, Role)] = &[
     ("drover.admin.v1.Admin", Role::Operator),
     ("drover.raft.v1.Raft", Role::Server),
 ];
+
+pub const TENANT_METADATA: &str = "x-drover-tenant";
+pub const AGENT_METADATA: &str = "x-drover-agent";
 
 /// The verified identity of the caller, inserted into the request's extensions.
 #[derive(Clone, Debug)]
@@ -28,30 +41,82 @@ pub struct Authz {
     service: &'static str,
     role: Role,
     tls: bool,
+    sm: Arc<SmShared>,
+    denied: prometheus::IntCounterVec,
 }
 
 impl Authz {
     /// The interceptor for `service` (a name from [`ROLE_TABLE`]).
-    pub fn for_service(service: &'static str, tls: bool) -> Self {
+    pub fn new(service: &'static str, tls: bool, sm: Arc<SmShared>, denied: prometheus::IntCounterVec) -> Self {
         let role = ROLE_TABLE.iter().find(|(s, _)| *s == service).map(|(_, r)| *r).unwrap_or(Role::Operator);
-        Authz { service, role, tls }
+        Authz { service, role, tls, sm, denied }
+    }
+
+    fn deny(&self, reason: &str, status: Status) -> Status {
+        self.denied.with_label_values(&[reason]).inc();
+        status
+    }
+
+    fn identity(&self, req: &Request<()>) -> Result<Option<SpiffeId>, Status> {
+        if self.tls {
+            let leaf = req
+                .peer_certs()
+                .and_then(|c| c.first().cloned())
+                .ok_or_else(|| self.deny("no_certificate", Status::unauthenticated("no client certificate")))?;
+            let id = identity_from_der(leaf.as_ref())
+                .map_err(|e| self.deny("bad_certificate", Status::unauthenticated(e.to_string())))?;
+            if id.role != self.role {
+                return Err(self.deny(
+                    "role",
+                    Status::permission_denied(format!(
+                        "{id} may not call {} (it admits {} identities)",
+                        self.service,
+                        self.role.as_str()
+                    )),
+                ));
+            }
+            return Ok(Some(id));
+        }
+        let key = match self.role {
+            Role::Tenant => TENANT_METADATA,
+            Role::Agent => AGENT_METADATA,
+            Role::Server | Role::Operator => return Ok(None),
+        };
+        let Some(v) = req.metadata().get(key) else {
+            return Err(Status::unauthenticated(format!("no {} identity ({key}) on the call", self.role.as_str())));
+        };
+        let v = v.to_str().map_err(|_| Status::unauthenticated(format!("{key} is not ASCII")))?;
+        SpiffeId::new(self.role, v).map(Some).map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    /// Refuses a tenant calling from outside its source allowlist.
+    fn check_source(&self, tenant: &str, peer: Option<IpAddr>) -> Result<(), Status> {
+        let allowed = match self.sm.machine() {
+            Ok(sm) => sm.tenants().get(tenant).map(|t| t.allowed_cidrs.clone()).unwrap_or_default(),
+            Err(e) => return Err(Status::internal(e.to_string())),
+        };
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        let inside = peer.is_some_and(|ip| {
+            allowed.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()).any(|net| net.contains(&ip))
+        });
+        if inside {
+            return Ok(());
+        }
+        let from = peer.map(|p| p.to_string()).unwrap_or_else(|| "an unknown address".into());
+        Err(self.deny(
+            "source_cidr",
+            Status::permission_denied(format!("tenant {tenant} may not call from {from} (outside its allowed_cidrs)")),
+        ))
     }
 }
 
 impl tonic::service::Interceptor for Authz {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if !self.tls {
-            return Ok(req);
-        }
-        let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let id = identity_from_der(leaf.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
-        if id.role != self.role {
-            return Err(Status::permission_denied(format!(
-                "{id} may not call {} (it admits {} identities)",
-                self.service,
-                self.role.as_str()
-            )));
+        let Some(id) = self.identity(&req)? else { return Ok(req) };
+        if id.role == Role::Tenant {
+            self.check_source(&id.id, req.remote_addr().map(|a| a.ip()))?;
         }
         req.extensions_mut().insert(Caller(id));
         Ok(req)

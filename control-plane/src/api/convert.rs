@@ -172,5 +172,6 @@ pub fn tenant_out(t: &Tenant, queued: u64, running: u64) -> pa::TenantInfo {
         created_ms: t.created_ms,
         queued_tasks: queued,
         running_tasks: running,
+        allowed_cidrs: t.allowed_cidrs.clone(),
     }
 }

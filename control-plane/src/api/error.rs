@@ -22,6 +22,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Unavailable(String),
     /// This call must be served by the leader; the hint says where it is.
     #[error("this node is not the leader{}", .leader.as_ref().map(|a| format!("; the leader is at {a}")).unwrap_or_default())]
@@ -71,6 +73,7 @@ impl From<ApiError> for Status {
             ApiError::Exhausted(_) => Code::ResourceExhausted,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Unavailable(_) | ApiError::NotLeader { .. } => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         };

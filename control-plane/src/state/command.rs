@@ -96,6 +96,7 @@ pub enum Command {
     UpsertTenant {
         id: String,
         limits: TenantLimits,
+        allowed_cidrs: Vec<String>,
     },
     RegisterCode {
         tenant: String,

@@ -141,7 +141,9 @@ impl StateMachine {
         cmd: &Command,
     ) -> Result<Result<Response, StateError>, KvError> {
         match cmd {
-            Command::UpsertTenant { id, limits } => self.upsert_tenant(txn, ctx, id, limits),
+            Command::UpsertTenant { id, limits, allowed_cidrs } => {
+                self.upsert_tenant(txn, ctx, id, limits, allowed_cidrs)
+            }
             Command::RegisterCode { tenant, spec } => self.register_code(txn, ctx, tenant, spec),
             Command::DeleteCode { tenant, name } => self.delete_code(txn, tenant, name),
             Command::QueueTasks { tenant, idempotency_key, idempotency_ttl_ms, tasks } => {
@@ -163,15 +165,28 @@ impl StateMachine {
         ctx: ApplyCtx,
         id: &str,
         limits: &super::model::TenantLimits,
+        allowed_cidrs: &[String],
     ) -> Result<Result<Response, StateError>, KvError> {
-        if let Err(e) = validate::name("id", id).and_then(|_| validate::tenant_limits(limits)) {
+        if let Err(e) = validate::name("id", id)
+            .and_then(|_| validate::tenant_limits(limits))
+            .and_then(|_| validate::cidrs("allowed_cidrs", allowed_cidrs))
+        {
             return Ok(Err(e));
         }
         let tenant = match self.tenants.get(id) {
-            Some(t) => Tenant { limits: limits.clone(), updated_ms: ctx.now_ms, ..t.clone() },
-            None => {
-                Tenant { id: id.to_string(), limits: limits.clone(), created_ms: ctx.now_ms, updated_ms: ctx.now_ms }
-            }
+            Some(t) => Tenant {
+                limits: limits.clone(),
+                allowed_cidrs: allowed_cidrs.to_vec(),
+                updated_ms: ctx.now_ms,
+                ..t.clone()
+            },
+            None => Tenant {
+                id: id.to_string(),
+                limits: limits.clone(),
+                allowed_cidrs: allowed_cidrs.to_vec(),
+                created_ms: ctx.now_ms,
+                updated_ms: ctx.now_ms,
+            },
         };
         txn.put(keys::tenant(id), keys::encode(&tenant));
         self.tenants.insert(id.to_string(), tenant.clone());

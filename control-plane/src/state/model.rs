@@ -17,6 +17,8 @@ pub struct TenantLimits {
 pub struct Tenant {
     pub id: String,
     pub limits: TenantLimits,
+    /// Source networks the tenant's API calls may come from; empty = anywhere.
+    pub allowed_cidrs: Vec<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

@@ -83,7 +83,10 @@ impl Harness {
 
     /// Creates a tenant and registers its codes.
     fn tenant(&mut self, id: &str, limits: TenantLimits, codes: &[CodeSpec]) {
-        assert!(matches!(self.apply(Command::UpsertTenant { id: id.into(), limits }), Response::Tenant(_)));
+        assert!(matches!(
+            self.apply(Command::UpsertTenant { id: id.into(), limits, allowed_cidrs: vec![] }),
+            Response::Tenant(_)
+        ));
         for spec in codes {
             let resp = self.apply(Command::RegisterCode { tenant: id.into(), spec: spec.clone() });
             assert!(matches!(resp, Response::Code(_)), "{resp:?}");

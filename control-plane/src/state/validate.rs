@@ -74,6 +74,21 @@ pub fn placement(field: &str, p: &Placement) -> Result<(), StateError> {
     map(&format!("{field}.labels"), &p.labels, MAX_LABELS)
 }
 
+pub const MAX_CIDRS: usize = 64;
+
+/// Source CIDRs (`10.0.0.0/8`, `fd00::/8`, or a single address `192.0.2.7/32`).
+pub fn cidrs(field: &str, list: &[String]) -> Result<(), StateError> {
+    if list.len() > MAX_CIDRS {
+        return Err(StateError::invalid(field, format!("{} entries is over the limit of {MAX_CIDRS}", list.len())));
+    }
+    for (i, c) in list.iter().enumerate() {
+        if c.parse::<ipnet::IpNet>().is_err() {
+            return Err(StateError::invalid(format!("{field}[{i}]"), format!("{c:?} is not a CIDR like 10.0.0.0/8")));
+        }
+    }
+    Ok(())
+}
+
 pub fn tenant_limits(l: &TenantLimits) -> Result<(), StateError> {
     if l.max_payload_bytes > MAX_PAYLOAD_BYTES {
         return Err(StateError::invalid(
