@@ -40,6 +40,8 @@ pub struct NodeProc {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The identity its TLS certificate carries (normally `server/<id>`).
+    identity: (Role, String),
 }
 
 pub struct Cluster {
@@ -51,9 +53,19 @@ pub struct Cluster {
     ca: Option<Pem>,
 }
 
-/// A loopback port free at the time of the call.
+/// A loopback port free at the time of the call, never handed out twice by this process
+/// (so clusters started concurrently by parallel tests cannot collide on a port).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no fresh loopback port after 100 tries")
 }
 
 fn signal(child: &Child, sig: i32) -> anyhow::Result<()> {
@@ -87,7 +99,11 @@ impl Cluster {
             c.write_config(id, &members)?;
             c.spawn(id)?;
         }
-        c.wait_leader(Duration::from_secs(30)).await?;
+        if let Err(e) = c.wait_leader(Duration::from_secs(30)).await {
+            let logs: Vec<String> =
+                c.ids().into_iter().map(|id| format!("--- node {id} ---\n{}", c.log_tail(id, 15))).collect();
+            bail!("{e}\n{}", logs.join("\n"));
+        }
         Ok(c)
     }
 
@@ -102,6 +118,7 @@ impl Cluster {
             config: base.join("drover.toml"),
             log: base.join("server.log"),
             child: None,
+            identity: (Role::Server, id.to_string()),
         })
     }
 
@@ -117,12 +134,9 @@ impl Cluster {
             None => toml.push_str("dev_insecure = true\n"),
             Some(ca) => {
                 let dir = n.config.parent().context("node dir")?;
-                let id_ = SpiffeId::new(Role::Server, &id.to_string())?;
-                let leaf = certs::issue(ca, &LeafSpec { ips: vec!["127.0.0.1".parse()?], ..LeafSpec::new(id_, 30) })?;
                 let (ca_path, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
                 certs::write_file(&ca_path, &ca.cert, false)?;
-                certs::write_file(&cert, &leaf.cert, false)?;
-                certs::write_file(&key, &leaf.key, true)?;
+                self.write_node_cert(id)?;
                 toml.push_str(&format!(
                     "tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n",
                     ca_path.display().to_string(),
@@ -246,11 +260,59 @@ impl Cluster {
     /// Starts a brand-new node that is not a member yet (to be added as a learner).
     pub fn start_joining_node(&mut self) -> anyhow::Result<u64> {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        let n = self.make_node(id)?;
+        self.start_joining_node_as(Role::Server, &id.to_string())
+    }
+
+    /// Like [`Cluster::start_joining_node`], but its certificate carries `role/id` (TLS mode).
+    pub fn start_joining_node_as(&mut self, role: Role, ident: &str) -> anyhow::Result<u64> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let mut n = self.make_node(id)?;
+        n.identity = (role, ident.to_string());
         self.nodes.insert(id, n);
         self.write_config(id, &BTreeMap::new())?;
         self.spawn(id)?;
         Ok(id)
+    }
+
+    /// Issues a fresh certificate for node `id` (with its identity and 127.0.0.1) and
+    /// writes it where its config points; returns the certificate's DER.
+    pub fn write_node_cert(&self, id: u64) -> anyhow::Result<Vec<u8>> {
+        let ca = self.ca.as_ref().context("not a TLS cluster")?;
+        let n = &self.nodes[&id];
+        let dir = n.config.parent().context("node dir")?;
+        let ident = SpiffeId::new(n.identity.0, &n.identity.1)?;
+        let leaf = certs::issue(ca, &LeafSpec { ips: vec!["127.0.0.1".parse()?], ..LeafSpec::new(ident, 30) })?;
+        certs::write_file(&dir.join("server.pem"), &leaf.cert, false)?;
+        certs::write_file(&dir.join("server.key"), &leaf.key, true)?;
+        use rustls::pki_types::pem::PemObject;
+        Ok(rustls::pki_types::CertificateDer::from_pem_slice(leaf.cert.as_bytes())?.as_ref().to_vec())
+    }
+
+    pub fn hangup(&self, id: u64) -> anyhow::Result<()> {
+        signal(self.nodes[&id].child.as_ref().context("not running")?, libc::SIGHUP)
+    }
+
+    /// The DER of the leaf certificate node `id` presents to a new TLS connection.
+    pub async fn presented_cert(&self, id: u64) -> anyhow::Result<Vec<u8>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let ca = self.ca.as_ref().context("not a TLS cluster")?;
+        let op = certs::issue(ca, &LeafSpec::new(SpiffeId::new(Role::Operator, "probe")?, 1))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca.cert.as_bytes())?)?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(op.cert.as_bytes())?],
+                PrivateKeyDer::from_pem_slice(op.key.as_bytes())?,
+            )?;
+        let tcp = tokio::net::TcpStream::connect(self.addr(id)).await?;
+        let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?;
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).context("no certificate")?;
+        Ok(leaf.as_ref().to_vec())
     }
 
     /// The cluster's CA (TLS mode), to issue unusual certificates in tests.

@@ -217,3 +217,52 @@ async fn unacceptable_clients_are_refused() {
     let ok = status(c.creds(Role::Operator, "ops").expect("creds")).await.expect("good operator");
     assert!(ok.into_inner().has_leader);
 }
+
+/// SIGHUP after replacing a node's certificate files: new connections are served with the
+/// new certificate, and the node keeps serving and replicating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_reloads_certificates() {
+    let c = tls_cluster().await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    setup(&c, leader).await;
+    let node = c.follower().await.expect("follower");
+    let before = c.presented_cert(node).await.expect("presented");
+    let fresh = c.write_node_cert(node).expect("new certificate");
+    assert_ne!(before, fresh);
+    assert_eq!(c.presented_cert(node).await.expect("presented"), before, "reloaded without a signal");
+    c.hangup(node).expect("SIGHUP");
+    drover_chaos::eventually(Duration::from_secs(10), "the new certificate to be presented", || async {
+        (c.presented_cert(node).await.ok()? == fresh).then_some(())
+    })
+    .await
+    .expect("reloaded");
+    let ids = c.tenant(node, "acme").expect("client").queue_tasks(batch(3, 8, "")).await.expect("queue");
+    assert_eq!(ids.into_inner().task_ids.len(), 3);
+    common::assert_replicas_identical(&c, 3).await;
+}
+
+/// A node whose certificate carries a tenant identity cannot be added to the cluster: the
+/// leader checks the identity a prospective member presents before changing membership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_certificate_cannot_join() {
+    let mut c = tls_cluster().await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    let new = c.start_joining_node_as(Role::Tenant, "sneaky").expect("start node");
+    let addr = c.addr(new).to_string();
+    drover_chaos::eventually(Duration::from_secs(20), "the node to listen", || async {
+        tokio::net::TcpStream::connect(c.addr(new)).await.ok()
+    })
+    .await
+    .expect("listening");
+    let e = c
+        .admin(leader)
+        .expect("admin")
+        .add_learner(pa::AddLearnerRequest { node_id: new, addr })
+        .await
+        .expect_err("a tenant certificate joined");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Its certificate is not a server's (no server-auth usage, no server identity).
+    assert!(e.message().contains("not a valid server"), "{}", e.message());
+    let s = c.status(leader).await.expect("status");
+    assert_eq!(s.nodes.len(), 3, "membership changed: {:?}", s.nodes);
+}

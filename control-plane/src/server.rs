@@ -13,6 +13,9 @@ use drover_proto::v1::tenant_server::TenantServer;
 use openraft::SnapshotPolicy;
 use tokio_util::sync::CancellationToken;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use tonic::service::interceptor::InterceptedService;
 
 use crate::api::admin::AdminService;
@@ -30,6 +33,7 @@ use crate::raft::node::RaftNode;
 use crate::raft::service::RaftService;
 use crate::raft::types::{Node, Raft};
 use crate::storage::{self, StorageError};
+use crate::tls::NodeTls;
 
 /// Largest tenant/agent/admin message (a queue batch at its payload ceiling, plus framing).
 pub const MAX_API_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -74,7 +78,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     }
     .validate()
     .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let tls = cfg.tls.as_ref().map(crate::tls::load).transpose()?;
+    let tls = cfg.tls.as_ref().map(NodeTls::load).transpose()?.map(Arc::new);
     let peer_tls = tls.as_ref().map(|t| t.client.clone());
     let network = NetworkFactory { tls: peer_tls.clone() };
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm_store)
@@ -87,6 +91,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let tasks = tokio_util::task::TaskTracker::new();
     let batcher = Batcher::start(node.clone(), MAX_ENTRIES_IN_FLIGHT, &tasks, shutdown.clone());
     let ctx = Arc::new(ApiCtx {
+        tls: tls.clone(),
         node: node.clone(),
         batcher,
         cfg: ApiConfig {
@@ -106,12 +111,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
 
     maybe_initialize(&raft, &cfg).await?;
 
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &tls {
-        builder = builder.tls_config(tls.server.clone())?;
-    }
     let authz = |service| Authz::new(service, tls.is_some(), node.sm.clone(), metrics.api_denied.clone());
-    let grpc = builder
+    let router = tonic::transport::Server::builder()
         .add_service(InterceptedService::new(
             RaftServer::new(RaftService { node: node.clone() })
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -129,13 +130,23 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         .add_service(InterceptedService::new(
             AdminServer::new(AdminService { ctx: ctx.clone() }),
             authz("drover.admin.v1.Admin"),
-        ))
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY, small replies sit behind Nagle and delayed ACKs (~40 ms).
+        ));
+    let stop = shutdown.clone().cancelled_owned();
+    let grpc: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &tls {
+        Some(tls) => {
+            let incoming = crate::tls::incoming(grpc_listener, tls.clone(), &tasks, shutdown.clone());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+        // Without TCP_NODELAY, small replies sit behind Nagle and delayed ACKs (~40 ms).
+        None => Box::pin(router.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
-        );
+            stop,
+        )),
+    };
     let grpc_task = tasks.spawn(grpc);
+    if let Some(tls) = &tls {
+        tasks.spawn(reload_on_sighup(tls.clone(), shutdown.clone()));
+    }
     tasks.spawn({
         let (node, metrics, token) = (node.clone(), metrics.clone(), shutdown.clone());
         async move {
@@ -162,6 +173,27 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     match grpc_result {
         Ok(r) => r.map_err(ServerError::from),
         Err(e) => Err(ServerError::Raft(format!("grpc task: {e}"))),
+    }
+}
+
+/// Re-reads the TLS files on every SIGHUP; new connections present the new certificate.
+async fn reload_on_sighup(tls: Arc<NodeTls>, shutdown: CancellationToken) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; certificates will not reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: reloaded TLS certificates"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reloading TLS certificates failed; keeping the old ones"),
+        }
     }
 }
 

@@ -1,33 +1,256 @@
-//! Loads the node's TLS material into tonic's server and client configurations. Client
-//! certificates are required on the listener and must chain to the CA bundle; peers are
-//! dialled with this node's own (server-role) certificate.
+//! Mutual TLS for the gRPC listener, with certificates reloadable on SIGHUP.
+//!
+//! The listener terminates TLS itself (tokio-rustls, ring, TLS 1.3 only) instead of
+//! leaving it to tonic, so that the server configuration can be swapped at run time:
+//! [`NodeTls::reload`] re-reads the CA bundle, certificate and key, and every connection
+//! accepted afterwards uses them (established connections keep theirs). Client
+//! certificates are required and must chain to the CA bundle (which may hold several
+//! CAs, for rotation). Each accepted stream carries a [`PeerInfo`] (peer address and
+//! verified certificate chain) that the `authz` interceptor reads.
+//!
+//! Peers are dialled with tonic's client TLS and this node's own server certificate;
+//! [`NodeTls::probe_identity`] checks what identity a prospective member presents.
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use drover_identity::SpiffeId;
+use drover_identity::certs::identity_from_der;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::server::Connected;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::TlsFiles;
 
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const ACCEPT_QUEUE: usize = 128;
+
 #[derive(Debug, thiserror::Error)]
-#[error("reading {path}: {source}")]
-pub struct TlsError {
-    path: String,
-    source: std::io::Error,
+pub enum TlsError {
+    #[error("reading {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path} holds no {what}")]
+    Empty { path: String, what: &'static str },
+    #[error("tls configuration: {0}")]
+    Config(String),
 }
 
-#[derive(Clone)]
-pub struct NodeTls {
-    pub server: ServerTlsConfig,
-    pub client: ClientTlsConfig,
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read =
+        |e: rustls::pki_types::pem::Error| TlsError::Read { path: path.display().to_string(), reason: e.to_string() };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path).map_err(read)?.collect::<Result<_, _>>().map_err(read)?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty { path: path.display().to_string(), what: "certificate" });
+    }
+    Ok(certs)
+}
+
+fn key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError::Read { path: path.display().to_string(), reason: e.to_string() })
+}
+
+fn roots(path: &std::path::Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(path)? {
+        roots.add(c).map_err(|e| TlsError::Config(format!("CA in {}: {e}", path.display())))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&files.cert)?, key(&files.key)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}
+
+fn probe_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let c = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots(&files.ca)?)
+        .with_client_auth_cert(certs(&files.cert)?, key(&files.key)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(c))
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|e| TlsError::Read { path: path.display().to_string(), reason: e.to_string() })
 }
 
-pub fn load(files: &TlsFiles) -> Result<NodeTls, TlsError> {
-    let ca = Certificate::from_pem(read(&files.ca)?);
-    let identity = Identity::from_pem(read(&files.cert)?, read(&files.key)?);
-    Ok(NodeTls {
-        server: ServerTlsConfig::new().identity(identity.clone()).client_ca_root(ca.clone()),
-        client: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
-    })
+pub struct NodeTls {
+    files: TlsFiles,
+    server: RwLock<Arc<ServerConfig>>,
+    /// How this node dials peers (Raft, forwarding).
+    pub client: ClientTlsConfig,
+}
+
+impl NodeTls {
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let client = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&files.ca)?))
+            .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+        Ok(NodeTls { files: files.clone(), server: RwLock::new(server_config(files)?), client })
+    }
+
+    /// Re-reads the files; connections accepted from now on use them. On error the
+    /// current configuration stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = server_config(&self.files)?;
+        *self.server.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<ServerConfig> {
+        self.server.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Connects to `addr` and returns the identity its (verified) certificate carries.
+    pub async fn probe_identity(&self, addr: &str) -> Result<SpiffeId, ProbeError> {
+        let unreachable = |what: String| ProbeError::Unreachable(what);
+        let sock: SocketAddr = addr.parse().map_err(|_| unreachable(format!("{addr:?} is not host:port")))?;
+        let config = probe_config(&self.files).map_err(|e| unreachable(e.to_string()))?;
+        let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(sock))
+            .await
+            .map_err(|_| unreachable(format!("connecting to {addr} timed out")))?
+            .map_err(|e| unreachable(format!("connecting to {addr}: {e}")))?;
+        let name = ServerName::IpAddress(sock.ip().into());
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(config).connect(name, tcp))
+            .await
+            .map_err(|_| unreachable(format!("TLS handshake with {addr} timed out")))?
+            // The handshake ran and the certificate did not verify as a server's.
+            .map_err(|e| ProbeError::NotAServer(format!("the node at {addr} is not a valid server: {e}")))?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| ProbeError::NotAServer("no peer certificate".into()))?;
+        identity_from_der(leaf.as_ref()).map_err(|e| ProbeError::NotAServer(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    NotAServer(String),
+}
+
+/// What the interceptor learns about a TLS connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote: Option<SocketAddr>,
+    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// An accepted, handshaken TLS connection.
+pub struct PeerStream {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes (each bounded in time, off the
+/// accept loop) with the configuration current at accept time. A failed handshake is
+/// logged and dropped; the listener keeps serving.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<NodeTls>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Result<PeerStream, io::Error>> {
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    let handshakes = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            handshakes.spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(inner)) => {
+                        let certs = inner.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
+                        let stream = PeerStream { inner, info: PeerInfo { remote: Some(remote), certs } };
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }

@@ -18,6 +18,7 @@ use super::tenant::unexpected;
 use crate::raft::types::Node;
 use crate::state::command::Command;
 use crate::state::{Response as SmResponse, validate, views};
+use crate::tls::ProbeError;
 
 pub struct AdminService {
     pub ctx: Arc<ApiCtx>,
@@ -74,6 +75,22 @@ impl Admin for AdminService {
         }
         if r.addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(ApiError::invalid("addr", format!("{:?} is not host:port", r.addr)).into());
+        }
+        // A member must present this node id's server identity: a tenant (or any other)
+        // certificate cannot join the cluster.
+        if let Some(tls) = &self.ctx.tls {
+            let want = format!("spiffe://drover/server/{}", r.node_id);
+            let got = tls.probe_identity(&r.addr).await.map_err(|e| match e {
+                ProbeError::Unreachable(m) => ApiError::Unavailable(m),
+                ProbeError::NotAServer(m) => ApiError::PermissionDenied(format!("{m}; it cannot join")),
+            })?;
+            if got.to_string() != want {
+                return Err(ApiError::PermissionDenied(format!(
+                    "the node at {} presents {got}, not {want}; it cannot join",
+                    r.addr
+                ))
+                .into());
+            }
         }
         // Blocks until the learner has caught up (from a snapshot if the log was purged).
         self.ctx

@@ -20,6 +20,7 @@ use drover_identity::{Role, SpiffeId};
 use tonic::{Request, Status};
 
 use crate::storage::sm_store::SmShared;
+use crate::tls::PeerInfo;
 
 /// The gRPC services and the one role each admits.
 pub const ROLE_TABLE: &[(&str, Role)] = &[
@@ -60,7 +61,9 @@ impl Authz {
     fn identity(&self, req: &Request<()>) -> Result<Option<SpiffeId>, Status> {
         if self.tls {
             let leaf = req
-                .peer_certs()
+                .extensions()
+                .get::<PeerInfo>()
+                .and_then(|p| p.certs.as_ref())
                 .and_then(|c| c.first().cloned())
                 .ok_or_else(|| self.deny("no_certificate", Status::unauthenticated("no client certificate")))?;
             let id = identity_from_der(leaf.as_ref())
@@ -116,7 +119,8 @@ impl tonic::service::Interceptor for Authz {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let Some(id) = self.identity(&req)? else { return Ok(req) };
         if id.role == Role::Tenant {
-            self.check_source(&id.id, req.remote_addr().map(|a| a.ip()))?;
+            let remote = req.extensions().get::<PeerInfo>().and_then(|p| p.remote).or_else(|| req.remote_addr());
+            self.check_source(&id.id, remote.map(|a| a.ip()))?;
         }
         req.extensions_mut().insert(Caller(id));
         Ok(req)

@@ -31,6 +31,8 @@ pub struct ApiConfig {
 /// What every handler shares.
 pub struct ApiCtx {
     pub node: Arc<RaftNode>,
+    /// The node's TLS material (None in development mode).
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
     pub batcher: Batcher,
     pub cfg: ApiConfig,
     pub tracker: Arc<LeaseTracker>,
