@@ -98,3 +98,15 @@ pub fn tls_creds(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Creds {
             .identity(TlsIdentity::from_pem(cert_pem, key_pem)),
     )
 }
+
+/// A plaintext HTTP/1.0 GET (to check that a TLS listener refuses it).
+pub async fn plain_http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, text))
+}

@@ -292,27 +292,64 @@ impl Cluster {
         signal(self.nodes[&id].child.as_ref().context("not running")?, libc::SIGHUP)
     }
 
-    /// The DER of the leaf certificate node `id` presents to a new TLS connection.
-    pub async fn presented_cert(&self, id: u64) -> anyhow::Result<Vec<u8>> {
+    /// A TLS client configuration holding a fresh `role/id` certificate from the CA.
+    fn rustls_client(&self, role: Role, id: &str, alpn: &[u8]) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
         use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let ca = self.ca.as_ref().context("not a TLS cluster")?;
-        let op = certs::issue(ca, &LeafSpec::new(SpiffeId::new(Role::Operator, "probe")?, 1))?;
+        let leaf = certs::issue(ca, &LeafSpec::new(SpiffeId::new(role, id)?, 1))?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(ca.cert.as_bytes())?)?;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
             .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(op.cert.as_bytes())?],
-                PrivateKeyDer::from_pem_slice(op.key.as_bytes())?,
+                vec![CertificateDer::from_pem_slice(leaf.cert.as_bytes())?],
+                PrivateKeyDer::from_pem_slice(leaf.key.as_bytes())?,
             )?;
-        let tcp = tokio::net::TcpStream::connect(self.addr(id)).await?;
-        let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(std::sync::Arc::new(config))
+    }
+
+    async fn tls_connect(
+        &self,
+        addr: &str,
+        alpn: &[u8],
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = self.rustls_client(Role::Operator, "probe", alpn)?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        Ok(tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?)
+    }
+
+    /// The DER of the leaf certificate node `id` presents to a new TLS connection.
+    pub async fn presented_cert(&self, id: u64) -> anyhow::Result<Vec<u8>> {
+        let tls = self.tls_connect(self.addr(id), b"h2").await?;
         let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).context("no certificate")?;
         Ok(leaf.as_ref().to_vec())
+    }
+
+    /// `GET path` on node `id`'s HTTP listener (HTTPS with an operator certificate in TLS
+    /// mode); returns the status code and body.
+    pub async fn http_get(&self, id: u64, path: &str) -> anyhow::Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.http(id);
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let mut buf = String::new();
+        if self.ca.is_some() {
+            let mut s = self.tls_connect(addr, b"http/1.1").await?;
+            s.write_all(req.as_bytes()).await?;
+            // A peer that closes without close_notify is fine for a one-shot GET.
+            let _ = s.read_to_string(&mut buf).await;
+        } else {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(req.as_bytes()).await?;
+            s.read_to_string(&mut buf).await?;
+        }
+        let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, body))
     }
 
     /// The cluster's CA (TLS mode), to issue unusual certificates in tests.

@@ -83,11 +83,11 @@ async fn metrics_and_health_endpoints() {
     let mut t = clients::tenant(c.addr(leader), "acme").expect("client");
     t.queue_tasks(batch(7, 8, "")).await.expect("queue");
 
-    let (code, body) = common::http_get(c.http(leader), "/healthz").await;
+    let (code, body) = c.http_get(leader, "/healthz").await.expect("http get");
     assert_eq!(code, 200, "{body}");
-    let (code, body) = common::http_get(c.http(leader), "/readyz").await;
+    let (code, body) = c.http_get(leader, "/readyz").await.expect("http get");
     assert_eq!(code, 200, "{body}");
-    let (code, body) = common::http_get(c.http(leader), "/metrics").await;
+    let (code, body) = c.http_get(leader, "/metrics").await.expect("http get");
     assert_eq!(code, 200);
     for line in [
         "drover_raft_is_leader 1",
@@ -103,6 +103,6 @@ async fn metrics_and_health_endpoints() {
         assert!(body.contains(name), "missing {name}");
     }
     let follower = c.follower().await.expect("follower");
-    let (_, body) = common::http_get(c.http(follower), "/metrics").await;
+    let (_, body) = c.http_get(follower, "/metrics").await.expect("http get");
     assert!(body.lines().any(|l| l == "drover_raft_is_leader 0"));
 }

@@ -160,7 +160,11 @@ async fn source_cidr_allowlist() {
         assert_eq!(e.code(), Code::PermissionDenied, "node {node}: {e:?}");
         assert!(e.message().contains("127.0.0.1"), "{}", e.message());
     }
-    let (_, metrics) = common::http_get(c.http(leader), "/metrics").await;
+    // The HTTP listener speaks HTTPS with client certificates too; plaintext is refused.
+    let (code, metrics) = c.http_get(leader, "/metrics").await.expect("https get");
+    assert_eq!(code, 200);
+    let plain = drover_chaos::clients::plain_http_get(c.http(leader), "/metrics").await;
+    assert!(plain.is_err() || plain.as_ref().is_ok_and(|(code, _)| *code != 200), "plaintext HTTP served: {plain:?}");
     assert!(
         metrics.lines().any(|l| l.starts_with("drover_api_denied_total{reason=\"source_cidr\"}")),
         "denial not counted:\n{metrics}"

@@ -164,9 +164,6 @@ impl ServerConfig {
             }
             _ => {}
         }
-        if self.tls.is_some() && !self.http_listen.ip().is_loopback() {
-            return bad("http_listen", "the HTTP listener has no TLS yet; bind it to loopback".into());
-        }
         if self.lease_ttl < Duration::from_millis(500) {
             return bad("lease_ttl", format!("{:?} is under the minimum of 500ms", self.lease_ttl));
         }

@@ -148,9 +148,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         tasks.spawn(reload_on_sighup(tls.clone(), shutdown.clone()));
     }
     tasks.spawn({
-        let (node, metrics, token) = (node.clone(), metrics.clone(), shutdown.clone());
+        let (node, metrics, token, tls) = (node.clone(), metrics.clone(), shutdown.clone(), tls.clone());
         async move {
-            if let Err(e) = crate::http::serve(http_listener, node, metrics, token).await {
+            if let Err(e) = crate::http::serve(http_listener, tls, node, metrics, token).await {
                 tracing::error!(error = %e, "http listener failed");
             }
         }

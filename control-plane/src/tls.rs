@@ -37,7 +37,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::TlsFiles;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_QUEUE: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,8 @@ fn roots(path: &std::path::Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// The listener's rustls configuration; `alpn` names the one protocol it speaks.
+fn server_config(files: &TlsFiles, alpn: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -87,7 +88,7 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&files.cert)?, key(&files.key)?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    c.alpn_protocols = vec![b"h2".to_vec()];
+    c.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(c))
 }
 
@@ -105,9 +106,18 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::Read { path: path.display().to_string(), reason: e.to_string() })
 }
 
+struct ServerConfigs {
+    grpc: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
+}
+
+fn server_configs(files: &TlsFiles) -> Result<ServerConfigs, TlsError> {
+    Ok(ServerConfigs { grpc: server_config(files, b"h2")?, http: server_config(files, b"http/1.1")? })
+}
+
 pub struct NodeTls {
     files: TlsFiles,
-    server: RwLock<Arc<ServerConfig>>,
+    server: RwLock<ServerConfigs>,
     /// How this node dials peers (Raft, forwarding).
     pub client: ClientTlsConfig,
 }
@@ -117,19 +127,24 @@ impl NodeTls {
         let client = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&files.ca)?))
             .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
-        Ok(NodeTls { files: files.clone(), server: RwLock::new(server_config(files)?), client })
+        Ok(NodeTls { files: files.clone(), server: RwLock::new(server_configs(files)?), client })
     }
 
     /// Re-reads the files; connections accepted from now on use them. On error the
     /// current configuration stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = server_config(&self.files)?;
+        let fresh = server_configs(&self.files)?;
         *self.server.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
 
     fn current(&self) -> Arc<ServerConfig> {
-        self.server.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.server.read().unwrap_or_else(|p| p.into_inner()).grpc.clone()
+    }
+
+    /// An acceptor for the HTTP side listener (HTTP/1.1, same certificates and CA).
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.server.read().unwrap_or_else(|p| p.into_inner()).http.clone())
     }
 
     /// Connects to `addr` and returns the identity its (verified) certificate carries.

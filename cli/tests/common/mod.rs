@@ -115,15 +115,3 @@ pub async fn complete(c: &Cluster, id: u64, agent: &str, g: &pg::GrantedTask, ou
         .into_inner();
     r.results[0].accepted
 }
-
-/// A plain HTTP/1.0 GET; returns (status code, body).
-pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect http");
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.expect("write");
-    let mut buf = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut buf).await.expect("read");
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
