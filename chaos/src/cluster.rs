@@ -288,6 +288,15 @@ impl Cluster {
         Ok(rustls::pki_types::CertificateDer::from_pem_slice(leaf.cert.as_bytes())?.as_ref().to_vec())
     }
 
+    /// Appends a CA certificate to node `id`'s CA bundle file (takes effect on SIGHUP).
+    pub fn append_ca(&self, id: u64, ca_cert_pem: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let path = self.nodes[&id].config.parent().context("node dir")?.join("ca.pem");
+        let mut f = File::options().append(true).open(&path)?;
+        f.write_all(ca_cert_pem.as_bytes())?;
+        Ok(())
+    }
+
     pub fn hangup(&self, id: u64) -> anyhow::Result<()> {
         signal(self.nodes[&id].child.as_ref().context("not running")?, libc::SIGHUP)
     }

@@ -207,6 +207,15 @@ async fn unacceptable_clients_are_refused() {
         certs::issue(&ca, &LeafSpec { not_before: Some(future), ..LeafSpec::new(op.clone(), 30) }).expect("leaf");
     assert!(status(clients::tls_creds(&ca.cert, &early.cert, &early.key)).await.is_err(), "not-yet-valid accepted");
 
+    // No URI SAN, and two URI SANs.
+    for uris in [vec![], vec!["spiffe://drover/operator/a".to_string(), "spiffe://drover/tenant/b".to_string()]] {
+        let spec = LeafSpec { uri_sans_override: Some(uris.clone()), ..LeafSpec::new(op.clone(), 30) };
+        let odd = certs::issue(&ca, &spec).expect("leaf");
+        let e = status(clients::tls_creds(&ca.cert, &odd.cert, &odd.key)).await.expect_err("odd SANs accepted");
+        let status = e.downcast_ref::<tonic::Status>().expect("refused by the server, not the transport");
+        assert_eq!(status.code(), Code::Unauthenticated, "{uris:?}: {status:?}");
+    }
+
     // The CA's own certificate used as a client certificate.
     assert!(status(clients::tls_creds(&ca.cert, &ca.cert, &ca.key)).await.is_err(), "CA cert accepted as a client");
 
@@ -269,4 +278,29 @@ async fn tenant_certificate_cannot_join() {
     assert!(e.message().contains("not a valid server"), "{}", e.message());
     let s = c.status(leader).await.expect("status");
     assert_eq!(s.nodes.len(), 3, "membership changed: {:?}", s.nodes);
+}
+
+/// CA rotation: after a second CA is appended to a node's bundle and the node is sent
+/// SIGHUP, clients with certificates from either CA are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ca_bundle_with_two_cas() {
+    let c = tls_cluster().await;
+    let node = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    let old_ca = c.ca().expect("CA").clone();
+    let new_ca = certs::new_ca("drover CA 2", 30).expect("new CA");
+    let op = SpiffeId::new(Role::Operator, "rotating").expect("id");
+    let from_new = certs::issue(&new_ca, &LeafSpec::new(op, 30)).expect("leaf");
+    // The client trusts the old CA for the server's certificate and presents a new-CA leaf.
+    let creds = clients::tls_creds(&old_ca.cert, &from_new.cert, &from_new.key);
+    let addr = c.addr(node).to_string();
+    let call = || async {
+        clients::admin_with(&addr, &creds)?.raft_status(pa::RaftStatusRequest {}).await.map_err(anyhow::Error::from)
+    };
+    assert!(call().await.is_err(), "a new-CA certificate was accepted before the bundle held it");
+    c.append_ca(node, &new_ca.cert).expect("append CA");
+    c.hangup(node).expect("SIGHUP");
+    drover_chaos::eventually(Duration::from_secs(10), "the new CA to be trusted", || async { call().await.ok() })
+        .await
+        .expect("new CA accepted");
+    c.status(node).await.expect("old-CA operator still accepted");
 }

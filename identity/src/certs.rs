@@ -43,11 +43,14 @@ pub struct LeafSpec {
     /// Validity starts at `not_before` (default: one hour ago, for clock skew).
     pub not_before: Option<OffsetDateTime>,
     pub days: u32,
+    /// The URI SANs to write instead of the single identity URI. Only for testing that
+    /// malformed certificates (no URI, several URIs) are refused.
+    pub uri_sans_override: Option<Vec<String>>,
 }
 
 impl LeafSpec {
     pub fn new(id: SpiffeId, days: u32) -> Self {
-        Self { id, dns: Vec::new(), ips: Vec::new(), not_before: None, days }
+        Self { id, dns: Vec::new(), ips: Vec::new(), not_before: None, days, uri_sans_override: None }
     }
 }
 
@@ -77,7 +80,10 @@ pub fn issue(ca: &Pem, spec: &LeafSpec) -> Result<Pem, CertError> {
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
     let key = KeyPair::generate()?;
     let mut p = CertificateParams::new(spec.dns.clone())?;
-    p.subject_alt_names.push(SanType::URI(spec.id.to_string().try_into()?));
+    let uris = spec.uri_sans_override.clone().unwrap_or_else(|| vec![spec.id.to_string()]);
+    for uri in uris {
+        p.subject_alt_names.push(SanType::URI(uri.try_into()?));
+    }
     for ip in &spec.ips {
         p.subject_alt_names.push(SanType::IpAddress(*ip));
     }
