@@ -100,6 +100,21 @@ async fn tls_cluster_replicates_and_enforces_roles() {
     let listed = acme.list_tasks(pv::ListTasksRequest::default()).await.expect("list").into_inner();
     assert_eq!(listed.tasks.len(), 20);
 
+    // Operators get read-only views of any tenant's objects through the admin service.
+    let mut ops = c.admin(follower).expect("operator");
+    let seen = ops
+        .list_tasks(pa::TenantListTasksRequest { tenant: "acme".into(), filter: None })
+        .await
+        .expect("operator lists acme's tasks")
+        .into_inner();
+    assert_eq!(seen.tasks.len(), 20);
+    let one = ops.get_task(pa::TenantGetTaskRequest { tenant: "acme".into(), id: ids[0] }).await.expect("get");
+    assert_eq!(one.into_inner().tenant, "acme");
+    let e = ops.get_task(pa::TenantGetTaskRequest { tenant: "beta".into(), id: ids[0] }).await.expect_err("scoped");
+    assert_eq!(e.code(), Code::NotFound);
+    let codes = ops.list_codes(pa::TenantListCodesRequest { tenant: "acme".into() }).await.expect("codes");
+    assert_eq!(codes.into_inner().codes.len(), 1);
+
     // An agent cannot heartbeat or complete a lease granted to another agent.
     let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
     let mut a1 = c.agent(leader, "a1").expect("agent a1");

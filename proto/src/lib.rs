@@ -2,28 +2,39 @@
 //!
 //! * [`v1`] — the tenant API (codes, tasks).
 //! * [`agent`] — runner agents: leasing, heartbeats, completion.
-//! * [`admin`] — operators: membership, status, tenants.
+//! * [`admin`] — operators: membership, status, tenants, read-only views of tenant objects.
 //! * [`raft`] — node-to-node Raft traffic and follower forwarding.
+//!
+//! The generated modules sit at their package paths (`drover::admin::v1`, …) so that
+//! cross-package references (admin returning `drover.v1.Task`) resolve; the short names
+//! above re-export them.
 
 #[allow(clippy::all, missing_docs)]
-pub mod v1 {
-    tonic::include_proto!("drover.v1");
+pub mod drover {
+    pub mod v1 {
+        tonic::include_proto!("drover.v1");
+    }
+    pub mod agent {
+        pub mod v1 {
+            tonic::include_proto!("drover.agent.v1");
+        }
+    }
+    pub mod admin {
+        pub mod v1 {
+            tonic::include_proto!("drover.admin.v1");
+        }
+    }
+    pub mod raft {
+        pub mod v1 {
+            tonic::include_proto!("drover.raft.v1");
+        }
+    }
 }
 
-#[allow(clippy::all, missing_docs)]
-pub mod agent {
-    tonic::include_proto!("drover.agent.v1");
-}
-
-#[allow(clippy::all, missing_docs)]
-pub mod admin {
-    tonic::include_proto!("drover.admin.v1");
-}
-
-#[allow(clippy::all, missing_docs)]
-pub mod raft {
-    tonic::include_proto!("drover.raft.v1");
-}
+pub use drover::admin::v1 as admin;
+pub use drover::agent::v1 as agent;
+pub use drover::raft::v1 as raft;
+pub use drover::v1;
 
 /// Codec version carried in every `raft.v1.RaftMessage`: postcard over serde.
 pub const RAFT_CODEC_POSTCARD: u32 = 1;

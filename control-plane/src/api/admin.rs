@@ -192,4 +192,24 @@ impl Admin for AdminService {
             .collect();
         Ok(Response::new(pa::ListTenantsResponse { tenants }))
     }
+
+    async fn get_task(&self, req: Request<pa::TenantGetTaskRequest>) -> ApiResult<drover_proto::v1::Task> {
+        let r = req.into_inner();
+        Ok(Response::new(super::tenant::get_task(&self.ctx, &r.tenant, r.id).await?))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pa::TenantListTasksRequest>,
+    ) -> ApiResult<drover_proto::v1::ListTasksResponse> {
+        let r = req.into_inner();
+        Ok(Response::new(super::tenant::list_tasks(&self.ctx, &r.tenant, r.filter.unwrap_or_default()).await?))
+    }
+
+    async fn list_codes(
+        &self,
+        req: Request<pa::TenantListCodesRequest>,
+    ) -> ApiResult<drover_proto::v1::ListCodesResponse> {
+        Ok(Response::new(super::tenant::list_codes(&self.ctx, &req.into_inner().tenant).await?))
+    }
 }

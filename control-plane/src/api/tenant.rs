@@ -47,10 +47,7 @@ impl Tenant for TenantService {
 
     async fn list_codes(&self, req: Request<pv::ListCodesRequest>) -> ApiResult<pv::ListCodesResponse> {
         let tenant = caller::tenant(&req)?;
-        self.ctx.read_barrier().await?;
-        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
-        let codes = sm.codes().values().filter(|c| c.tenant == tenant).map(convert::code_out).collect();
-        Ok(Response::new(pv::ListCodesResponse { codes }))
+        Ok(Response::new(list_codes(&self.ctx, &tenant).await?))
     }
 
     async fn delete_code(&self, req: Request<pv::DeleteCodeRequest>) -> ApiResult<pv::DeleteCodeResponse> {
@@ -92,32 +89,12 @@ impl Tenant for TenantService {
 
     async fn get_task(&self, req: Request<pv::GetTaskRequest>) -> ApiResult<pv::Task> {
         let tenant = caller::tenant(&req)?;
-        let id = req.into_inner().id;
-        self.ctx.read_barrier().await?;
-        let kv = self.ctx.node.sm.kv();
-        let task = views::get_task(&kv, Some(&tenant), id)
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
-        Ok(Response::new(convert::task_out(&task)))
+        Ok(Response::new(get_task(&self.ctx, &tenant, req.into_inner().id).await?))
     }
 
     async fn list_tasks(&self, req: Request<pv::ListTasksRequest>) -> ApiResult<pv::ListTasksResponse> {
         let tenant = caller::tenant(&req)?;
-        let r = req.into_inner();
-        if r.limit > MAX_LIST_LIMIT {
-            return Err(ApiError::invalid("limit", format!("{} is over the limit of {MAX_LIST_LIMIT}", r.limit)).into());
-        }
-        let filter =
-            views::TaskFilter { state: convert::state_in(r.state)?, code: (!r.code.is_empty()).then_some(r.code) };
-        let limit = if r.limit == 0 { DEFAULT_LIST_LIMIT } else { r.limit };
-        self.ctx.read_barrier().await?;
-        let kv = self.ctx.node.sm.kv();
-        let (tasks, next) =
-            views::list_tasks(&kv, &tenant, &filter, r.after_id, limit as usize).map_err(ApiError::from)?;
-        Ok(Response::new(pv::ListTasksResponse {
-            tasks: tasks.iter().map(convert::task_out).collect(),
-            next_after_id: next.unwrap_or(0),
-        }))
+        Ok(Response::new(list_tasks(&self.ctx, &tenant, req.into_inner()).await?))
     }
 
     async fn cancel_task(&self, req: Request<pv::CancelTaskRequest>) -> ApiResult<pv::Task> {
@@ -128,6 +105,40 @@ impl Tenant for TenantService {
             other => Err(unexpected(other)),
         }
     }
+}
+
+// Linearizable reads scoped to one tenant, shared by the tenant service (the caller's own
+// tenant) and the admin service (operators' read-only views).
+
+pub(super) async fn get_task(ctx: &ApiCtx, tenant: &str, id: u64) -> Result<pv::Task, ApiError> {
+    ctx.read_barrier().await?;
+    let kv = ctx.node.sm.kv();
+    let task =
+        views::get_task(&kv, Some(tenant), id)?.ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
+    Ok(convert::task_out(&task))
+}
+
+pub(super) async fn list_tasks(
+    ctx: &ApiCtx,
+    tenant: &str,
+    r: pv::ListTasksRequest,
+) -> Result<pv::ListTasksResponse, ApiError> {
+    if r.limit > MAX_LIST_LIMIT {
+        return Err(ApiError::invalid("limit", format!("{} is over the limit of {MAX_LIST_LIMIT}", r.limit)));
+    }
+    let filter = views::TaskFilter { state: convert::state_in(r.state)?, code: (!r.code.is_empty()).then_some(r.code) };
+    let limit = if r.limit == 0 { DEFAULT_LIST_LIMIT } else { r.limit };
+    ctx.read_barrier().await?;
+    let kv = ctx.node.sm.kv();
+    let (tasks, next) = views::list_tasks(&kv, tenant, &filter, r.after_id, limit as usize)?;
+    Ok(pv::ListTasksResponse { tasks: tasks.iter().map(convert::task_out).collect(), next_after_id: next.unwrap_or(0) })
+}
+
+pub(super) async fn list_codes(ctx: &ApiCtx, tenant: &str) -> Result<pv::ListCodesResponse, ApiError> {
+    ctx.read_barrier().await?;
+    let sm = ctx.node.sm.machine()?;
+    let codes = sm.codes().values().filter(|c| c.tenant == tenant).map(convert::code_out).collect();
+    Ok(pv::ListCodesResponse { codes })
 }
 
 pub(super) fn unexpected(r: SmResponse) -> Status {
