@@ -20,6 +20,14 @@ pub struct AgentService {
     pub ctx: Arc<ApiCtx>,
 }
 
+/// Refuses a list longer than `max`, naming the field and the limit.
+fn at_most(field: &str, len: usize, max: usize) -> Result<(), ApiError> {
+    if len > max {
+        return Err(ApiError::invalid(field, format!("{len} entries is over the limit of {max}")));
+    }
+    Ok(())
+}
+
 fn attrs_in(a: Option<pa::AgentAttributes>) -> Result<AgentAttrs, ApiError> {
     let a = a.unwrap_or_default();
     let attrs = AgentAttrs {
@@ -165,13 +173,7 @@ impl Agent for AgentService {
         let agent_id = caller::agent(&req)?;
         self.ctx.require_leader()?;
         let r = req.into_inner();
-        if r.leases.len() > validate::MAX_COMPLETIONS {
-            return Err(ApiError::invalid(
-                "leases",
-                format!("{} is over the limit of {}", r.leases.len(), validate::MAX_COMPLETIONS),
-            )
-            .into());
-        }
+        at_most("leases", r.leases.len(), validate::MAX_COMPLETIONS)?;
         self.check_owned(&agent_id, r.leases.iter().map(|l| (l.task_id, l.lease_epoch)))?;
         let now = Instant::now();
         let mut revoked = Vec::new();
@@ -194,13 +196,7 @@ impl Agent for AgentService {
     async fn complete(&self, req: Request<pa::CompleteRequest>) -> ApiResult<pa::CompleteResponse> {
         let agent_id = caller::agent(&req)?;
         let r = req.into_inner();
-        if r.completions.len() > validate::MAX_COMPLETIONS {
-            return Err(ApiError::invalid(
-                "completions",
-                format!("{} is over the limit of {}", r.completions.len(), validate::MAX_COMPLETIONS),
-            )
-            .into());
-        }
+        at_most("completions", r.completions.len(), validate::MAX_COMPLETIONS)?;
         let mut completions = Vec::with_capacity(r.completions.len());
         for (i, c) in r.completions.into_iter().enumerate() {
             let lease = c.lease.ok_or_else(|| ApiError::invalid(format!("completions[{i}].lease"), "is required"))?;

@@ -142,7 +142,9 @@ impl RaftNode {
     }
 
     async fn propose_local(&self, cmd: Command) -> Result<Response, LocalError> {
-        if let Some(ms) = self.metrics().millis_since_quorum_ack
+        // Borrow, not clone: this runs for every proposal.
+        let since_quorum_ms = self.raft.metrics().borrow().millis_since_quorum_ack;
+        if let Some(ms) = since_quorum_ms
             && ms > self.quorum_timeout.as_millis() as u64
         {
             return Err(LocalError::Other(ProposeError::NoQuorum(ms)));
