@@ -68,7 +68,7 @@ fn free_port() -> anyhow::Result<u16> {
     bail!("no fresh loopback port after 100 tries")
 }
 
-fn signal(child: &Child, sig: i32) -> anyhow::Result<()> {
+pub(crate) fn signal(child: &Child, sig: i32) -> anyhow::Result<()> {
     let pid = i32::try_from(child.id()).context("pid out of range")?;
     let rc = unsafe_kill(pid, sig);
     if rc != 0 {
@@ -175,6 +175,14 @@ impl Cluster {
             .with_context(|| format!("starting {}", self.bin.display()))?;
         n.child = Some(child);
         Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     pub fn addr(&self, id: u64) -> &str {

@@ -3,15 +3,18 @@
 //!
 //! * [`Cluster`] — N `drover server` processes with their own temp data dirs and ports
 //!   picked at run time; kill -9, SIGTERM, SIGSTOP/SIGCONT, restart, add a node.
+//! * [`AgentProc`] — `drover agent run` processes against a cluster.
 //! * [`clients`] — gRPC clients that carry a caller identity.
 //! * [`eventually`] — poll a condition until a deadline (tests never sleep for a fixed
 //!   time to "let things settle").
 //!
 //! Every process is killed and reaped when the [`Cluster`] is dropped.
 
+pub mod agents;
 pub mod clients;
 pub mod cluster;
 
+pub use agents::{AgentOptions, AgentProc};
 pub use cluster::{Cluster, ClusterOptions};
 
 use std::time::{Duration, Instant};

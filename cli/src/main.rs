@@ -27,6 +27,8 @@ enum Command {
     Operator(commands::operator::OperatorArgs),
     /// Manage tenants (operator).
     Tenant(commands::tenant::TenantArgs),
+    /// Run a runner agent, or inspect and drain one on this host.
+    Agent(commands::agent::AgentArgs),
     /// Create a CA and issue role certificates.
     Certs(commands::certs::CertsArgs),
 }
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
             Command::Operator(a) => commands::operator::run(a).await,
             Command::Tenant(a) => commands::tenant::run(a).await,
             Command::Certs(a) => commands::certs::run(a),
+            Command::Agent(a) => commands::agent::run(a).await,
         }
     });
     match result {

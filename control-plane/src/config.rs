@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub propose_timeout: Duration,
     #[serde(default = "d_lease_wait", deserialize_with = "duration")]
     pub max_lease_wait: Duration,
+    /// Most output kept per task; output past it is dropped after a visible marker.
+    #[serde(default = "d_max_log")]
+    pub max_task_log_bytes: bytesize::ByteSize,
     /// Memory for sled's page cache (the bulk of a node's memory use).
     #[serde(default = "d_cache")]
     pub cache_capacity: bytesize::ByteSize,
@@ -133,6 +136,9 @@ fn d_propose() -> Duration {
 }
 fn d_cache() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(64)
+}
+fn d_max_log() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(4)
 }
 fn d_lease_wait() -> Duration {
     Duration::from_secs(20)

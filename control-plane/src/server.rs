@@ -98,6 +98,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             idempotency_ttl: cfg.idempotency_window,
             lease_ttl: cfg.lease_ttl,
             max_lease_wait: cfg.max_lease_wait,
+            max_task_log_bytes: cfg.max_task_log_bytes.as_u64(),
         },
         tracker: tracker.clone(),
     });

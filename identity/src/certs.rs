@@ -126,6 +126,14 @@ pub fn identity_from_der(der: &[u8]) -> Result<SpiffeId, IdentityError> {
     }
 }
 
+/// The identity in the first certificate of a PEM file (a process reading its own
+/// certificate to learn who it is).
+pub fn identity_from_pem(pem: &[u8]) -> Result<SpiffeId, IdentityError> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem)
+        .map_err(|_| IdentityError::Malformed("no PEM certificate found".to_string()))?;
+    identity_from_der(&p.contents)
+}
+
 /// Writes a file; private keys (`private = true`) are created with mode 0600.
 pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
     let io = |source| CertError::Io { path: path.display().to_string(), source };

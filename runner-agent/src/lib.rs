@@ -1,5 +1,22 @@
-//! drover-runner-agent: the runner agent (leases tasks and runs them in containers).
+//! drover-runner-agent: the runner agent. It dials the control plane, leases tasks when it
+//! has free slots, runs each in a fresh Docker container under cgroup limits, ships the
+//! container's output, heartbeats its leases and reports completion with the lease epoch.
+//! It never listens on a network port for control; operators reach it through a unix
+//! socket.
 //!
-//! Not built yet: this crate exists so the workspace layout is in place. The agent's
-//! wire contract is already fixed in `proto/drover/agent/v1/agent.proto`, and the control
-//! plane serves it (`Lease` long-poll, `Heartbeat`, `Complete` with lease epochs).
+//! * [`config`] — the agent's TOML configuration.
+//! * [`uplink`] — the one outbound gRPC connection, following leader hints.
+//! * [`agent`] — leasing, runners, heartbeats, completion, drain, reconciliation.
+//! * [`executor`] — one task in one Docker container (bollard), and the image cache.
+//! * [`shipper`] — batched, ordered, fenced log shipping.
+//! * [`watchdog`] — the out-of-process lease-deadline enforcer.
+//! * [`socket`] — the local control socket; [`metrics`] — Prometheus metrics.
+
+pub mod agent;
+pub mod config;
+pub mod executor;
+pub mod metrics;
+pub mod shipper;
+pub mod socket;
+pub mod uplink;
+pub mod watchdog;

@@ -65,6 +65,17 @@ enum Cmd {
         #[arg(long, default_value = "")]
         server_config: String,
     },
+    /// Queue-to-completion latency of a no-op task through one control-plane node and one
+    /// real agent (Docker), next to plain `docker run --rm` of the same image.
+    E2e {
+        #[arg(long)]
+        drover: Option<PathBuf>,
+        /// Sequential tasks (and sequential `docker run`s).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        #[arg(long, default_value = "drover-test/busybox:1")]
+        image: String,
+    },
 }
 
 fn drover_bin(drover: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -165,12 +176,83 @@ async fn backlog(
     Ok(())
 }
 
+async fn e2e(bin: &std::path::Path, runs: usize, image: &str) -> anyhow::Result<()> {
+    let docker = bollard::Docker::connect_with_local_defaults()?.negotiate_version().await?;
+    drover_runner_agent::executor::import::ensure_busybox_image(&docker, image).await?;
+    let opts = ClusterOptions { nodes: 1, ..Default::default() };
+    let cluster = Cluster::start(bin, opts).await?;
+    let addr = cluster.addr(cluster.ids()[0]).to_string();
+    clients::admin(&addr)?.upsert_tenant(pa::UpsertTenantRequest { id: "bench".into(), ..Default::default() }).await?;
+    let mut t = clients::tenant(&addr, "bench")?;
+    t.register_code(pv::RegisterCodeRequest {
+        name: "noop".into(),
+        image: image.into(),
+        command: vec!["true".into()],
+        ..Default::default()
+    })
+    .await?;
+    let agent = cluster.start_agent("bench", drover_chaos::AgentOptions { slots: 1, ..Default::default() })?;
+    // Warm-up: the agent's first task pays for connections and the image check.
+    let mut fleet = Vec::with_capacity(runs);
+    for i in 0..=runs {
+        let t0 = Instant::now();
+        let id = t
+            .queue_tasks(pv::QueueTasksRequest {
+                tasks: vec![pv::NewTask { code: "noop".into(), ..Default::default() }],
+                idempotency_key: String::new(),
+            })
+            .await?
+            .into_inner()
+            .task_ids[0];
+        loop {
+            let task = t.get_task(pv::GetTaskRequest { id, include_payload: false }).await?.into_inner();
+            if task.state == pv::TaskState::Complete as i32 {
+                break;
+            }
+            if task.state > pv::TaskState::Complete as i32 {
+                anyhow::bail!("task {id} ended {:?}\n{}", task, agent.log_tail(20));
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                anyhow::bail!("task {id} did not finish in 60 s\n{}", agent.log_tail(20));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if i > 0 {
+            fleet.push(t0.elapsed());
+        }
+    }
+    drop(agent);
+    let mut plain = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let st = tokio::process::Command::new("docker")
+            .args(["run", "--rm", "--network", "none", image, "true"])
+            .status()
+            .await?;
+        anyhow::ensure!(st.success(), "docker run failed: {st}");
+        plain.push(t0.elapsed());
+    }
+    let f = drover_benches::percentiles(&mut fleet).context("no samples")?;
+    let p = drover_benches::percentiles(&mut plain).context("no samples")?;
+    println!("drover-bench e2e: {runs} sequential no-op tasks, 1 node, 1 agent (1 slot), image {image}");
+    println!("{:<34} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
+    println!("{:<34} {:>10.1?} {:>10.1?} {:>10.1?}", "queue -> complete (drover)", f.p50, f.p99, f.max);
+    println!("{:<34} {:>10.1?} {:>10.1?} {:>10.1?}", "docker run --rm (CLI)", p.p50, p.p99, p.max);
+    println!(
+        "ratio p50 {:.2}, p99 {:.2}",
+        f.p50.as_secs_f64() / p.p50.as_secs_f64(),
+        f.p99.as_secs_f64() / p.p99.as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (drover, batch, n_clients, duration, max_tasks, payload_bytes, via_follower) = match Cli::parse().cmd {
         Cmd::Backlog { drover, tasks, payload_bytes, clients, server_config } => {
             return backlog(&drover_bin(drover)?, tasks, payload_bytes, clients, &server_config).await;
         }
+        Cmd::E2e { drover, runs, image } => return e2e(&drover_bin(drover)?, runs, &image).await,
         Cmd::Queue { drover, batch, clients, duration, max_tasks, payload_bytes, via_follower } => {
             (drover, batch, clients, duration, max_tasks, payload_bytes, via_follower)
         }

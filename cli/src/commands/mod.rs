@@ -1,4 +1,5 @@
 //! One module per command group.
+pub mod agent;
 pub mod certs;
 pub mod client;
 pub mod operator;

@@ -13,6 +13,7 @@ use super::error::{ApiError, ApiResult};
 use super::tenant::unexpected;
 use super::{ApiCtx, caller};
 use crate::state::command::{Command, Completion, LeaseRef, LeaseRequest, Outcome};
+use crate::state::logs::{self, LogAppend, LogStream};
 use crate::state::model::AgentAttrs;
 use crate::state::{Response as SmResponse, placement, validate, views};
 
@@ -240,5 +241,78 @@ impl Agent for AgentService {
             })
             .collect();
         Ok(Response::new(pa::CompleteResponse { results }))
+    }
+
+    async fn release(&self, req: Request<pa::ReleaseRequest>) -> ApiResult<pa::ReleaseResponse> {
+        let agent_id = caller::agent(&req)?;
+        let r = req.into_inner();
+        at_most("leases", r.leases.len(), validate::MAX_COMPLETIONS)?;
+        let leases: Vec<LeaseRef> =
+            r.leases.iter().map(|l| LeaseRef { task_id: l.task_id, epoch: l.lease_epoch }).collect();
+        self.check_owned(&agent_id, leases.iter().map(|l| (l.task_id, l.epoch)))?;
+        // Only this agent's current leases: a stale one names nobody's task any more.
+        let leases: Vec<LeaseRef> = {
+            let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+            leases
+                .into_iter()
+                .filter(|l| {
+                    sm.indexes()
+                        .running
+                        .get(&l.task_id)
+                        .is_some_and(|run| run.epoch == l.epoch && run.agent_id == agent_id)
+                })
+                .collect()
+        };
+        if leases.is_empty() {
+            return Ok(Response::new(pa::ReleaseResponse { released: vec![] }));
+        }
+        let cmd = Command::ExpireLeases { leases, reason: crate::state::command::ExpireReason::LeaseLost };
+        match self.ctx.propose(cmd).await? {
+            SmResponse::Expired { task_ids } => Ok(Response::new(pa::ReleaseResponse { released: task_ids })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn append_logs(&self, req: Request<pa::AppendLogsRequest>) -> ApiResult<pa::AppendLogsResponse> {
+        let agent_id = caller::agent(&req)?;
+        let r = req.into_inner();
+        at_most("chunks", r.chunks.len(), logs::MAX_CHUNKS_PER_APPEND)?;
+        let mut chunks = Vec::with_capacity(r.chunks.len());
+        for (i, c) in r.chunks.into_iter().enumerate() {
+            let lease = c.lease.ok_or_else(|| ApiError::invalid(format!("chunks[{i}].lease"), "is required"))?;
+            let stream = match pa::LogStream::try_from(c.stream) {
+                Ok(pa::LogStream::Stdout) => LogStream::Stdout,
+                Ok(pa::LogStream::Stderr) => LogStream::Stderr,
+                _ => return Err(ApiError::invalid(format!("chunks[{i}].stream"), "must be STDOUT or STDERR").into()),
+            };
+            if c.data.len() > logs::MAX_CHUNK_BYTES {
+                return Err(ApiError::invalid(
+                    format!("chunks[{i}].data"),
+                    format!("{} bytes is over the limit of {}", c.data.len(), logs::MAX_CHUNK_BYTES),
+                )
+                .into());
+            }
+            chunks.push(LogAppend {
+                lease: LeaseRef { task_id: lease.task_id, epoch: lease.lease_epoch },
+                seq: c.seq,
+                stream,
+                data: c.data,
+            });
+        }
+        self.check_owned(&agent_id, chunks.iter().map(|c| (c.lease.task_id, c.lease.epoch)))?;
+        let leases: Vec<LeaseRef> = chunks.iter().map(|c| c.lease).collect();
+        let cmd = Command::AppendLogs { agent_id, max_task_log_bytes: self.ctx.cfg.max_task_log_bytes, chunks };
+        let results = match self.ctx.propose(cmd).await? {
+            SmResponse::LogsAppended { results } => results,
+            other => return Err(unexpected(other)),
+        };
+        let mut stale: Vec<pa::LeaseRef> = Vec::new();
+        for (l, r) in leases.into_iter().zip(results) {
+            let seen = stale.iter().any(|s| s.task_id == l.task_id && s.lease_epoch == l.epoch);
+            if r.is_err() && !seen {
+                stale.push(pa::LeaseRef { task_id: l.task_id, lease_epoch: l.epoch });
+            }
+        }
+        Ok(Response::new(pa::AppendLogsResponse { stale }))
     }
 }

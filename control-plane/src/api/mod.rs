@@ -26,6 +26,7 @@ pub struct ApiConfig {
     pub idempotency_ttl: Duration,
     pub lease_ttl: Duration,
     pub max_lease_wait: Duration,
+    pub max_task_log_bytes: u64,
 }
 
 /// What every handler shares.

@@ -3,6 +3,7 @@
 //! barrier first, then read this node's tables.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use drover_proto::v1 as pv;
 use drover_proto::v1::tenant_server::Tenant;
@@ -12,6 +13,7 @@ use super::convert;
 use super::error::{ApiError, ApiResult};
 use super::{ApiCtx, caller};
 use crate::state::command::Command;
+use crate::state::logs::{self, LogStream};
 use crate::state::{Response as SmResponse, validate, views};
 
 pub struct TenantService {
@@ -21,8 +23,18 @@ pub struct TenantService {
 const MAX_LIST_LIMIT: u32 = 1_000;
 const DEFAULT_LIST_LIMIT: u32 = 100;
 
+/// The log stream a `GetTaskLog` call returns.
+pub type LogStreamOut = tokio_stream::wrappers::ReceiverStream<Result<pv::TaskLogBatch, Status>>;
+
 #[tonic::async_trait]
 impl Tenant for TenantService {
+    type GetTaskLogStream = LogStreamOut;
+
+    async fn get_task_log(&self, req: Request<pv::GetTaskLogRequest>) -> ApiResult<Self::GetTaskLogStream> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(task_log(self.ctx.clone(), tenant, req.into_inner()).await?))
+    }
+
     async fn register_code(&self, req: Request<pv::RegisterCodeRequest>) -> ApiResult<pv::Code> {
         let tenant = caller::tenant(&req)?;
         let spec = convert::code_spec_in(req.into_inner());
@@ -139,6 +151,74 @@ pub(super) async fn list_codes(ctx: &ApiCtx, tenant: &str) -> Result<pv::ListCod
     let sm = ctx.node.sm.machine()?;
     let codes = sm.codes().values().filter(|c| c.tenant == tenant).map(convert::code_out).collect();
     Ok(pv::ListCodesResponse { codes })
+}
+
+/// Most chunk bytes in one streamed batch.
+const LOG_BATCH_BYTES: usize = 256 * 1024;
+/// A follower re-reads at least this often even without an apply notification.
+const LOG_RECHECK: Duration = Duration::from_secs(1);
+
+/// Streams a task's log from `from_index`; with `follow`, until the task has finished and
+/// all its output is sent. Reads state before chunks each round: every chunk of a task is
+/// committed before its completion (the agent flushes first; later chunks are refused),
+/// so a finished task with no chunks left has nothing more to come.
+pub(super) async fn task_log(
+    ctx: Arc<ApiCtx>,
+    tenant: String,
+    r: pv::GetTaskLogRequest,
+) -> Result<LogStreamOut, ApiError> {
+    ctx.read_barrier().await?;
+    let id = r.id;
+    if views::get_task(&ctx.node.sm.kv(), Some(&tenant), id)?.is_none() {
+        return Err(ApiError::NotFound(format!("task {id} not found")));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut from = r.from_index;
+        loop {
+            let notified = ctx.node.sm.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let read = (|| {
+                let kv = ctx.node.sm.kv();
+                let finished = views::get_task(&kv, Some(&tenant), id)?.is_none_or(|t| t.state.is_finished());
+                Ok::<_, ApiError>((finished, logs::read_log(&kv, id, from, LOG_BATCH_BYTES)?))
+            })();
+            let (finished, chunks) = match read {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            if let Some((last, _)) = chunks.last() {
+                from = last + 1;
+                let batch = pv::TaskLogBatch { chunks: chunks.into_iter().map(|(i, c)| log_chunk_out(i, c)).collect() };
+                if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if !r.follow || finished {
+                return;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(LOG_RECHECK) => {}
+            }
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn log_chunk_out(index: u32, c: logs::LogChunk) -> pv::TaskLogChunk {
+    let stream = match c.stream {
+        LogStream::Stdout => pv::LogStream::Stdout,
+        LogStream::Stderr => pv::LogStream::Stderr,
+        LogStream::System => pv::LogStream::System,
+    };
+    pv::TaskLogChunk { index, stream: stream as i32, data: c.data, lease_epoch: c.epoch, stamp_ms: c.stamp_ms }
 }
 
 pub(super) fn unexpected(r: SmResponse) -> Status {

@@ -137,6 +137,13 @@ pub enum Command {
         finished_before_ms: u64,
         max_tasks: u32,
     },
+    /// Output shipped by one agent for its running tasks. `max_task_log_bytes` is the
+    /// leader's configured cap, stamped here so every replica applies the same one.
+    AppendLogs {
+        agent_id: String,
+        max_task_log_bytes: u64,
+        chunks: Vec<super::logs::LogAppend>,
+    },
     /// Several clients' commands in one log entry (the proposal batcher's hot path). Each
     /// is applied, or refused, on its own.
     Batch(Vec<Command>),
@@ -176,6 +183,10 @@ pub enum Response {
     Purged {
         tasks: u64,
         idempotency_keys: u64,
+    },
+    /// One result per chunk, in order.
+    LogsAppended {
+        results: Vec<Result<(), StateError>>,
     },
     Rejected(StateError),
     Batch(Vec<Response>),

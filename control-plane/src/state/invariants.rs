@@ -3,11 +3,14 @@
 //! * the in-memory indexes equal indexes rebuilt from the tables (so every task is in
 //!   exactly the index of its state, counted once);
 //! * a running task has exactly one lease, and a task that is not running has none;
-//! * every task has its payload and its tenant-listing entry.
+//! * every task has its payload and its tenant-listing entry;
+//! * log metadata and chunks belong to existing tasks, and a task's chunks are numbered
+//!   exactly `0..meta.chunks`.
 
 use super::indexes::Indexes;
 use super::keys;
 use super::kv::KvRead;
+use super::logs::{self, LogMeta};
 use super::machine::StateMachine;
 use super::model::{Task, TaskState};
 
@@ -35,6 +38,40 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
         if !matches!(kv.get(&keys::tenant_task(&t.tenant, t.id)), Ok(Some(_))) {
             problems.push(format!("task {} missing from its tenant listing", t.id));
         }
+    }
+    let ids: std::collections::BTreeSet<u64> = tasks.iter().map(|t| t.id).collect();
+    let mut metas = std::collections::BTreeMap::new();
+    kv.scan(logs::META, logs::META, &mut |k, v| {
+        match (keys::trailing_id(k), keys::decode::<LogMeta>(v)) {
+            (Some(id), Ok(m)) => {
+                metas.insert(id, m);
+            }
+            _ => problems.push(format!("malformed log meta {k:?}")),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    let mut chunks: std::collections::BTreeMap<u64, Vec<u32>> = std::collections::BTreeMap::new();
+    kv.scan(logs::CHUNK, logs::CHUNK, &mut |k, _| {
+        let rest = &k[logs::CHUNK.len()..];
+        match (rest.get(..8).and_then(|b| b.try_into().ok()), rest.get(8..).and_then(|b| b.try_into().ok())) {
+            (Some(id), Some(i)) => chunks.entry(u64::from_be_bytes(id)).or_default().push(u32::from_be_bytes(i)),
+            _ => problems.push(format!("malformed log key {k:?}")),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    for (id, m) in &metas {
+        if !ids.contains(id) {
+            problems.push(format!("log meta of missing task {id}"));
+        }
+        let want: Vec<u32> = (0..m.chunks).collect();
+        if chunks.get(id).map(Vec::as_slice).unwrap_or_default() != want.as_slice() {
+            problems.push(format!("task {id} log chunks {:?} do not match meta {m:?}", chunks.get(id)));
+        }
+    }
+    if let Some(id) = chunks.keys().find(|id| !metas.contains_key(id)) {
+        problems.push(format!("log chunks of task {id} have no meta"));
     }
     let mut live = sm.idx.canonical();
     let want = rebuilt.canonical();

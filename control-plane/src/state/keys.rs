@@ -10,6 +10,8 @@
 //! | `x/`   | tenant `\0` task id      | empty (listing)  |
 //! | `i/`   | tenant `\0` idem. key    | [`IdemRecord`]   |
 //! | `a/`   | agent id                 | [`AgentRecord`]  |
+//! | `g/`   | task id                  | log metadata (see [`super::logs`]) |
+//! | `l/`   | task id, chunk index (u32) | log chunk      |
 //! | `m/`   | name                     | state metadata   |
 //! | `r/`   | name                     | owned by the Raft storage adapter (applied index, membership) |
 //!

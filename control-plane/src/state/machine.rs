@@ -155,6 +155,9 @@ impl StateMachine {
             Command::Cancel { tenant, task_id } => self.cancel(txn, ctx, tenant, *task_id),
             Command::PromoteDelayed { max_tasks } => self.promote_delayed(txn, ctx, *max_tasks),
             Command::Purge { finished_before_ms, max_tasks } => self.purge(txn, ctx, *finished_before_ms, *max_tasks),
+            Command::AppendLogs { agent_id, max_task_log_bytes, chunks } => {
+                self.append_logs(txn, ctx, agent_id, *max_task_log_bytes, chunks)
+            }
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }

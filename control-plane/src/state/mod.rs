@@ -5,6 +5,7 @@
 //! * [`placement`] — which ready task an agent gets next.
 //! * [`indexes`] — in-memory indexes derived from the tables.
 //! * [`kv`], [`keys`] — the key-value interface and the table layout.
+//! * [`logs`] — task output appended by agents, capped per task.
 //! * [`validate`] — input limits; [`views`] — read queries; [`invariants`] — checks.
 //!
 //! Nothing here reads a clock, the network or randomness; the same log applied to the
@@ -17,6 +18,7 @@ pub mod invariants;
 pub mod keys;
 pub mod kv;
 pub mod leases;
+pub mod logs;
 pub mod machine;
 pub mod model;
 pub mod placement;

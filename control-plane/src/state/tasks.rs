@@ -168,6 +168,7 @@ impl StateMachine {
             txn.delete(keys::task(id));
             txn.delete(keys::payload(id));
             txn.delete(keys::tenant_task(&t.tenant, id));
+            self.delete_log(txn, id)?;
             tasks += 1;
         }
         let expired: Vec<(u64, Vec<u8>)> = self

@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use super::command::{CodeSpec, Completion, ExpireReason, Grant, LeaseRef, LeaseRequest, NewTask, Outcome};
 use super::indexes::Canonical;
 use super::leases::MAX_LOST_LEASES;
+use super::logs::{self, LogAppend, LogStream};
 use super::model::{AgentAttrs, CodeLimits, Placement, Task, TaskState, TenantLimits};
 use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
 use super::{invariants, keys, placement, views};
@@ -480,6 +481,64 @@ fn cancel_rules() {
     assert!(h.expire(ids[1], g[0].epoch, ExpireReason::LeaseLost).is_empty());
 }
 
+fn chunk(task_id: u64, epoch: u64, seq: u64, data: &[u8]) -> LogAppend {
+    LogAppend { lease: LeaseRef { task_id, epoch }, seq, stream: LogStream::Stdout, data: data.to_vec() }
+}
+
+fn append(agent: &str, cap: u64, chunks: Vec<LogAppend>) -> Command {
+    Command::AppendLogs { agent_id: agent.into(), max_task_log_bytes: cap, chunks }
+}
+
+/// The stored log of a task as (epoch, stream, data) tuples.
+fn log_of(h: &Harness, id: u64) -> Vec<(u64, LogStream, Vec<u8>)> {
+    let chunks = logs::read_log(&h.kv, id, 0, usize::MAX).expect("read");
+    chunks.into_iter().map(|(_, c)| (c.epoch, c.stream, c.data)).collect()
+}
+
+#[test]
+fn logs_are_fenced_deduplicated_and_capped() {
+    let mut h = acme();
+    let id = h.queue("acme", vec![task("work")])[0];
+    let e1 = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    let ok = |n| Response::LogsAppended { results: vec![Ok(()); n] };
+    assert_eq!(h.apply(append("a1", 10, vec![chunk(id, e1, 0, b"hello"), chunk(id, e1, 1, b" ")])), ok(2));
+    // A retried chunk is acknowledged and ignored; a gap in seq is fine.
+    assert_eq!(h.apply(append("a1", 10, vec![chunk(id, e1, 1, b" "), chunk(id, e1, 5, b"wor")])), ok(2));
+    assert_eq!(log_of(&h, id).iter().map(|c| c.2.clone()).collect::<Vec<_>>(), [&b"hello"[..], b" ", b"wor"]);
+    // Another agent, or a wrong epoch: refused, nothing written.
+    let stale = |epoch| Response::LogsAppended { results: vec![Err(StateError::StaleEpoch { task_id: id, epoch })] };
+    assert_eq!(h.apply_unchanged(append("a2", 10, vec![chunk(id, e1, 9, b"x")])), stale(e1));
+    assert_eq!(h.apply_unchanged(append("a1", 10, vec![chunk(id, e1 + 1, 9, b"x")])), stale(e1 + 1));
+    // Crossing the cap cuts the chunk and adds one marker; later output is dropped.
+    assert_eq!(h.apply(append("a1", 10, vec![chunk(id, e1, 6, b"ld!!!"), chunk(id, e1, 7, b"more")])), ok(2));
+    let log = log_of(&h, id);
+    assert_eq!(log[3], (e1, LogStream::Stdout, b"l".to_vec()), "cut at 10 bytes");
+    assert_eq!(log[4], (e1, LogStream::System, logs::truncation_marker(10)));
+    assert_eq!(log.len(), 5);
+    let meta = logs::log_meta(&h.kv, id).expect("meta");
+    assert_eq!((meta.bytes, meta.chunks, meta.truncated), (10, 5, true));
+    // Reading resumes at an index, bounded in bytes.
+    let page = logs::read_log(&h.kv, id, 1, 2).expect("read");
+    assert_eq!(page.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2]);
+    // Finished: late output is stale; purge removes the log with the task.
+    h.complete("a1", id, e1, Outcome::Success).expect("current");
+    assert_eq!(h.apply_unchanged(append("a1", 10, vec![chunk(id, e1, 8, b"late")])), stale(e1));
+    h.now_ms += 10;
+    h.apply(Command::Purge { finished_before_ms: h.now_ms, max_tasks: 10 });
+    assert!(log_of(&h, id).is_empty());
+    assert!(!h.kv.map.keys().any(|k| k.starts_with(logs::META) || k.starts_with(logs::CHUNK)));
+}
+
+#[test]
+fn oversize_log_chunks_are_refused() {
+    let mut h = acme();
+    let id = h.queue("acme", vec![task("work")])[0];
+    let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    let big = vec![0u8; logs::MAX_CHUNK_BYTES + 1];
+    let r = h.apply_unchanged(append("a1", u64::MAX, vec![chunk(id, e, 0, b"ok"), chunk(id, e, 1, &big)]));
+    assert_eq!(invalid_field(&r), "chunks[1].data");
+}
+
 #[test]
 fn purge_removes_old_finished_tasks_and_their_keys() {
     let mut h = acme();
@@ -604,6 +663,7 @@ enum Op {
     Cancel { tenant: usize, pick: usize },
     Promote,
     Purge { age: u64 },
+    Log { pick: usize, len: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -621,6 +681,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize, any::<usize>()).prop_map(|(tenant, pick)| Op::Cancel { tenant, pick }),
         1 => Just(Op::Promote),
         1 => (0..5_000u64).prop_map(|age| Op::Purge { age }),
+        2 => (any::<usize>(), 0..40usize).prop_map(|(pick, len)| Op::Log { pick, len }),
     ]
 }
 
@@ -727,6 +788,24 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
                     h.assert_unchanged(before, &r)
                 }
                 other => panic!("cancel: {other:?}"),
+            }
+        }
+        Op::Log { pick, len } => {
+            // Any grant ever made: current ones append (up to the 64-byte cap), stale
+            // ones are refused and change nothing.
+            let Some(g) = nth(grants, pick) else { return };
+            let current = is_current(h, &g);
+            let before = h.snapshot();
+            let meta = logs::log_meta(&h.kv, g.task_id).expect("meta");
+            let seq = if meta.epoch == g.epoch { meta.next_seq } else { 0 };
+            let r = h.apply(append(&g.agent_id, 64, vec![chunk(g.task_id, g.epoch, seq, &vec![b'x'; len])]));
+            let Response::LogsAppended { results } = &r else { panic!("{r:?}") };
+            if current {
+                assert_eq!(results[..], [Ok(())]);
+                assert!(logs::log_meta(&h.kv, g.task_id).expect("meta").bytes <= 64);
+            } else {
+                assert!(matches!(results[..], [Err(StateError::StaleEpoch { .. })]), "{r:?}");
+                h.assert_unchanged(before, &r);
             }
         }
         Op::Promote => {

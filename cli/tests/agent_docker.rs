@@ -1,0 +1,311 @@
+//! The runner agent end to end: a real control plane, real `drover agent` processes and
+//! real Docker containers (an image built here from the static busybox; nothing is
+//! pulled). Needs a running Docker engine: `.ci/run` installs and starts one.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use drover_chaos::{AgentOptions, AgentProc, Cluster, ClusterOptions, clients, eventually};
+use drover_proto::admin as pa;
+use drover_proto::v1 as pv;
+
+const IMAGE: &str = "drover-test/busybox:1";
+
+/// Connects to the engine and imports the test image; fails (never skips) without Docker.
+async fn docker() -> bollard::Docker {
+    let how = "this test needs a running Docker engine: run `bash .ci/run` (installs docker.io and busybox-static \
+               and starts dockerd), or as root `apt-get install -y docker.io busybox-static && dockerd &`";
+    let d = bollard::Docker::connect_with_local_defaults().unwrap_or_else(|e| panic!("{how}: {e}"));
+    let d = d.negotiate_version().await.unwrap_or_else(|e| panic!("{how}: {e}"));
+    drover_runner_agent::executor::import::ensure_busybox_image(&d, IMAGE)
+        .await
+        .unwrap_or_else(|e| panic!("importing {IMAGE} from /bin/busybox: {e}"));
+    d
+}
+
+async fn cluster(nodes: u64, ttl: &str, tls: bool) -> Cluster {
+    common::cluster(ClusterOptions { nodes, lease_ttl: Some(ttl.into()), tls, ..Default::default() }).await
+}
+
+fn tenant(c: &Cluster) -> clients::Tenant {
+    c.tenant(c.ids()[0], "acme").expect("tenant client")
+}
+
+async fn create_tenant(c: &Cluster) {
+    let mut admin = c.admin(c.ids()[0]).expect("admin client");
+    admin.upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), ..Default::default() }).await.expect("tenant");
+}
+
+fn sh(name: &str, script: &str) -> pv::RegisterCodeRequest {
+    pv::RegisterCodeRequest {
+        name: name.into(),
+        image: IMAGE.into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+async fn register(c: &Cluster, code: pv::RegisterCodeRequest) {
+    tenant(c).register_code(code).await.expect("register code");
+}
+
+async fn queue(c: &Cluster, code: &str, payload: &[u8], n: usize) -> Vec<u64> {
+    let tasks = (0..n).map(|_| pv::NewTask { code: code.into(), payload: payload.to_vec(), ..Default::default() });
+    let r = tenant(c)
+        .queue_tasks(pv::QueueTasksRequest { tasks: tasks.collect(), idempotency_key: String::new() })
+        .await
+        .expect("queue");
+    r.into_inner().task_ids
+}
+
+async fn get(c: &Cluster, id: u64) -> pv::Task {
+    tenant(c).get_task(pv::GetTaskRequest { id, include_payload: false }).await.expect("get task").into_inner()
+}
+
+fn finished(t: &pv::Task) -> bool {
+    !matches!(
+        pv::TaskState::try_from(t.state),
+        Ok(pv::TaskState::Queued | pv::TaskState::Delayed | pv::TaskState::Running)
+    )
+}
+
+async fn wait_finished(c: &Cluster, id: u64, within: Duration, agents: &[&AgentProc]) -> pv::Task {
+    let r = eventually(within, &format!("task {id} to finish"), || async {
+        let t = get(c, id).await;
+        finished(&t).then_some(t)
+    })
+    .await;
+    match r {
+        Ok(t) => t,
+        Err(e) => {
+            let logs: Vec<String> = agents.iter().map(|a| format!("--- {} ---\n{}", a.id, a.log_tail(30))).collect();
+            panic!("{e}\n{}", logs.join("\n"))
+        }
+    }
+}
+
+/// A task's whole log: (stdout, stderr, system) bytes.
+async fn log(c: &Cluster, id: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut s = tenant(c)
+        .get_task_log(pv::GetTaskLogRequest { id, from_index: 0, follow: false })
+        .await
+        .expect("get log")
+        .into_inner();
+    let (mut out, mut err, mut sys) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(batch) = s.message().await.expect("log stream") {
+        for ch in batch.chunks {
+            match pv::LogStream::try_from(ch.stream) {
+                Ok(pv::LogStream::Stdout) => out.extend(ch.data),
+                Ok(pv::LogStream::Stderr) => err.extend(ch.data),
+                _ => sys.extend(ch.data),
+            }
+        }
+    }
+    (out, err, sys)
+}
+
+fn state(t: &pv::Task) -> pv::TaskState {
+    pv::TaskState::try_from(t.state).expect("known state")
+}
+
+async fn no_containers_left(a: &AgentProc) {
+    eventually(Duration::from_secs(10), "the agent's containers to be removed", || async {
+        a.containers().ok().filter(|c| c.is_empty())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", a.containers(), a.log_tail(30)));
+}
+
+#[tokio::test]
+async fn results_exit_codes_oom_and_timeouts_come_back_from_real_containers() {
+    let _d = docker().await;
+    let c = cluster(1, "5s", true).await;
+    create_tenant(&c).await;
+    register(&c, sh("echo", "cat \"$PAYLOAD_FILE\"")).await;
+    register(&c, sh("exit3", "echo failing >&2; exit 3")).await;
+    let mut hog = sh("hog", "exec dd if=/dev/zero of=/dev/null bs=64M count=1");
+    hog.limits = Some(pv::CodeLimits { memory_bytes: 32 << 20, ..Default::default() });
+    register(&c, hog).await;
+    let mut sleeper = sh("sleeper", "echo sleeping; sleep 30");
+    sleeper.limits = Some(pv::CodeLimits { timeout_ms: 1_000, ..Default::default() });
+    register(&c, sleeper).await;
+
+    // Binary, non-UTF-8, no trailing newline.
+    let payload: Vec<u8> = (0..=255u8).chain(b"{\"x\": 1}".iter().copied()).chain([0xff, 0xfe, 0x00]).collect();
+    let echo = queue(&c, "echo", &payload, 1).await[0];
+    let exit3 = queue(&c, "exit3", b"", 1).await[0];
+    let hog = queue(&c, "hog", b"", 1).await[0];
+    let sleeper = queue(&c, "sleeper", b"", 1).await[0];
+
+    let a = c.start_agent("runner", AgentOptions::default()).expect("start agent");
+    let t = wait_finished(&c, echo, Duration::from_secs(60), &[&a]).await;
+    assert_eq!(state(&t), pv::TaskState::Complete, "{t:?}");
+    let (out, _, _) = log(&c, echo).await;
+    assert_eq!(out, payload, "the payload comes back byte for byte");
+
+    let t = wait_finished(&c, exit3, Duration::from_secs(60), &[&a]).await;
+    assert_eq!(state(&t), pv::TaskState::Error, "{t:?}");
+    assert_eq!(t.result.as_ref().and_then(|r| r.exit_code), Some(3));
+    assert_eq!(log(&c, exit3).await.1, b"failing\n");
+
+    let t = wait_finished(&c, hog, Duration::from_secs(60), &[&a]).await;
+    assert_eq!(state(&t), pv::TaskState::Error, "{t:?}");
+    assert!(t.result.as_ref().is_some_and(|r| r.oom_killed), "reported OOM-killed: {t:?}");
+
+    let t = wait_finished(&c, sleeper, Duration::from_secs(60), &[&a]).await;
+    assert_eq!(state(&t), pv::TaskState::Timeout, "{t:?}");
+    assert_eq!(log(&c, sleeper).await.0, b"sleeping\n");
+    no_containers_left(&a).await;
+}
+
+#[tokio::test]
+async fn containers_run_hardened_and_isolated() {
+    let _d = docker().await;
+    let c = cluster(1, "5s", false).await;
+    create_tenant(&c).await;
+    let script = "grep -E '^(NoNewPrivs|CapEff|Seccomp):' /proc/self/status; \
+        echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); \
+        echo cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us); \
+        echo pids=$(cat /sys/fs/cgroup/pids/pids.max); \
+        if [ -e /var/run/docker.sock ] || [ -e /run/docker.sock ]; then echo docker=reachable; else echo docker=absent; fi; \
+        echo ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ,); \
+        echo net=$(readlink /proc/self/ns/net) pid=$(readlink /proc/self/ns/pid) ipc=$(readlink /proc/self/ns/ipc); \
+        echo env=$TASK_ID,$TASK_ATTEMPT,$LEASE_EPOCH,$PAYLOAD_FILE,$CONFIG_FILE; \
+        echo rw=$(touch $PAYLOAD_FILE 2>/dev/null && echo writable || echo readonly)";
+    let mut code = sh("probe", script);
+    code.limits = Some(pv::CodeLimits { memory_bytes: 96 << 20, cpu_millis: 500, pids: 64, timeout_ms: 30_000 });
+    register(&c, code).await;
+    let id = queue(&c, "probe", b"{}", 1).await[0];
+    let a = c.start_agent("hardening", AgentOptions::default()).expect("start agent");
+    let t = wait_finished(&c, id, Duration::from_secs(60), &[&a]).await;
+    assert_eq!(state(&t), pv::TaskState::Complete, "{t:?}");
+    let out = String::from_utf8(log(&c, id).await.0).expect("utf-8");
+    let line =
+        |k: &str| out.lines().find(|l| l.starts_with(k)).unwrap_or_else(|| panic!("no {k} in:\n{out}")).to_string();
+    assert!(line("NoNewPrivs:").ends_with("\t1"), "{out}");
+    assert!(line("CapEff:").ends_with("0000000000000000"), "{out}");
+    assert!(line("Seccomp:").ends_with("\t2"), "{out}");
+    assert_eq!(line("mem="), format!("mem={}", 96 << 20));
+    assert_eq!(line("cpu="), "cpu=50000");
+    assert_eq!(line("pids="), "pids=64");
+    assert_eq!(line("docker="), "docker=absent");
+    assert_eq!(line("ifaces="), "ifaces=lo,", "no network but loopback");
+    let host = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("host ns").display().to_string();
+    let ns = line("net=");
+    for kind in ["net", "pid", "ipc"] {
+        assert!(!ns.contains(&host(kind)), "shares the host's {kind} namespace: {ns}");
+    }
+    let lease_epoch = t.lease_epoch;
+    let env = line("env=");
+    assert!(env.starts_with(&format!("env={id},1,")), "{env}");
+    assert!(env.ends_with(",/drover/payload,/drover/config.json"), "{env} (epoch {lease_epoch})");
+    assert_eq!(line("rw="), "rw=readonly");
+    no_containers_left(&a).await;
+}
+
+#[tokio::test]
+async fn two_agents_run_200_tasks_exactly_once() {
+    let _d = docker().await;
+    let c = cluster(1, "10s", false).await;
+    create_tenant(&c).await;
+    register(&c, sh("id", "echo task=$TASK_ID attempt=$TASK_ATTEMPT")).await;
+    let ids = queue(&c, "id", b"", 200).await;
+    let a = c.start_agent("pair-a", AgentOptions { slots: 4, ..Default::default() }).expect("agent a");
+    let b = c.start_agent("pair-b", AgentOptions { slots: 4, ..Default::default() }).expect("agent b");
+    let started = Instant::now();
+    let mut done = BTreeSet::new();
+    let deadline = Duration::from_secs(300);
+    while done.len() < ids.len() {
+        assert!(
+            started.elapsed() < deadline,
+            "only {} of 200 finished\n{}\n{}",
+            done.len(),
+            a.log_tail(20),
+            b.log_tail(20)
+        );
+        let list = tenant(&c)
+            .list_tasks(pv::ListTasksRequest { limit: 1000, ..Default::default() })
+            .await
+            .expect("list")
+            .into_inner();
+        done = list.tasks.iter().filter(|t| finished(t)).map(|t| t.id).collect();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("200 tasks on two 4-slot agents took {:?}", started.elapsed());
+    for id in &ids {
+        let t = get(&c, *id).await;
+        assert_eq!((state(&t), t.attempts), (pv::TaskState::Complete, 1), "{t:?}");
+        assert_eq!(log(&c, *id).await.0, format!("task={id} attempt=1\n").into_bytes(), "task {id}");
+    }
+    no_containers_left(&a).await;
+    no_containers_left(&b).await;
+}
+
+#[tokio::test]
+async fn killed_agent_task_is_rerun_elsewhere_and_its_orphan_removed_on_restart() {
+    let _d = docker().await;
+    let c = cluster(3, "2s", false).await;
+    create_tenant(&c).await;
+    register(&c, sh("slow", "echo attempt=$TASK_ATTEMPT; if [ \"$TASK_ATTEMPT\" = 1 ]; then sleep 60; fi; echo done"))
+        .await;
+    let id = queue(&c, "slow", b"", 1).await[0];
+    let mut a = c.start_agent("doomed", AgentOptions { slots: 1, ..Default::default() }).expect("agent a");
+    eventually(Duration::from_secs(30), "a container for the task", || async {
+        a.running_containers().ok().filter(|c| !c.is_empty())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    a.kill().expect("kill -9 the agent");
+    let b = c.start_agent("rescuer", AgentOptions { slots: 1, ..Default::default() }).expect("agent b");
+    let t = wait_finished(&c, id, Duration::from_secs(60), &[&a, &b]).await;
+    assert_eq!((state(&t), t.attempts, t.lost_leases), (pv::TaskState::Complete, 2, 1), "{t:?}");
+    assert_eq!(log(&c, id).await.0, b"attempt=1\nattempt=2\ndone\n");
+    assert!(!a.containers().expect("docker ps").is_empty(), "the dead agent's container is still there");
+    a.restart().expect("restart the agent");
+    no_containers_left(&a).await;
+    no_containers_left(&b).await;
+}
+
+#[tokio::test]
+async fn a_frozen_agents_container_is_stopped_by_its_watchdog_and_its_late_report_refused() {
+    let _d = docker().await;
+    let ttl = Duration::from_secs(2);
+    let c = cluster(1, "2s", false).await;
+    create_tenant(&c).await;
+    register(&c, sh("slow", "echo attempt=$TASK_ATTEMPT; if [ \"$TASK_ATTEMPT\" = 1 ]; then sleep 60; fi; echo done"))
+        .await;
+    let id = queue(&c, "slow", b"", 1).await[0];
+    let a = c.start_agent("frozen", AgentOptions { slots: 1, ..Default::default() }).expect("agent a");
+    eventually(Duration::from_secs(30), "a container for the task", || async {
+        a.running_containers().ok().filter(|c| !c.is_empty())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    a.pause().expect("SIGSTOP the agent");
+    let paused = Instant::now();
+    eventually(ttl + Duration::from_secs(3), "the watchdog to stop the frozen agent's container", || async {
+        a.running_containers().ok().filter(|c| c.is_empty())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    let stopped_after = paused.elapsed();
+    let b = c.start_agent("second", AgentOptions { slots: 1, ..Default::default() }).expect("agent b");
+    let t = wait_finished(&c, id, Duration::from_secs(60), &[&a, &b]).await;
+    a.resume().expect("SIGCONT the agent");
+    assert_eq!((state(&t), t.attempts), (pv::TaskState::Complete, 2), "{t:?}");
+    // The resumed agent's report is refused (or it sees its lease is gone and drops the
+    // task); either way the recorded result stays the second runner's.
+    eventually(Duration::from_secs(20), "the resumed agent to give the task up", || async {
+        let log = a.log();
+        (log.contains("completion rejected") || log.contains("lease not held")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    let t2 = get(&c, id).await;
+    assert_eq!((state(&t2), t2.attempts, t2.result.clone()), (pv::TaskState::Complete, 2, t.result.clone()));
+    assert_eq!(log(&c, id).await.0, b"attempt=1\nattempt=2\ndone\n");
+    eprintln!("container stopped {stopped_after:?} after the agent froze (TTL {ttl:?})");
+    no_containers_left(&a).await;
+}

@@ -1,0 +1,219 @@
+//! Task logs: the output agents ship, appended through Raft and capped per task.
+//!
+//! Owns the `g/` (per-task log metadata) and `l/` (chunks) tables. Invariants:
+//! * a chunk is stored only if it names the task's current lease (agent and epoch);
+//!   anything else is refused with `StaleEpoch` and writes nothing;
+//! * per lease, an agent's chunk sequence numbers only move forward: a chunk whose `seq`
+//!   was already accepted is acknowledged and ignored (so a retried batch cannot
+//!   duplicate output);
+//! * a task's stored output never exceeds the cap stamped on the command; the byte that
+//!   would cross it is cut and one `System` chunk marking the truncation follows; after
+//!   it, output is acknowledged and dropped;
+//! * chunk numbers (`l/` keys) are dense from 0, so readers can resume at an index.
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{LeaseRef, Response};
+use super::error::StateError;
+use super::keys;
+use super::kv::{KvError, KvRead, Txn};
+use super::machine::{ApplyCtx, StateMachine};
+
+/// Largest single chunk an agent may send.
+pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
+/// Most chunks in one append command.
+pub const MAX_CHUNKS_PER_APPEND: usize = 1_000;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Written by Drover itself (truncation markers).
+    System,
+}
+
+/// One chunk an agent ships.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LogAppend {
+    pub lease: LeaseRef,
+    /// Per lease, increasing; chosen by the agent.
+    pub seq: u64,
+    pub stream: LogStream,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// A stored chunk.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LogChunk {
+    pub epoch: u64,
+    pub stream: LogStream,
+    pub stamp_ms: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Per-task log bookkeeping.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogMeta {
+    /// Bytes of task output stored (markers not counted).
+    pub bytes: u64,
+    /// Number of chunks stored; the next chunk's index.
+    pub chunks: u32,
+    pub truncated: bool,
+    /// The lease `next_seq` belongs to.
+    pub epoch: u64,
+    pub next_seq: u64,
+}
+
+pub const META: &[u8] = b"g/";
+pub const CHUNK: &[u8] = b"l/";
+
+pub fn meta_key(task_id: u64) -> Vec<u8> {
+    let mut k = META.to_vec();
+    k.extend_from_slice(&task_id.to_be_bytes());
+    k
+}
+
+pub fn chunks_prefix(task_id: u64) -> Vec<u8> {
+    let mut k = CHUNK.to_vec();
+    k.extend_from_slice(&task_id.to_be_bytes());
+    k
+}
+
+pub fn chunk_key(task_id: u64, index: u32) -> Vec<u8> {
+    let mut k = chunks_prefix(task_id);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+pub fn truncation_marker(cap: u64) -> Vec<u8> {
+    format!("\n[drover: log truncated at {cap} bytes; later output was dropped]\n").into_bytes()
+}
+
+type Applied = Result<Result<Response, StateError>, KvError>;
+
+impl StateMachine {
+    pub(super) fn append_logs(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        agent_id: &str,
+        max_task_log_bytes: u64,
+        chunks: &[LogAppend],
+    ) -> Applied {
+        if chunks.len() > MAX_CHUNKS_PER_APPEND {
+            return Ok(Err(StateError::invalid(
+                "chunks",
+                format!("{} entries is over the limit of {MAX_CHUNKS_PER_APPEND}", chunks.len()),
+            )));
+        }
+        if let Some((i, c)) = chunks.iter().enumerate().find(|(_, c)| c.data.len() > MAX_CHUNK_BYTES) {
+            return Ok(Err(StateError::invalid(
+                format!("chunks[{i}].data"),
+                format!("{} bytes is over the limit of {MAX_CHUNK_BYTES}", c.data.len()),
+            )));
+        }
+        let mut results = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            results.push(self.append_one(txn, ctx, agent_id, max_task_log_bytes, c)?);
+        }
+        Ok(Ok(Response::LogsAppended { results }))
+    }
+
+    fn append_one(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        agent_id: &str,
+        cap: u64,
+        c: &LogAppend,
+    ) -> Result<Result<(), StateError>, KvError> {
+        let LeaseRef { task_id, epoch } = c.lease;
+        let current = self.idx.running.get(&task_id).is_some_and(|run| run.epoch == epoch && run.agent_id == agent_id);
+        if !current {
+            return Ok(Err(StateError::StaleEpoch { task_id, epoch }));
+        }
+        let mut meta: LogMeta = match txn.get(&meta_key(task_id))? {
+            Some(v) => keys::decode(&v)?,
+            None => LogMeta::default(),
+        };
+        if meta.epoch != epoch {
+            meta.epoch = epoch;
+            meta.next_seq = 0;
+        }
+        if c.seq < meta.next_seq {
+            return Ok(Ok(()));
+        }
+        meta.next_seq = c.seq + 1;
+        if !meta.truncated && !c.data.is_empty() {
+            let room = cap.saturating_sub(meta.bytes);
+            let keep = (c.data.len() as u64).min(room) as usize;
+            if keep > 0 {
+                let chunk = LogChunk { epoch, stream: c.stream, stamp_ms: ctx.now_ms, data: c.data[..keep].to_vec() };
+                txn.put(chunk_key(task_id, meta.chunks), keys::encode(&chunk));
+                meta.chunks += 1;
+                meta.bytes += keep as u64;
+            }
+            if keep < c.data.len() {
+                let marker =
+                    LogChunk { epoch, stream: LogStream::System, stamp_ms: ctx.now_ms, data: truncation_marker(cap) };
+                txn.put(chunk_key(task_id, meta.chunks), keys::encode(&marker));
+                meta.chunks += 1;
+                meta.truncated = true;
+            }
+        }
+        txn.put(meta_key(task_id), keys::encode(&meta));
+        Ok(Ok(()))
+    }
+
+    /// Deletes a task's log (retention purge).
+    pub(super) fn delete_log(&mut self, txn: &mut Txn<'_>, task_id: u64) -> Result<(), KvError> {
+        let Some(v) = txn.get(&meta_key(task_id))? else { return Ok(()) };
+        let meta: LogMeta = keys::decode(&v)?;
+        for i in 0..meta.chunks {
+            txn.delete(chunk_key(task_id, i));
+        }
+        txn.delete(meta_key(task_id));
+        Ok(())
+    }
+}
+
+/// Chunks of a task's log from index `from`, at most `max_bytes` of data (at least one
+/// chunk when any is there). Returns `(index, chunk)` pairs.
+pub fn read_log(kv: &dyn KvRead, task_id: u64, from: u32, max_bytes: usize) -> Result<Vec<(u32, LogChunk)>, KvError> {
+    let prefix = chunks_prefix(task_id);
+    let start = chunk_key(task_id, from);
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut err = None;
+    kv.scan(&prefix, &start, &mut |k, v| {
+        let Some(index) = k.get(prefix.len()..).and_then(|t| <[u8; 4]>::try_from(t).ok()).map(u32::from_be_bytes)
+        else {
+            err = Some(KvError(format!("malformed log key {k:?}")));
+            return false;
+        };
+        match keys::decode::<LogChunk>(v) {
+            Ok(c) => {
+                bytes += c.data.len();
+                out.push((index, c));
+                bytes < max_bytes
+            }
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        }
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+pub fn log_meta(kv: &dyn KvRead, task_id: u64) -> Result<LogMeta, KvError> {
+    match kv.get(&meta_key(task_id))? {
+        Some(v) => keys::decode(&v),
+        None => Ok(LogMeta::default()),
+    }
+}

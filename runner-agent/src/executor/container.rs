@@ -1,0 +1,430 @@
+//! One task attempt in one container: create → attach → start → wait (timeout, cancel) →
+//! inspect → remove. See the module doc in `mod.rs` for the invariants.
+//!
+//! Output is read through an attach made *before* start (with `logs=true` as well), so
+//! nothing a task writes early is lost; a re-adopted container is followed with `logs`
+//! from a given time instead. Peak memory comes from the stats stream (cgroup v1
+//! `max_usage`, else the highest `usage` seen); a task shorter than the engine's first
+//! stats sample reports what the sample saw, or 0.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters as q;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ContainerSpec, ExecError, ExecMetrics, ImageCache, LABEL_AGENT, LABEL_ATTEMPT, LABEL_EPOCH, LABEL_TASK,
+    LABEL_TIMEOUT, LogStream, OutputChunk, RunOutcome, RunReport,
+};
+
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    pub default_memory_bytes: u64,
+    pub default_cpu_millis: u32,
+    pub default_pids: u32,
+    /// SIGTERM-to-SIGKILL time when a container is stopped (timeout).
+    pub stop_grace: Duration,
+    /// Per-run directories (payload, config.json), bind-mounted read-only at `/drover`.
+    pub work_dir: PathBuf,
+}
+
+pub struct Executor {
+    docker: Docker,
+    cfg: ExecutorConfig,
+    cache: Arc<ImageCache>,
+    metrics: ExecMetrics,
+}
+
+/// A container found on the engine with this agent's labels.
+#[derive(Clone, Debug)]
+pub struct Labelled {
+    pub id: String,
+    pub task_id: u64,
+    pub epoch: u64,
+    pub attempt: u32,
+    pub timeout_ms: u64,
+    pub running: bool,
+    pub started_unix_s: i64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// Docker container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn container_name(agent: &str, task: u64, epoch: u64) -> String {
+    let clean: String = agent
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .collect();
+    format!("drover-{clean}-{task}-{epoch}")
+}
+
+const DROVER_ENV: [&str; 5] = ["TASK_ID", "TASK_ATTEMPT", "LEASE_EPOCH", "PAYLOAD_FILE", "CONFIG_FILE"];
+
+impl Executor {
+    /// Connects to the engine (`DOCKER_HOST`, else the local socket) and negotiates the API
+    /// version.
+    pub async fn connect(cfg: ExecutorConfig, cache: Arc<ImageCache>, metrics: ExecMetrics) -> Result<Self, ExecError> {
+        let docker = connect().await?;
+        Ok(Executor { docker, cfg, cache, metrics })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Runs one attempt. Never fails: problems become `RunOutcome::Error` with `error` set.
+    /// The container (and the run directory) are gone when this returns.
+    pub async fn run(
+        &self,
+        spec: &ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+        on_created: &(dyn Fn(&str) + Send + Sync),
+    ) -> RunReport {
+        let mut report = RunReport {
+            outcome: RunOutcome::Error,
+            exit_code: None,
+            oom_killed: false,
+            error: String::new(),
+            started_ms: 0,
+            peak_memory_bytes: 0,
+            container_id: String::new(),
+        };
+        let _image = match self.cache.ensure(&spec.image).await {
+            Ok(g) => g,
+            Err(e) => {
+                report.error = e.to_string();
+                return report;
+            }
+        };
+        let dir = self.cfg.work_dir.join(format!("{}-{}", spec.task_id, spec.lease_epoch));
+        if let Err(e) = self.write_run_dir(spec, &dir).await {
+            report.error = format!("preparing the payload: {e}");
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return report;
+        }
+        let created = Instant::now();
+        let body = self.create_body(spec, &dir);
+        let name = container_name(&spec.agent_id, spec.task_id, spec.lease_epoch);
+        let opts = q::CreateContainerOptionsBuilder::default().name(&name).build();
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(r) => {
+                self.metrics.create_seconds.observe(created.elapsed().as_secs_f64());
+                report.container_id = r.id;
+                on_created(&report.container_id);
+                let id = report.container_id.clone();
+                self.supervise(&id, None, spec.timeout, output, cancel, &mut report).await;
+                if let Err(e) = self.remove(&id).await {
+                    tracing::error!(container = %id, error = %e, "removing the container failed");
+                }
+            }
+            Err(e) => report.error = format!("creating the container: {e}"),
+        }
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        report
+    }
+
+    /// Supervises a running container found at start (re-adoption): same wait, timeout,
+    /// cancel, inspect and remove as [`Executor::run`]; output from `logs_since_unix_s`.
+    pub async fn adopt(
+        &self,
+        container_id: &str,
+        timeout_left: Duration,
+        logs_since_unix_s: i64,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+    ) -> RunReport {
+        let mut report = RunReport {
+            outcome: RunOutcome::Error,
+            exit_code: None,
+            oom_killed: false,
+            error: String::new(),
+            started_ms: 0,
+            peak_memory_bytes: 0,
+            container_id: container_id.to_string(),
+        };
+        self.supervise(container_id, Some(logs_since_unix_s), timeout_left, output, cancel, &mut report).await;
+        if let Err(e) = self.remove(container_id).await {
+            tracing::error!(container = %container_id, error = %e, "removing the container failed");
+        }
+        report
+    }
+
+    async fn write_run_dir(&self, spec: &ContainerSpec, dir: &std::path::Path) -> std::io::Result<()> {
+        tokio::fs::create_dir_all(dir).await?;
+        tokio::fs::write(dir.join("payload"), &spec.payload).await?;
+        let config = serde_json::json!({
+            "task_id": spec.task_id,
+            "attempt": spec.attempt,
+            "lease_epoch": spec.lease_epoch,
+            "tenant": spec.tenant,
+            "code": spec.code,
+            "env": spec.env,
+        });
+        tokio::fs::write(dir.join("config.json"), config.to_string()).await
+    }
+
+    fn create_body(&self, spec: &ContainerSpec, dir: &std::path::Path) -> ContainerCreateBody {
+        let memory = if spec.memory_bytes > 0 { spec.memory_bytes } else { self.cfg.default_memory_bytes };
+        let cpu = if spec.cpu_millis > 0 { spec.cpu_millis } else { self.cfg.default_cpu_millis };
+        let pids = if spec.pids > 0 { spec.pids } else { self.cfg.default_pids };
+        let mut env: Vec<String> = spec
+            .env
+            .iter()
+            .filter(|(k, _)| !DROVER_ENV.contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.push(format!("TASK_ID={}", spec.task_id));
+        env.push(format!("TASK_ATTEMPT={}", spec.attempt));
+        env.push(format!("LEASE_EPOCH={}", spec.lease_epoch));
+        env.push("PAYLOAD_FILE=/drover/payload".into());
+        env.push("CONFIG_FILE=/drover/config.json".into());
+        let labels = HashMap::from([
+            (LABEL_TASK.to_string(), spec.task_id.to_string()),
+            (LABEL_EPOCH.to_string(), spec.lease_epoch.to_string()),
+            (LABEL_AGENT.to_string(), spec.agent_id.clone()),
+            (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
+            (LABEL_TIMEOUT.to_string(), spec.timeout.as_millis().to_string()),
+        ]);
+        let network = if spec.network_mode.is_empty() { "none".to_string() } else { spec.network_mode.clone() };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            open_stdin: Some(false),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{}:/drover:ro", dir.display())]),
+                memory: Some(memory as i64),
+                memory_swap: Some(memory as i64),
+                nano_cpus: Some(cpu as i64 * 1_000_000),
+                pids_limit: Some(pids as i64),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                cap_drop: Some(vec!["ALL".into()]),
+                network_mode: Some(network),
+                ipc_mode: Some("private".into()),
+                privileged: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Starts (fresh) or follows (adopted) the container and waits for it to end.
+    async fn supervise(
+        &self,
+        id: &str,
+        adopted_since: Option<i64>,
+        timeout: Duration,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+        report: &mut RunReport,
+    ) {
+        let stream: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>> =
+            match adopted_since {
+                None => {
+                    let opts = q::AttachContainerOptionsBuilder::default()
+                        .stream(true)
+                        .logs(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .build();
+                    match self.docker.attach_container(id, Some(opts)).await {
+                        Ok(a) => a.output,
+                        Err(e) => {
+                            report.error = format!("attaching to the container: {e}");
+                            return;
+                        }
+                    }
+                }
+                Some(since) => {
+                    let opts = q::LogsOptionsBuilder::default()
+                        .follow(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .since(since.clamp(0, i32::MAX as i64) as i32)
+                        .build();
+                    Box::pin(self.docker.logs(id, Some(opts)))
+                }
+            };
+        let pump = tokio::spawn(pump_output(stream, output));
+        if adopted_since.is_none() {
+            let started = Instant::now();
+            if let Err(e) = self.docker.start_container(id, None::<q::StartContainerOptions>).await {
+                report.error = format!("starting the container: {e}");
+                pump.abort();
+                return;
+            }
+            self.metrics.start_seconds.observe(started.elapsed().as_secs_f64());
+            report.started_ms = unix_ms(SystemTime::now());
+        }
+        let peak = Arc::new(AtomicU64::new(0));
+        let stats = tokio::spawn(track_peak(self.docker.clone(), id.to_string(), peak.clone()));
+
+        let mut wait = Box::pin(self.docker.wait_container(id, None::<q::WaitContainerOptions>));
+        let ended = tokio::select! {
+            _ = wait.next() => None,
+            _ = tokio::time::sleep(timeout) => Some(RunOutcome::Timeout),
+            _ = cancel.cancelled() => Some(RunOutcome::Killed),
+        };
+        match ended {
+            Some(RunOutcome::Timeout) => {
+                let grace = self.cfg.stop_grace.as_secs().clamp(1, i32::MAX as u64) as i32;
+                let opts = q::StopContainerOptionsBuilder::default().t(grace).build();
+                if let Err(e) = self.docker.stop_container(id, Some(opts)).await
+                    && !not_found(&e)
+                {
+                    tracing::warn!(container = %id, error = %e, "stopping a timed-out container failed");
+                    let _ = self.kill(id).await;
+                }
+            }
+            Some(_) => {
+                if let Err(e) = self.kill(id).await {
+                    tracing::warn!(container = %id, error = %e, "killing a cancelled container failed");
+                }
+            }
+            None => {}
+        }
+        if ended.is_some() {
+            // Make sure it has exited before inspecting.
+            let mut again = Box::pin(self.docker.wait_container(id, None::<q::WaitContainerOptions>));
+            let _ = tokio::time::timeout(self.cfg.stop_grace + Duration::from_secs(10), again.next()).await;
+        }
+        // The attach stream ends when the container exits; bound the wait anyway.
+        if tokio::time::timeout(Duration::from_secs(10), pump).await.is_err() {
+            tracing::warn!(container = %id, "output stream did not end within 10 s of exit");
+        }
+        stats.abort();
+        report.peak_memory_bytes = peak.load(Ordering::Relaxed);
+
+        match self.docker.inspect_container(id, None::<q::InspectContainerOptions>).await {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                report.exit_code = state.exit_code.map(|c| c as i32);
+                report.oom_killed = state.oom_killed.unwrap_or(false);
+                if report.started_ms == 0
+                    && let Some(t) = state.started_at.as_deref().and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+                {
+                    report.started_ms = unix_ms(t);
+                }
+            }
+            Err(e) => report.error = format!("inspecting the container: {e}"),
+        }
+        if report.oom_killed {
+            self.metrics.oom_kills.inc();
+        }
+        report.outcome = match ended {
+            Some(o) => o,
+            None if report.oom_killed => {
+                report.error = "killed: out of memory".into();
+                RunOutcome::Error
+            }
+            None if report.exit_code == Some(0) => RunOutcome::Success,
+            None => RunOutcome::Error,
+        };
+        if report.outcome == RunOutcome::Timeout {
+            report.error = format!("timed out after {timeout:?}");
+        }
+    }
+
+    /// Containers (running or not) labelled with `agent_id`.
+    pub async fn labelled(&self, agent_id: &str) -> Result<Vec<Labelled>, ExecError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_AGENT}={agent_id}")])]);
+        let opts = q::ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await?;
+        let mut out = Vec::new();
+        for c in list {
+            let labels = c.labels.unwrap_or_default();
+            let num = |k: &str| labels.get(k).and_then(|v| v.parse::<u64>().ok());
+            let (Some(id), Some(task_id), Some(epoch)) = (c.id, num(LABEL_TASK), num(LABEL_EPOCH)) else { continue };
+            out.push(Labelled {
+                id,
+                task_id,
+                epoch,
+                attempt: num(LABEL_ATTEMPT).unwrap_or(0) as u32,
+                timeout_ms: num(LABEL_TIMEOUT).unwrap_or(0),
+                running: matches!(c.state, Some(bollard::models::ContainerSummaryStateEnum::RUNNING)),
+                started_unix_s: c.created.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Force-removes a container; a missing one is fine.
+    pub async fn remove(&self, container_id: &str) -> Result<(), ExecError> {
+        let opts = q::RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(container_id, Some(opts)).await {
+            Err(e) if !not_found(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// SIGKILL; a missing or stopped container is fine.
+    pub async fn kill(&self, container_id: &str) -> Result<(), ExecError> {
+        match self.docker.kill_container(container_id, None::<q::KillContainerOptions>).await {
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Connects to the engine and negotiates the API version.
+pub async fn connect() -> Result<Docker, ExecError> {
+    let endpoint = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let docker = Docker::connect_with_local_defaults()
+        .map_err(|source| ExecError::Unreachable { endpoint: endpoint.clone(), source })?;
+    docker.negotiate_version().await.map_err(|source| ExecError::Unreachable { endpoint, source })
+}
+
+async fn pump_output(
+    mut stream: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    output: mpsc::Sender<OutputChunk>,
+) {
+    while let Some(item) = stream.next().await {
+        let chunk = match item {
+            Ok(LogOutput::StdOut { message }) => OutputChunk { stream: LogStream::Stdout, data: message },
+            Ok(LogOutput::StdErr { message }) => OutputChunk { stream: LogStream::Stderr, data: message },
+            Ok(LogOutput::Console { message }) => OutputChunk { stream: LogStream::Stdout, data: message },
+            Ok(LogOutput::StdIn { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "container output stream failed");
+                return;
+            }
+        };
+        if chunk.data.is_empty() {
+            continue;
+        }
+        if output.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn track_peak(docker: Docker, id: String, peak: Arc<AtomicU64>) {
+    let opts = q::StatsOptionsBuilder::default().stream(true).build();
+    let mut s = Box::pin(docker.stats(&id, Some(opts)));
+    while let Some(Ok(st)) = s.next().await {
+        if let Some(m) = st.memory_stats {
+            let v = m.max_usage.unwrap_or(0).max(m.usage.unwrap_or(0));
+            peak.fetch_max(v, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The image cache: images on the local engine, pulled on first use and evicted
+//! least-recently-used past a disk budget.
+//!
+//! Owns the record of images this agent has used (size, last use, runs using it).
+//! Invariants: concurrent `ensure`s of one missing image make one pull (a per-image lock;
+//! the others find the image present when they get the lock); an image held by an
+//! [`ImageGuard`] is never evicted; eviction only touches images this cache has used.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use bollard::Docker;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::{ExecError, ExecMetrics};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CachedImage {
+    pub image: String,
+    pub size_bytes: u64,
+    pub in_use: u32,
+    pub last_used_unix_ms: u64,
+}
+
+struct Entry {
+    size_bytes: u64,
+    in_use: u32,
+    last_used: SystemTime,
+}
+
+struct Inner {
+    docker: Docker,
+    budget: u64,
+    metrics: ExecMetrics,
+    entries: Mutex<HashMap<String, Entry>>,
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+#[derive(Clone)]
+pub struct ImageCache {
+    inner: Arc<Inner>,
+}
+
+/// Marks an image in use until dropped.
+pub struct ImageGuard {
+    inner: Arc<Inner>,
+    image: String,
+}
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = e.get_mut(&self.image) {
+            entry.in_use = entry.in_use.saturating_sub(1);
+            entry.last_used = SystemTime::now();
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl ImageCache {
+    pub fn new(docker: Docker, disk_budget_bytes: u64, metrics: ExecMetrics) -> Self {
+        ImageCache {
+            inner: Arc::new(Inner {
+                docker,
+                budget: disk_budget_bytes,
+                metrics,
+                entries: Mutex::new(HashMap::new()),
+                pulls: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    async fn local_size(&self, image: &str) -> Result<Option<u64>, ExecError> {
+        match self.inner.docker.inspect_image(image).await {
+            Ok(i) => Ok(Some(i.size.unwrap_or(0).max(0) as u64)),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), ExecError> {
+        let started = Instant::now();
+        let opts = bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(image).build();
+        let mut s = self.inner.docker.create_image(Some(opts), None, None);
+        while let Some(item) = s.next().await {
+            let info =
+                item.map_err(|e| ExecError::Image { image: image.to_string(), reason: format!("pull failed: {e}") })?;
+            if let Some(msg) = info.error_detail.and_then(|d| d.message) {
+                return Err(ExecError::Image { image: image.to_string(), reason: format!("pull failed: {msg}") });
+            }
+        }
+        self.inner.metrics.pull_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Makes sure `image` is on the engine (pulling it once if not) and marks it in use.
+    pub async fn ensure(&self, image: &str) -> Result<ImageGuard, ExecError> {
+        let size = match self.local_size(image).await? {
+            Some(size) => {
+                self.inner.metrics.image_hits.inc();
+                size
+            }
+            None => {
+                let lock = {
+                    let mut p = self.inner.pulls.lock().unwrap_or_else(|p| p.into_inner());
+                    p.entry(image.to_string()).or_default().clone()
+                };
+                let _held = lock.lock().await;
+                match self.local_size(image).await? {
+                    // Pulled by whoever held the lock before us.
+                    Some(size) => {
+                        self.inner.metrics.image_hits.inc();
+                        size
+                    }
+                    None => {
+                        self.inner.metrics.image_misses.inc();
+                        self.pull(image).await?;
+                        self.local_size(image).await?.ok_or_else(|| ExecError::Image {
+                            image: image.to_string(),
+                            reason: "pulled, but the engine does not list it".into(),
+                        })?
+                    }
+                }
+            }
+        };
+        {
+            let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = e.entry(image.to_string()).or_insert(Entry {
+                size_bytes: size,
+                in_use: 0,
+                last_used: SystemTime::now(),
+            });
+            entry.size_bytes = size;
+            entry.in_use += 1;
+            entry.last_used = SystemTime::now();
+        }
+        let victims = self.over_budget();
+        if !victims.is_empty() {
+            let this = self.clone();
+            tokio::spawn(async move { this.evict(victims).await });
+        }
+        Ok(ImageGuard { inner: self.inner.clone(), image: image.to_string() })
+    }
+
+    /// Least-recently-used images not in use, enough to get back under the budget.
+    fn over_budget(&self) -> Vec<String> {
+        let e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total: u64 = e.values().map(|x| x.size_bytes).sum();
+        if total <= self.inner.budget {
+            return Vec::new();
+        }
+        let mut idle: Vec<(&String, &Entry)> = e.iter().filter(|(_, x)| x.in_use == 0).collect();
+        idle.sort_by_key(|(_, x)| x.last_used);
+        let mut out = Vec::new();
+        for (name, x) in idle {
+            if total <= self.inner.budget {
+                break;
+            }
+            total -= x.size_bytes;
+            out.push(name.clone());
+        }
+        out
+    }
+
+    async fn evict(&self, images: Vec<String>) {
+        for image in images {
+            // Re-check under the lock: it may have been taken again meanwhile.
+            let idle = {
+                let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
+                match e.get(&image) {
+                    Some(x) if x.in_use == 0 => {
+                        e.remove(&image);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if !idle {
+                continue;
+            }
+            match self
+                .inner
+                .docker
+                .remove_image(&image, None::<bollard::query_parameters::RemoveImageOptions>, None)
+                .await
+            {
+                Ok(_) => tracing::info!(image, "evicted image (over the disk budget)"),
+                Err(e) => tracing::warn!(image, error = %e, "evicting image failed"),
+            }
+        }
+    }
+
+    /// Pulls each image now so the first task using it does not wait.
+    pub async fn prepull(&self, images: &[String]) {
+        for image in images {
+            match self.ensure(image).await {
+                Ok(guard) => drop(guard),
+                Err(e) => tracing::warn!(image, error = %e, "pre-pull failed"),
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<CachedImage> {
+        let e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<CachedImage> = e
+            .iter()
+            .map(|(k, x)| CachedImage {
+                image: k.clone(),
+                size_bytes: x.size_bytes,
+                in_use: x.in_use,
+                last_used_unix_ms: unix_ms(x.last_used),
+            })
+            .collect();
+        out.sort_by(|a, b| a.image.cmp(&b.image));
+        out
+    }
+}

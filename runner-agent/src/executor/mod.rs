@@ -1,0 +1,110 @@
+//! The executor: runs one leased task in a fresh Docker container through the Engine API
+//! (bollard, local unix socket, `DOCKER_HOST` honoured) and reports how it ended.
+//!
+//! Owns: the container's whole life (create → start → stream output → wait/timeout →
+//! inspect → remove) and the hardening applied to it. Invariants:
+//! * every container it creates is removed before [`Executor::run`] returns, on every
+//!   path (success, error, timeout, cancellation);
+//! * a container carries the labels [`LABEL_TASK`], [`LABEL_EPOCH`], [`LABEL_AGENT`],
+//!   [`LABEL_ATTEMPT`] so a later run of the agent can find it;
+//! * output is forwarded in the order the engine delivers it, per stream.
+
+pub mod container;
+pub mod image_cache;
+pub mod import;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use container::{Executor, ExecutorConfig, Labelled};
+pub use image_cache::ImageCache;
+pub use metrics::ExecMetrics;
+
+pub const LABEL_TASK: &str = "drover.task-id";
+pub const LABEL_EPOCH: &str = "drover.lease-epoch";
+pub const LABEL_AGENT: &str = "drover.agent-id";
+pub const LABEL_ATTEMPT: &str = "drover.attempt";
+/// The attempt's timeout, so a re-adopted container keeps its deadline.
+pub const LABEL_TIMEOUT: &str = "drover.timeout-ms";
+
+/// Everything needed to run one task attempt.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub task_id: u64,
+    pub attempt: u32,
+    pub lease_epoch: u64,
+    pub agent_id: String,
+    pub tenant: String,
+    pub code: String,
+    pub image: String,
+    /// Empty = the image's default command.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+    /// 0 = the agent's default.
+    pub memory_bytes: u64,
+    /// Thousandths of a CPU; 0 = the agent's default.
+    pub cpu_millis: u32,
+    /// 0 = the agent's default.
+    pub pids: u32,
+    pub timeout: Duration,
+    /// Docker network mode; "none" isolates the container (the default).
+    pub network_mode: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// How a run ended, from the container's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Exit code 0.
+    Success,
+    /// Non-zero exit, OOM kill, or a failure to create/start the container.
+    Error,
+    /// Ran past its timeout and was stopped.
+    Timeout,
+    /// Stopped because the run was cancelled (lease lost, revoked, agent shutting down).
+    Killed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    pub outcome: RunOutcome,
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    /// Empty unless something other than the task's own exit went wrong.
+    pub error: String,
+    /// Unix milliseconds when the container started (0 if it never did).
+    pub started_ms: u64,
+    /// Peak memory use of the container's cgroup; 0 when the engine did not report it.
+    pub peak_memory_bytes: u64,
+    pub container_id: String,
+}
+
+/// One piece of output, in engine order.
+#[derive(Clone, Debug)]
+pub struct OutputChunk {
+    pub stream: LogStream,
+    pub data: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(
+        "cannot reach the Docker engine at {endpoint}: {source}. Start it (for example `dockerd &` as root, or `systemctl start docker`) or set DOCKER_HOST"
+    )]
+    Unreachable { endpoint: String, source: bollard::errors::Error },
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("image {image}: {reason}")]
+    Image { image: String, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,182 @@
+//! The agent's connection to the control plane: the only traffic it has, always dialled
+//! out (the agent listens on no network port for control).
+//!
+//! Owns one lazily connected gRPC channel to the node believed to be the leader. A
+//! `NotLeader` answer carries the leader's address (`x-drover-leader`): the uplink
+//! switches to it and retries once at once. A transport failure or an `Unavailable`
+//! without a hint moves on to the next configured address; the caller retries later.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use drover_proto::agent::agent_client::AgentClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::AgentConfig;
+
+pub const LEADER_METADATA: &str = "x-drover-leader";
+const AGENT_METADATA: &str = "x-drover-agent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("reading {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("the agent certificate {path} carries no usable identity: {reason}")]
+    Identity { path: std::path::PathBuf, reason: String },
+    #[error("invalid control-plane address {addr:?}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("control plane at {addr}: {status}")]
+    Status { addr: String, status: Box<tonic::Status> },
+}
+
+impl UplinkError {
+    /// The gRPC status, when the server answered.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            UplinkError::Status { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
+pub struct Uplink {
+    addrs: Vec<String>,
+    tls: Option<ClientTlsConfig>,
+    /// Sent as metadata in development mode (no certificate).
+    dev_agent_id: Option<String>,
+    agent_id: String,
+    current: Mutex<Current>,
+    timeout: Duration,
+}
+
+struct Current {
+    index: usize,
+    /// Address and channel in use; None until the first call or after a failure.
+    conn: Option<(String, Channel)>,
+}
+
+impl Uplink {
+    pub fn new(cfg: &AgentConfig) -> Result<Self, UplinkError> {
+        let read =
+            |p: &std::path::PathBuf| std::fs::read(p).map_err(|source| UplinkError::Read { path: p.clone(), source });
+        let (tls, agent_id) = match (&cfg.tls, &cfg.dev_agent_id) {
+            (Some(files), _) => {
+                let cert = read(&files.cert)?;
+                let id = drover_identity::certs::identity_from_pem(&cert)
+                    .map_err(|e| UplinkError::Identity { path: files.cert.clone(), reason: e.to_string() })?;
+                if id.role != drover_identity::Role::Agent {
+                    return Err(UplinkError::Identity {
+                        path: files.cert.clone(),
+                        reason: format!("{id} is not an agent identity"),
+                    });
+                }
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read(&files.ca)?))
+                    .identity(Identity::from_pem(cert, read(&files.key)?));
+                (Some(tls), id.id)
+            }
+            (None, Some(id)) => (None, id.clone()),
+            (None, None) => {
+                return Err(UplinkError::Identity {
+                    path: "<none>".into(),
+                    reason: "no [tls] and no dev_agent_id".into(),
+                });
+            }
+        };
+        Ok(Uplink {
+            addrs: cfg.control_plane.clone(),
+            tls,
+            dev_agent_id: cfg.dev_agent_id.clone(),
+            agent_id,
+            current: Mutex::new(Current { index: 0, conn: None }),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// This agent's id: from its certificate, or the development id.
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, UplinkError> {
+        let bad = |reason: String| UplinkError::Address { addr: addr.to_string(), reason };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.clone()).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(ep.connect_lazy())
+    }
+
+    fn pick(&self) -> Result<(String, Channel), UplinkError> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = &cur.conn {
+            return Ok(c.clone());
+        }
+        let addr = self.addrs[cur.index % self.addrs.len()].clone();
+        let ch = self.channel(&addr)?;
+        cur.conn = Some((addr.clone(), ch.clone()));
+        Ok((addr, ch))
+    }
+
+    fn switch_to(&self, addr: &str) -> Result<(), UplinkError> {
+        let ch = self.channel(addr)?;
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        cur.conn = Some((addr.to_string(), ch));
+        Ok(())
+    }
+
+    fn rotate(&self) {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        cur.conn = None;
+        cur.index = cur.index.wrapping_add(1);
+    }
+
+    /// Builds a request with the agent's metadata and a deadline.
+    pub fn request<T>(&self, msg: T, timeout: Option<Duration>) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(timeout.unwrap_or(self.timeout));
+        if let Some(id) = &self.dev_agent_id
+            && let Ok(v) = id.parse()
+        {
+            req.metadata_mut().insert(AGENT_METADATA, v);
+        }
+        req
+    }
+
+    /// One call, following a leader hint once. `f` gets a client and makes the call.
+    pub async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, UplinkError>
+    where
+        F: FnMut(AgentClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut followed = false;
+        loop {
+            let (addr, ch) = self.pick()?;
+            let client = AgentClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
+            match f(client).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => {
+                    let hint = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    match hint {
+                        Some(leader) if !followed && leader != addr => {
+                            followed = true;
+                            self.switch_to(&leader)?;
+                        }
+                        _ => {
+                            if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+                                self.rotate();
+                            }
+                            return Err(UplinkError::Status { addr, status: Box::new(status) });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
