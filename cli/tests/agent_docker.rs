@@ -252,11 +252,13 @@ async fn killed_agent_task_is_rerun_elsewhere_and_its_orphan_removed_on_restart(
         .await;
     let id = queue(&c, "slow", b"", 1).await[0];
     let mut a = c.start_agent("doomed", AgentOptions { slots: 1, ..Default::default() }).expect("agent a");
-    eventually(Duration::from_secs(30), "a container for the task", || async {
-        a.running_containers().ok().filter(|c| !c.is_empty())
+    // Running, and its first output shipped while it runs.
+    eventually(Duration::from_secs(30), "the task's first output", || async {
+        (log(&c, id).await.0 == b"attempt=1\n").then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    assert_eq!(a.running_containers().expect("docker ps").len(), 1);
     a.kill().expect("kill -9 the agent");
     let b = c.start_agent("rescuer", AgentOptions { slots: 1, ..Default::default() }).expect("agent b");
     let t = wait_finished(&c, id, Duration::from_secs(60), &[&a, &b]).await;
@@ -278,11 +280,13 @@ async fn a_frozen_agents_container_is_stopped_by_its_watchdog_and_its_late_repor
         .await;
     let id = queue(&c, "slow", b"", 1).await[0];
     let a = c.start_agent("frozen", AgentOptions { slots: 1, ..Default::default() }).expect("agent a");
-    eventually(Duration::from_secs(30), "a container for the task", || async {
-        a.running_containers().ok().filter(|c| !c.is_empty())
+    // Running, and its first output shipped while it runs.
+    eventually(Duration::from_secs(30), "the task's first output", || async {
+        (log(&c, id).await.0 == b"attempt=1\n").then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    assert_eq!(a.running_containers().expect("docker ps").len(), 1);
     a.pause().expect("SIGSTOP the agent");
     let paused = Instant::now();
     eventually(ttl + Duration::from_secs(3), "the watchdog to stop the frozen agent's container", || async {

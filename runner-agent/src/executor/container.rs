@@ -1,8 +1,9 @@
 //! One task attempt in one container: create → attach → start → wait (timeout, cancel) →
 //! inspect → remove. See the module doc in `mod.rs` for the invariants.
 //!
-//! Output is read through an attach made *before* start (with `logs=true` as well), so
-//! nothing a task writes early is lost; a re-adopted container is followed with `logs`
+//! Output is read through an attach made *before* start, so nothing a task writes early
+//! is lost (`logs=true` as well would replay output the stream also delivers: seen as
+//! duplicated lines); a re-adopted container is followed with `logs`
 //! from a given time instead. Peak memory comes from the stats stream (cgroup v1
 //! `max_usage`, else the highest `usage` seen); a task shorter than the engine's first
 //! stats sample reports what the sample saw, or 0.
