@@ -26,7 +26,12 @@ async fn docker() -> bollard::Docker {
 }
 
 async fn cluster(nodes: u64, ttl: &str, tls: bool) -> Cluster {
-    common::cluster(ClusterOptions { nodes, lease_ttl: Some(ttl.into()), tls, ..Default::default() }).await
+    cluster_with(nodes, ttl, tls, "").await
+}
+
+async fn cluster_with(nodes: u64, ttl: &str, tls: bool, extra_config: &str) -> Cluster {
+    let extra_config = extra_config.to_string();
+    common::cluster(ClusterOptions { nodes, lease_ttl: Some(ttl.into()), tls, extra_config }).await
 }
 
 fn tenant(c: &Cluster) -> clients::Tenant {
@@ -121,9 +126,10 @@ async fn no_containers_left(a: &AgentProc) {
 #[tokio::test]
 async fn results_exit_codes_oom_and_timeouts_come_back_from_real_containers() {
     let _d = docker().await;
-    let c = cluster(1, "5s", true).await;
+    let c = cluster_with(1, "5s", true, "max_task_log_bytes = \"1 KiB\"").await;
     create_tenant(&c).await;
     register(&c, sh("echo", "cat \"$PAYLOAD_FILE\"")).await;
+    register(&c, sh("chatty", "yes drover | head -c 5000")).await;
     register(&c, sh("exit3", "echo failing >&2; exit 3")).await;
     let mut hog = sh("hog", "exec dd if=/dev/zero of=/dev/null bs=64M count=1");
     hog.limits = Some(pv::CodeLimits { memory_bytes: 32 << 20, ..Default::default() });
@@ -138,6 +144,7 @@ async fn results_exit_codes_oom_and_timeouts_come_back_from_real_containers() {
     let exit3 = queue(&c, "exit3", b"", 1).await[0];
     let hog = queue(&c, "hog", b"", 1).await[0];
     let sleeper = queue(&c, "sleeper", b"", 1).await[0];
+    let chatty = queue(&c, "chatty", b"", 1).await[0];
 
     let a = c.start_agent("runner", AgentOptions::default()).expect("start agent");
     let t = wait_finished(&c, echo, Duration::from_secs(60), &[&a]).await;
@@ -157,7 +164,97 @@ async fn results_exit_codes_oom_and_timeouts_come_back_from_real_containers() {
     let t = wait_finished(&c, sleeper, Duration::from_secs(60), &[&a]).await;
     assert_eq!(state(&t), pv::TaskState::Timeout, "{t:?}");
     assert_eq!(log(&c, sleeper).await.0, b"sleeping\n");
+
+    // The server caps each task's log (1 KiB here) and says so in the log.
+    let t = wait_finished(&c, chatty, Duration::from_secs(60), &[&a]).await;
+    assert_eq!(state(&t), pv::TaskState::Complete, "{t:?}");
+    let (out, _, sys) = log(&c, chatty).await;
+    assert_eq!(out, b"drover\n".repeat(200)[..1024].to_vec());
+    assert!(String::from_utf8_lossy(&sys).contains("log truncated at 1024 bytes"), "{sys:?}");
     no_containers_left(&a).await;
+}
+
+/// `drover agent status` through the control socket, as an operator on the host runs it.
+/// None while the agent's socket is not up yet.
+fn agent_status(a: &AgentProc) -> Option<serde_json::Value> {
+    let out = std::process::Command::new(common::bin())
+        .args(["agent", "status", "--output", "json", "--socket"])
+        .arg(&a.socket)
+        .output()
+        .expect("run drover agent status");
+    if !out.status.success() {
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is an agent running"), "{out:?}");
+        return None;
+    }
+    Some(serde_json::from_slice(&out.stdout).expect("status JSON"))
+}
+
+#[tokio::test]
+async fn logs_follow_live_status_shows_leases_and_sigterm_drains() {
+    let _d = docker().await;
+    let c = cluster(1, "5s", false).await;
+    create_tenant(&c).await;
+    register(&c, sh("steps", "echo start; sleep 2; echo end")).await;
+    let ids = queue(&c, "steps", b"", 2).await;
+    let mut a = c.start_agent("drainee", AgentOptions::default()).expect("start agent");
+    // Follow one task's log from the start: the stream ends by itself when the task ends.
+    let mut follow = tenant(&c)
+        .get_task_log(pv::GetTaskLogRequest { id: ids[0], from_index: 0, follow: true })
+        .await
+        .expect("follow")
+        .into_inner();
+    let running = eventually(Duration::from_secs(30), "both tasks running on the agent", || async {
+        let s = agent_status(&a)?;
+        let running = s["running"].as_array().cloned().unwrap_or_default();
+        (running.len() == 2 && running.iter().all(|r| r["container_id"].is_string())).then_some(running)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    for r in &running {
+        let t = get(&c, r["task_id"].as_u64().expect("task id")).await;
+        assert_eq!(Some(t.lease_epoch), r["lease_epoch"].as_u64(), "status shows the lease epoch");
+    }
+    let mode = std::fs::metadata(&a.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    assert_eq!(mode.expect("socket") & 0o777, 0o600);
+    a.stop(Duration::from_secs(30)).expect("SIGTERM drains and exits cleanly");
+    for id in &ids {
+        let t = get(&c, *id).await;
+        assert_eq!((state(&t), t.attempts), (pv::TaskState::Complete, 1), "finished during the drain: {t:?}");
+    }
+    let mut followed = Vec::new();
+    while let Some(batch) = tokio::time::timeout(Duration::from_secs(10), follow.message())
+        .await
+        .expect("the follow stream ends when the task does")
+        .expect("follow stream")
+    {
+        followed.extend(batch.chunks.into_iter().flat_map(|c| c.data));
+    }
+    assert_eq!(log(&c, ids[0]).await.0, b"start\nend\n", "stored log");
+    assert_eq!(followed, b"start\nend\n", "followed log");
+    no_containers_left(&a).await;
+}
+
+#[tokio::test]
+async fn drain_hands_back_what_does_not_finish_in_its_grace() {
+    let _d = docker().await;
+    let c = cluster(1, "5s", false).await;
+    create_tenant(&c).await;
+    register(&c, sh("long", "echo attempt=$TASK_ATTEMPT; if [ \"$TASK_ATTEMPT\" = 1 ]; then sleep 60; fi")).await;
+    let id = queue(&c, "long", b"", 1).await[0];
+    let opts = AgentOptions { slots: 1, extra_config: "drain_grace = \"1s\"\nstop_grace = \"1s\"".into() };
+    let mut a = c.start_agent("impatient", opts).expect("start agent");
+    eventually(Duration::from_secs(30), "the task's first output", || async {
+        (log(&c, id).await.0 == b"attempt=1\n").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    a.stop(Duration::from_secs(30)).expect("SIGTERM drains and exits cleanly");
+    let t = get(&c, id).await;
+    assert_eq!((state(&t), t.lost_leases), (pv::TaskState::Queued, 1), "handed back for another agent: {t:?}");
+    no_containers_left(&a).await;
+    let b = c.start_agent("next", AgentOptions::default()).expect("start agent");
+    let t = wait_finished(&c, id, Duration::from_secs(60), &[&a, &b]).await;
+    assert_eq!((state(&t), t.attempts), (pv::TaskState::Complete, 2), "{t:?}");
 }
 
 #[tokio::test]

@@ -244,7 +244,7 @@ impl Executor {
                 None => {
                     let opts = q::AttachContainerOptionsBuilder::default()
                         .stream(true)
-                        .logs(true)
+                        .logs(false)
                         .stdout(true)
                         .stderr(true)
                         .build();
