@@ -197,3 +197,37 @@ impl AgentConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<AgentConfig, String> {
+        let text = format!("control_plane = [\"127.0.0.1:7400\"]\ndata_dir = \"/tmp/a\"\n{extra}");
+        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn defaults_durations_and_sizes() {
+        let cfg = parse("dev_agent_id = \"a\"\ndrain_grace = \"5s\"\n[limits]\nmemory = \"64 MiB\"\n").expect("valid");
+        assert_eq!(cfg.slots, 4);
+        assert_eq!(cfg.drain_grace, Duration::from_secs(5));
+        assert_eq!(cfg.limits.memory.as_u64(), 64 << 20);
+        assert_eq!(cfg.network_mode, "none");
+        assert!(cfg.watchdog);
+        assert_eq!(cfg.control_socket(), PathBuf::from("/tmp/a/agent.sock"));
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let err = |extra: &str| parse(extra).expect_err("invalid");
+        assert!(err("dev_agent_id = \"a\"\nslots = 0").contains("invalid slots"));
+        assert!(err("dev_agent_id = \"a\"\nslots = 257").contains("1..=256"));
+        assert!(err("").contains("invalid tls"));
+        assert!(err("dev_agent_id = \"a\"\nmetrics_listen = \"0.0.0.0:9100\"").contains("invalid metrics_listen"));
+        assert!(err("dev_agent_id = \"a\"\n[limits]\nmemory = \"1 MiB\"").contains("invalid limits.memory"));
+        assert!(err("dev_agent_id = \"a\"\nslotz = 3").contains("unknown field"));
+    }
+}

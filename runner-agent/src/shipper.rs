@@ -174,3 +174,48 @@ impl<H: ShipperHost> Shipper<H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(task_id: u64, seq: u64, stream: LogStream, data: &[u8]) -> ShipMsg {
+        ShipMsg::Chunk { lease: Lease { task_id, epoch: 7 }, seq, stream, data: Bytes::copy_from_slice(data) }
+    }
+
+    #[test]
+    fn adjacent_chunks_of_one_lease_and_stream_merge_with_the_later_seq() {
+        let mut b = Batch { chunks: Vec::new(), bytes: 0, flushes: Vec::new() };
+        b.add(chunk(1, 0, LogStream::Stdout, b"a"));
+        b.add(chunk(1, 1, LogStream::Stdout, b"b"));
+        b.add(chunk(1, 2, LogStream::Stderr, b"c"));
+        b.add(chunk(2, 0, LogStream::Stderr, b"d"));
+        b.add(chunk(1, 3, LogStream::Stderr, b"e"));
+        let got: Vec<(u64, u64, LogStream, &[u8])> =
+            b.chunks.iter().map(|(l, s, st, d)| (l.task_id, *s, *st, d.as_slice())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, 1, LogStream::Stdout, &b"ab"[..]),
+                (1, 2, LogStream::Stderr, b"c"),
+                (2, 0, LogStream::Stderr, b"d"),
+                (1, 3, LogStream::Stderr, b"e")
+            ]
+        );
+        assert_eq!(b.bytes, 5);
+        assert!(!b.ready(6) && b.ready(5), "ready by size");
+    }
+
+    #[test]
+    fn merging_stops_at_the_chunk_size_limit_and_a_flush_makes_a_batch_ready() {
+        let mut b = Batch { chunks: Vec::new(), bytes: 0, flushes: Vec::new() };
+        let big = vec![b'x'; MAX_CHUNK_BYTES - 1];
+        b.add(chunk(1, 0, LogStream::Stdout, &big));
+        b.add(chunk(1, 1, LogStream::Stdout, b"yy"));
+        assert_eq!(b.chunks.len(), 2, "a merged chunk never exceeds MAX_CHUNK_BYTES");
+        assert!(!b.ready(usize::MAX));
+        let (ack, _rx) = oneshot::channel();
+        b.add(ShipMsg::Flush { ack });
+        assert!(b.ready(usize::MAX));
+    }
+}

@@ -206,6 +206,14 @@ impl Admin for AdminService {
         Ok(Response::new(super::tenant::list_tasks(&self.ctx, &r.tenant, r.filter.unwrap_or_default()).await?))
     }
 
+    type GetTaskLogStream = super::tenant::LogStreamOut;
+
+    async fn get_task_log(&self, req: Request<pa::TenantGetTaskLogRequest>) -> ApiResult<Self::GetTaskLogStream> {
+        let r = req.into_inner();
+        let inner = r.request.unwrap_or_default();
+        Ok(Response::new(super::tenant::task_log(self.ctx.clone(), r.tenant, inner).await?))
+    }
+
     async fn list_codes(
         &self,
         req: Request<pa::TenantListCodesRequest>,

@@ -120,7 +120,7 @@ impl Executor {
             return report;
         }
         let created = Instant::now();
-        let body = self.create_body(spec, &dir);
+        let body = create_body(&self.cfg, spec, &dir);
         let name = container_name(&spec.agent_id, spec.task_id, spec.lease_epoch);
         let opts = q::CreateContainerOptionsBuilder::default().name(&name).build();
         match self.docker.create_container(Some(opts), body).await {
@@ -178,55 +178,6 @@ impl Executor {
             "env": spec.env,
         });
         tokio::fs::write(dir.join("config.json"), config.to_string()).await
-    }
-
-    fn create_body(&self, spec: &ContainerSpec, dir: &std::path::Path) -> ContainerCreateBody {
-        let memory = if spec.memory_bytes > 0 { spec.memory_bytes } else { self.cfg.default_memory_bytes };
-        let cpu = if spec.cpu_millis > 0 { spec.cpu_millis } else { self.cfg.default_cpu_millis };
-        let pids = if spec.pids > 0 { spec.pids } else { self.cfg.default_pids };
-        let mut env: Vec<String> = spec
-            .env
-            .iter()
-            .filter(|(k, _)| !DROVER_ENV.contains(&k.as_str()))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("TASK_ID={}", spec.task_id));
-        env.push(format!("TASK_ATTEMPT={}", spec.attempt));
-        env.push(format!("LEASE_EPOCH={}", spec.lease_epoch));
-        env.push("PAYLOAD_FILE=/drover/payload".into());
-        env.push("CONFIG_FILE=/drover/config.json".into());
-        let labels = HashMap::from([
-            (LABEL_TASK.to_string(), spec.task_id.to_string()),
-            (LABEL_EPOCH.to_string(), spec.lease_epoch.to_string()),
-            (LABEL_AGENT.to_string(), spec.agent_id.clone()),
-            (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
-            (LABEL_TIMEOUT.to_string(), spec.timeout.as_millis().to_string()),
-        ]);
-        let network = if spec.network_mode.is_empty() { "none".to_string() } else { spec.network_mode.clone() };
-        ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: Some(env),
-            labels: Some(labels),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(false),
-            open_stdin: Some(false),
-            host_config: Some(HostConfig {
-                binds: Some(vec![format!("{}:/drover:ro", dir.display())]),
-                memory: Some(memory as i64),
-                memory_swap: Some(memory as i64),
-                nano_cpus: Some(cpu as i64 * 1_000_000),
-                pids_limit: Some(pids as i64),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                cap_drop: Some(vec!["ALL".into()]),
-                network_mode: Some(network),
-                ipc_mode: Some("private".into()),
-                privileged: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
     }
 
     /// Starts (fresh) or follows (adopted) the container and waits for it to end.
@@ -387,6 +338,53 @@ impl Executor {
     }
 }
 
+/// The container's configuration: limits (the spec's, else the defaults), hardening,
+/// labels, environment and the read-only `/drover` mount.
+fn create_body(cfg: &ExecutorConfig, spec: &ContainerSpec, dir: &std::path::Path) -> ContainerCreateBody {
+    let memory = if spec.memory_bytes > 0 { spec.memory_bytes } else { cfg.default_memory_bytes };
+    let cpu = if spec.cpu_millis > 0 { spec.cpu_millis } else { cfg.default_cpu_millis };
+    let pids = if spec.pids > 0 { spec.pids } else { cfg.default_pids };
+    let mut env: Vec<String> =
+        spec.env.iter().filter(|(k, _)| !DROVER_ENV.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("TASK_ID={}", spec.task_id));
+    env.push(format!("TASK_ATTEMPT={}", spec.attempt));
+    env.push(format!("LEASE_EPOCH={}", spec.lease_epoch));
+    env.push("PAYLOAD_FILE=/drover/payload".into());
+    env.push("CONFIG_FILE=/drover/config.json".into());
+    let labels = HashMap::from([
+        (LABEL_TASK.to_string(), spec.task_id.to_string()),
+        (LABEL_EPOCH.to_string(), spec.lease_epoch.to_string()),
+        (LABEL_AGENT.to_string(), spec.agent_id.clone()),
+        (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
+        (LABEL_TIMEOUT.to_string(), spec.timeout.as_millis().to_string()),
+    ]);
+    let network = if spec.network_mode.is_empty() { "none".to_string() } else { spec.network_mode.clone() };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        env: Some(env),
+        labels: Some(labels),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        open_stdin: Some(false),
+        host_config: Some(HostConfig {
+            binds: Some(vec![format!("{}:/drover:ro", dir.display())]),
+            memory: Some(memory as i64),
+            memory_swap: Some(memory as i64),
+            nano_cpus: Some(cpu as i64 * 1_000_000),
+            pids_limit: Some(pids as i64),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            network_mode: Some(network),
+            ipc_mode: Some("private".into()),
+            privileged: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Connects to the engine and negotiates the API version.
 pub async fn connect() -> Result<Docker, ExecError> {
     let endpoint = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
@@ -427,5 +425,56 @@ async fn track_peak(docker: Docker, id: String, peak: Arc<AtomicU64>) {
             let v = m.max_usage.unwrap_or(0).max(m.usage.unwrap_or(0));
             peak.fetch_max(v, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_keep_to_dockers_charset() {
+        assert_eq!(container_name("host 17/a:b", 5, 9), "drover-host_17_a_b-5-9");
+    }
+
+    #[test]
+    fn drover_variables_cannot_be_overridden_and_defaults_apply() {
+        let ex_cfg = ExecutorConfig {
+            default_memory_bytes: 64 << 20,
+            default_cpu_millis: 1000,
+            default_pids: 100,
+            stop_grace: Duration::from_secs(1),
+            work_dir: "/tmp".into(),
+        };
+        let spec = ContainerSpec {
+            task_id: 5,
+            attempt: 2,
+            lease_epoch: 9,
+            agent_id: "a".into(),
+            tenant: "t".into(),
+            code: "c".into(),
+            image: "img".into(),
+            command: vec![],
+            env: [("TASK_ID".to_string(), "evil".to_string()), ("MINE".to_string(), "1".to_string())].into(),
+            payload: vec![],
+            memory_bytes: 0,
+            cpu_millis: 250,
+            pids: 0,
+            timeout: Duration::from_secs(3),
+            network_mode: String::new(),
+        };
+        let body = create_body(&ex_cfg, &spec, std::path::Path::new("/tmp/run"));
+        let env = body.env.expect("env");
+        assert!(env.contains(&"TASK_ID=5".to_string()) && !env.iter().any(|e| e == "TASK_ID=evil"), "{env:?}");
+        assert!(env.contains(&"MINE=1".to_string()));
+        let hc = body.host_config.expect("host config");
+        assert_eq!(
+            (hc.memory, hc.memory_swap, hc.nano_cpus, hc.pids_limit),
+            (Some(64 << 20), Some(64 << 20), Some(250_000_000), Some(100))
+        );
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(hc.binds, Some(vec!["/tmp/run:/drover:ro".to_string()]));
+        assert_eq!(body.cmd, None, "the image's own command");
+        assert_eq!(body.labels.expect("labels").get(LABEL_TIMEOUT).map(String::as_str), Some("3000"));
     }
 }
