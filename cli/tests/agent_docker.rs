@@ -214,6 +214,14 @@ async fn logs_follow_live_status_shows_leases_and_sigterm_drains() {
         let t = get(&c, r["task_id"].as_u64().expect("task id")).await;
         assert_eq!(Some(t.lease_epoch), r["lease_epoch"].as_u64(), "status shows the lease epoch");
     }
+    let (code, metrics) =
+        drover_runner_agent::socket::request(&a.socket, hyper::Method::GET, "/metrics").await.expect("metrics");
+    assert!(code.is_success());
+    for line in
+        ["drover_agent_slots_busy 2", "drover_agent_slots_free 2", "drover_agent_container_create_seconds_count 2"]
+    {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
     let mode = std::fs::metadata(&a.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     assert_eq!(mode.expect("socket") & 0o777, 0o600);
     a.stop(Duration::from_secs(30)).expect("SIGTERM drains and exits cleanly");
@@ -408,5 +416,39 @@ async fn a_frozen_agents_container_is_stopped_by_its_watchdog_and_its_late_repor
     assert_eq!((state(&t2), t2.attempts, t2.result.clone()), (pv::TaskState::Complete, 2, t.result.clone()));
     assert_eq!(log(&c, id).await.0, b"attempt=1\nattempt=2\ndone\n");
     eprintln!("container stopped {stopped_after:?} after the agent froze (TTL {ttl:?})");
+    no_containers_left(&a).await;
+}
+
+#[tokio::test]
+async fn a_restarted_agent_re_adopts_a_container_whose_lease_is_still_valid() {
+    let _d = docker().await;
+    let c = cluster(1, "10s", false).await;
+    create_tenant(&c).await;
+    register(&c, sh("steady", "echo before; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo after")).await;
+    let id = queue(&c, "steady", b"", 1).await[0];
+    let mut a = c.start_agent("phoenix", AgentOptions { slots: 1, ..Default::default() }).expect("agent");
+    eventually(Duration::from_secs(30), "the task's first output", || async {
+        (log(&c, id).await.0 == b"before\n").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    let container = a.running_containers().expect("docker ps");
+    assert_eq!(container.len(), 1);
+    a.kill().expect("kill -9");
+    a.restart().expect("restart within the lease TTL");
+    eventually(Duration::from_secs(20), "the restarted agent to re-adopt the container", || async {
+        a.log().contains("re-adopting running container").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+    // Let the task finish: after the restart, its output still reaches the log.
+    let st = std::process::Command::new("docker")
+        .args(["exec", &container[0], "touch", "/tmp/go"])
+        .status()
+        .expect("docker exec");
+    assert!(st.success());
+    let t = wait_finished(&c, id, Duration::from_secs(30), &[&a]).await;
+    assert_eq!((state(&t), t.attempts, t.lost_leases), (pv::TaskState::Complete, 1, 0), "{t:?}");
+    assert_eq!(log(&c, id).await.0, b"before\nafter\n");
     no_containers_left(&a).await;
 }

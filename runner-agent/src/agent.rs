@@ -449,8 +449,8 @@ impl Agent {
                 };
                 self.exec.run(spec, out_tx, cancel.clone(), &on_created).await
             }
-            Work::Adopt { container_id, timeout_left, since_unix_s } => {
-                self.exec.adopt(container_id, *timeout_left, *since_unix_s, out_tx, cancel.clone()).await
+            Work::Adopt { container_id, timeout_left, since } => {
+                self.exec.adopt(container_id, *timeout_left, *since, out_tx, cancel.clone()).await
             }
         };
         let _ = forward.await;
@@ -752,11 +752,7 @@ impl Agent {
                 .max(0) as u64;
             let timeout_left = Duration::from_millis(c.timeout_ms).saturating_sub(Duration::from_secs(elapsed));
             let deadline = now_wall + self.ttl();
-            let work = Work::Adopt {
-                container_id: c.id.clone(),
-                timeout_left,
-                since_unix_s: watchdog::unix_ms(now_wall) as i64 / 1000,
-            };
+            let work = Work::Adopt { container_id: c.id.clone(), timeout_left, since: now_wall };
             if let Some(d) = &self.deadlines {
                 d.arm(&c.id, deadline).await?;
             }
@@ -771,7 +767,7 @@ impl Agent {
 
 enum Work {
     Fresh(Box<ContainerSpec>),
-    Adopt { container_id: String, timeout_left: Duration, since_unix_s: i64 },
+    Adopt { container_id: String, timeout_left: Duration, since: SystemTime },
 }
 
 impl ShipperHost for Agent {

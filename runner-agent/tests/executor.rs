@@ -102,3 +102,55 @@ async fn cancelling_kills_and_removes_the_container() {
         "container still there: {gone:?}"
     );
 }
+
+#[tokio::test]
+async fn the_cache_evicts_least_recently_used_images_past_its_budget_but_never_one_in_use() {
+    let docker = container::connect().await.expect("docker");
+    let tar = import::busybox_rootfs_tar(std::path::Path::new("/bin/busybox")).expect("rootfs");
+    let tag = std::process::id().to_string();
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|n| format!("drover-test/evict-{n}:{tag}")).collect();
+    for n in &names {
+        let (repo, t) = n.rsplit_once(':').expect("tag");
+        import::import_rootfs(&docker, tar.clone(), repo, t).await.expect("import");
+    }
+    let size = docker.inspect_image(&names[0]).await.expect("inspect").size.unwrap_or(0) as u64;
+    let metrics = ExecMetrics::new(&prometheus::Registry::new()).expect("metrics");
+    // Room for two images.
+    let cache = ImageCache::new(docker.clone(), size * 2 + size / 2, metrics.clone());
+    let a = cache.ensure(&names[0]).await.expect("a");
+    let b = cache.ensure(&names[1]).await.expect("b");
+    drop(b);
+    // a is in use: c's arrival must evict b, the least recently used idle image.
+    let _c = cache.ensure(&names[2]).await.expect("c");
+    let present = |n: String| {
+        let docker = docker.clone();
+        async move { docker.inspect_image(&n).await.is_ok() }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while present(names[1].clone()).await {
+        assert!(std::time::Instant::now() < deadline, "b was not evicted: {:?}", cache.snapshot());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(present(names[0].clone()).await, "the image in use stays");
+    assert!(present(names[2].clone()).await);
+    assert_eq!((metrics.image_hits.get(), metrics.image_misses.get()), (3, 0));
+    let listed: Vec<String> = cache.snapshot().into_iter().map(|i| i.image).collect();
+    assert_eq!(listed, [names[0].clone(), names[2].clone()]);
+    drop(a);
+    for n in [&names[0], &names[2]] {
+        let _ = docker.remove_image(n, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+    }
+}
+
+#[tokio::test]
+async fn allocating_past_the_memory_limit_is_reported_as_an_oom_kill() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (ex, metrics) = executor(work.path()).await;
+    let agent = agent_id("oom");
+    let mut s = spec(&agent, IMAGE, "exec dd if=/dev/zero of=/dev/null bs=64M count=1");
+    s.memory_bytes = 32 << 20;
+    let (tx, _rx) = mpsc::channel(64);
+    let r = ex.run(&s, tx, CancellationToken::new(), &|_| {}).await;
+    assert_eq!((r.outcome, r.exit_code, r.oom_killed), (RunOutcome::Error, Some(137), true), "{r:?}");
+    assert_eq!(metrics.oom_kills.get(), 1);
+}

@@ -141,12 +141,13 @@ impl Executor {
     }
 
     /// Supervises a running container found at start (re-adoption): same wait, timeout,
-    /// cancel, inspect and remove as [`Executor::run`]; output from `logs_since_unix_s`.
+    /// cancel, inspect and remove as [`Executor::run`]; output written from `logs_since` on
+    /// (the engine's timestamps, to the nanosecond).
     pub async fn adopt(
         &self,
         container_id: &str,
         timeout_left: Duration,
-        logs_since_unix_s: i64,
+        logs_since: SystemTime,
         output: mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
     ) -> RunReport {
@@ -159,7 +160,7 @@ impl Executor {
             peak_memory_bytes: 0,
             container_id: container_id.to_string(),
         };
-        self.supervise(container_id, Some(logs_since_unix_s), timeout_left, output, cancel, &mut report).await;
+        self.supervise(container_id, Some(logs_since), timeout_left, output, cancel, &mut report).await;
         if let Err(e) = self.remove(container_id).await {
             tracing::error!(container = %container_id, error = %e, "removing the container failed");
         }
@@ -184,7 +185,7 @@ impl Executor {
     async fn supervise(
         &self,
         id: &str,
-        adopted_since: Option<i64>,
+        adopted_since: Option<SystemTime>,
         timeout: Duration,
         output: mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
@@ -208,16 +209,18 @@ impl Executor {
                     }
                 }
                 Some(since) => {
+                    let secs = since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                     let opts = q::LogsOptionsBuilder::default()
                         .follow(true)
                         .stdout(true)
                         .stderr(true)
-                        .since(since.clamp(0, i32::MAX as i64) as i32)
+                        .timestamps(true)
+                        .since(secs.min(i32::MAX as u64) as i32)
                         .build();
                     Box::pin(self.docker.logs(id, Some(opts)))
                 }
             };
-        let pump = tokio::spawn(pump_output(stream, output));
+        let pump = tokio::spawn(pump_output(stream, output, adopted_since));
         if adopted_since.is_none() {
             let started = Instant::now();
             if let Err(e) = self.docker.start_container(id, None::<q::StartContainerOptions>).await {
@@ -279,6 +282,15 @@ impl Executor {
                 }
             }
             Err(e) => report.error = format!("inspecting the container: {e}"),
+        }
+        // The engine's OOMKilled flag misses kills that happen before containerd watches
+        // the new cgroup (seen on Docker 20.10, cgroup v1, with several containers starting
+        // at once: exit 137, OOMKilled false, and no `oom` event at all). A task SIGKILLed
+        // by nobody we know of is looked up in the kernel's log, whose oom-kill record names
+        // the container's memory cgroup.
+        if !report.oom_killed && report.exit_code == Some(137) && ended.is_none() {
+            let id = id.to_string();
+            report.oom_killed = tokio::task::spawn_blocking(move || kernel_logged_oom_kill(&id)).await.unwrap_or(false);
         }
         if report.oom_killed {
             self.metrics.oom_kills.inc();
@@ -393,11 +405,66 @@ pub async fn connect() -> Result<Docker, ExecError> {
     docker.negotiate_version().await.map_err(|source| ExecError::Unreachable { endpoint, source })
 }
 
+/// Whether the kernel log (`/dev/kmsg`, readable by root) holds an `oom-kill:` record
+/// whose memory cgroup path names `container_id`. False when it cannot be read.
+fn kernel_logged_oom_kill(container_id: &str) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg") else {
+        return false;
+    };
+    // Each read returns one record; the end of the buffer answers EAGAIN. Bounded by the
+    // ring buffer's size, and by a record cap for safety.
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..100_000 {
+        match f.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                let rec = &buf[..n];
+                if rec.windows(9).any(|w| w == b"oom-kill:")
+                    && rec.windows(container_id.len()).any(|w| w == container_id.as_bytes())
+                {
+                    return true;
+                }
+            }
+            // EPIPE: a record was overwritten while reading; keep going.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Splits an engine timestamp (`logs` with `timestamps=true`: RFC 3339 with nanoseconds,
+/// a space, then the line) off a frame.
+fn split_timestamp(frame: &bytes::Bytes) -> Option<(SystemTime, bytes::Bytes)> {
+    let space = frame.iter().position(|b| *b == b' ')?;
+    let ts = std::str::from_utf8(&frame[..space]).ok()?;
+    let t = humantime::parse_rfc3339_weak(ts).ok()?;
+    Some((t, frame.slice(space + 1..)))
+}
+
+/// Forwards output in engine order. With `since` (a re-adopted container, read through
+/// `logs` with timestamps), frames written before it are dropped and timestamps stripped.
 async fn pump_output(
     mut stream: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
     output: mpsc::Sender<OutputChunk>,
+    since: Option<SystemTime>,
 ) {
     while let Some(item) = stream.next().await {
+        let item = match (item, since) {
+            (Ok(LogOutput::StdOut { message }), Some(since)) => match split_timestamp(&message) {
+                Some((t, _)) if t < since => continue,
+                Some((_, rest)) => Ok(LogOutput::StdOut { message: rest }),
+                None => Ok(LogOutput::StdOut { message }),
+            },
+            (Ok(LogOutput::StdErr { message }), Some(since)) => match split_timestamp(&message) {
+                Some((t, _)) if t < since => continue,
+                Some((_, rest)) => Ok(LogOutput::StdErr { message: rest }),
+                None => Ok(LogOutput::StdErr { message }),
+            },
+            (item, _) => item,
+        };
         let chunk = match item {
             Ok(LogOutput::StdOut { message }) => OutputChunk { stream: LogStream::Stdout, data: message },
             Ok(LogOutput::StdErr { message }) => OutputChunk { stream: LogStream::Stderr, data: message },
@@ -476,5 +543,19 @@ mod tests {
         assert_eq!(hc.binds, Some(vec!["/tmp/run:/drover:ro".to_string()]));
         assert_eq!(body.cmd, None, "the image's own command");
         assert_eq!(body.labels.expect("labels").get(LABEL_TIMEOUT).map(String::as_str), Some("3000"));
+    }
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn engine_timestamps_are_split_off_frames() {
+        let f = bytes::Bytes::from_static(b"2026-11-24T01:02:03.123456789Z hello world\n");
+        let (t, rest) = split_timestamp(&f).expect("timestamp");
+        assert_eq!(&rest[..], b"hello world\n");
+        assert_eq!(unix_ms(t), 1_795_482_123_123);
+        assert!(split_timestamp(&bytes::Bytes::from_static(b"no-timestamp-here\n")).is_none());
     }
 }
