@@ -27,6 +27,12 @@ enum Command {
     Operator(commands::operator::OperatorArgs),
     /// Manage tenants (operator).
     Tenant(commands::tenant::TenantArgs),
+    /// A whole fleet on this machine: control plane, certificates and an agent.
+    Dev(commands::dev::DevArgs),
+    /// Register and manage codes (tenant).
+    Code(commands::code::CodeArgs),
+    /// Queue, inspect, follow and wait for tasks (tenant).
+    Task(commands::task::TaskArgs),
     /// Run a runner agent, or inspect and drain one on this host.
     Agent(commands::agent::AgentArgs),
     /// Create a CA and issue role certificates.
@@ -50,17 +56,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
+    // Commands answer an exit code; `task wait` passes the task's own through.
+    let result: anyhow::Result<u8> = runtime.block_on(async {
+        let done = match cli.command {
             Command::Server(a) => commands::server::run(a).await,
             Command::Operator(a) => commands::operator::run(a).await,
             Command::Tenant(a) => commands::tenant::run(a).await,
             Command::Certs(a) => commands::certs::run(a),
             Command::Agent(a) => commands::agent::run(a).await,
-        }
+            Command::Code(a) => commands::code::run(a).await,
+            Command::Dev(a) => commands::dev::run(a).await,
+            Command::Task(a) => return commands::task::run(a).await,
+        };
+        done.map(|()| 0)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -2,6 +2,10 @@
 pub mod agent;
 pub mod certs;
 pub mod client;
+pub mod code;
+pub mod dev;
 pub mod operator;
+pub mod output;
 pub mod server;
+pub mod task;
 pub mod tenant;

@@ -195,7 +195,7 @@ impl Admin for AdminService {
 
     async fn get_task(&self, req: Request<pa::TenantGetTaskRequest>) -> ApiResult<drover_proto::v1::Task> {
         let r = req.into_inner();
-        Ok(Response::new(super::tenant::get_task(&self.ctx, &r.tenant, r.id).await?))
+        Ok(Response::new(super::tenant::get_task(&self.ctx, &r.tenant, r.id, false).await?))
     }
 
     async fn list_tasks(

@@ -148,6 +148,7 @@ pub fn task_out(t: &Task) -> pv::Task {
         lease_epoch: t.lease.as_ref().map(|l| l.epoch).unwrap_or(0),
         result: t.result.as_ref().map(result_out),
         payload_bytes: t.payload_bytes,
+        payload: Vec::new(),
     }
 }
 

@@ -101,7 +101,8 @@ impl Tenant for TenantService {
 
     async fn get_task(&self, req: Request<pv::GetTaskRequest>) -> ApiResult<pv::Task> {
         let tenant = caller::tenant(&req)?;
-        Ok(Response::new(get_task(&self.ctx, &tenant, req.into_inner().id).await?))
+        let r = req.into_inner();
+        Ok(Response::new(get_task(&self.ctx, &tenant, r.id, r.include_payload).await?))
     }
 
     async fn list_tasks(&self, req: Request<pv::ListTasksRequest>) -> ApiResult<pv::ListTasksResponse> {
@@ -122,12 +123,16 @@ impl Tenant for TenantService {
 // Linearizable reads scoped to one tenant, shared by the tenant service (the caller's own
 // tenant) and the admin service (operators' read-only views).
 
-pub(super) async fn get_task(ctx: &ApiCtx, tenant: &str, id: u64) -> Result<pv::Task, ApiError> {
+pub(super) async fn get_task(ctx: &ApiCtx, tenant: &str, id: u64, include_payload: bool) -> Result<pv::Task, ApiError> {
     ctx.read_barrier().await?;
     let kv = ctx.node.sm.kv();
     let task =
         views::get_task(&kv, Some(tenant), id)?.ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
-    Ok(convert::task_out(&task))
+    let mut out = convert::task_out(&task);
+    if include_payload {
+        out.payload = views::get_payload(&kv, id)?.unwrap_or_default();
+    }
+    Ok(out)
 }
 
 pub(super) async fn list_tasks(

@@ -1,0 +1,143 @@
+//! `drover code register|list|get|delete` (tenant API).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use drover_proto::v1 as pv;
+
+use super::client::{Conn, explain, tenant};
+use super::output::{Format, code_json, print_json};
+
+#[derive(Args)]
+pub struct CodeArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    output: Format,
+    #[command(subcommand)]
+    cmd: CodeCmd,
+}
+
+#[derive(Subcommand)]
+enum CodeCmd {
+    /// Register a code (a container image and how to run it), or update it.
+    Register {
+        name: String,
+        /// Image reference, for example registry.example.com/team/worker:1.4
+        #[arg(long)]
+        image: String,
+        /// A shell command line, run as `sh -c CMD` (the image needs a shell).
+        #[arg(long = "cmd", conflicts_with = "args")]
+        cmd: Option<String>,
+        /// The command and its arguments exactly, after `--` (default: the image's own).
+        #[arg(last = true)]
+        args: Vec<String>,
+        /// Memory limit, for example 128MiB (default: the agent's).
+        #[arg(long)]
+        memory: Option<bytesize::ByteSize>,
+        /// CPUs, for example 0.5.
+        #[arg(long)]
+        cpus: Option<f64>,
+        #[arg(long)]
+        pids: Option<u32>,
+        /// Timeout per run, for example 10m (default: 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Most tasks of this code running at once (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_concurrency: u32,
+        /// Retries after a failed run.
+        #[arg(long, default_value_t = 0)]
+        retries: u32,
+        /// Environment for the container, KEY=VALUE (repeatable).
+        #[arg(long = "env")]
+        env: Vec<String>,
+    },
+    List,
+    Get {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+fn print_codes(codes: &[pv::Code]) {
+    println!("{:<24} {:<40} {:>10} {:>6} {:>9}", "NAME", "IMAGE", "MEMORY", "CPUS", "TIMEOUT");
+    for c in codes {
+        let l = c.limits.unwrap_or_default();
+        let mem = if l.memory_bytes > 0 { bytesize::ByteSize(l.memory_bytes).to_string() } else { "-".into() };
+        let cpus = if l.cpu_millis > 0 { format!("{}", l.cpu_millis as f64 / 1000.0) } else { "-".into() };
+        let timeout = if l.timeout_ms > 0 {
+            humantime::format_duration(Duration::from_millis(l.timeout_ms)).to_string()
+        } else {
+            "-".into()
+        };
+        println!("{:<24} {:<40} {:>10} {:>6} {:>9}", c.name, c.image, mem, cpus, timeout);
+    }
+}
+
+pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
+    let mut t = tenant(&a.conn).await?;
+    match a.cmd {
+        CodeCmd::Register { name, image, cmd, args, memory, cpus, pids, timeout, max_concurrency, retries, env } => {
+            let mut envs = HashMap::new();
+            for kv in env {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+                envs.insert(k.to_string(), v.to_string());
+            }
+            let cpu_millis = match cpus {
+                Some(c) if !(0.001..=1024.0).contains(&c) => anyhow::bail!("--cpus {c}: expected 0.001 to 1024"),
+                Some(c) => (c * 1000.0).round() as u32,
+                None => 0,
+            };
+            let command = match cmd {
+                Some(line) => vec!["sh".to_string(), "-c".to_string(), line],
+                None => args,
+            };
+            let req = pv::RegisterCodeRequest {
+                name,
+                image,
+                command,
+                env: envs,
+                limits: Some(pv::CodeLimits {
+                    memory_bytes: memory.map(|m| m.as_u64()).unwrap_or(0),
+                    cpu_millis,
+                    pids: pids.unwrap_or(0),
+                    timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
+                }),
+                max_concurrency,
+                default_retries: retries,
+                placement: None,
+            };
+            let c = t.register_code(req).await.map_err(|s| explain(&s))?.into_inner();
+            match a.output {
+                Format::Json => print_json(&code_json(&c)),
+                Format::Table => println!("code {} registered ({})", c.name, c.image),
+            }
+        }
+        CodeCmd::List => {
+            let r = t.list_codes(pv::ListCodesRequest {}).await.map_err(|s| explain(&s))?.into_inner();
+            match a.output {
+                Format::Json => print_json(&serde_json::Value::Array(r.codes.iter().map(code_json).collect())),
+                Format::Table => print_codes(&r.codes),
+            }
+        }
+        CodeCmd::Get { name } => {
+            let c = t.get_code(pv::GetCodeRequest { name }).await.map_err(|s| explain(&s))?.into_inner();
+            match a.output {
+                Format::Json => print_json(&code_json(&c)),
+                Format::Table => print_codes(&[c]),
+            }
+        }
+        CodeCmd::Delete { name } => {
+            t.delete_code(pv::DeleteCodeRequest { name: name.clone() }).await.map_err(|s| explain(&s))?;
+            if a.output == Format::Table {
+                println!("code {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}

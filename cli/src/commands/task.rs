@@ -1,0 +1,286 @@
+//! `drover task queue|get|list|cancel|retry|logs|wait` (tenant API).
+//!
+//! Exit codes scripts can rely on: 0 success; 1 an error (message on stderr); 2 bad usage.
+//! `task wait` exits with the task's own exit code when it ran to an exit (0 for
+//! `complete`), 124 when it ended `timeout`, 125 `cancelled`, 137 `killed` (or an error
+//! with no exit code: 1), and 75 when `--timeout` passes before the task ends.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use drover_proto::v1 as pv;
+
+use super::client::{Conn, TenantClient, explain, tenant};
+use super::output::{Format, finished, parse_state, print_json, state_name, task_json, task_table};
+
+pub const EXIT_TIMEOUT: u8 = 124;
+pub const EXIT_CANCELLED: u8 = 125;
+pub const EXIT_KILLED: u8 = 137;
+pub const EXIT_WAIT_EXPIRED: u8 = 75;
+
+#[derive(Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    output: Format,
+    #[command(subcommand)]
+    cmd: TaskCmd,
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Queue tasks of a code.
+    Queue {
+        code: String,
+        /// The payload, JSON text.
+        #[arg(long, conflicts_with = "payload_file")]
+        payload: Option<String>,
+        /// Read the payload from a file (`-`: standard input). Must be JSON unless --raw.
+        #[arg(long)]
+        payload_file: Option<PathBuf>,
+        /// Send the payload as bytes, without checking that it is JSON.
+        #[arg(long)]
+        raw: bool,
+        /// 0 (default) to 2 (most urgent).
+        #[arg(long, default_value_t = 0)]
+        priority: u32,
+        /// Run no earlier than this from now, for example 30s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
+        /// Overrides the code's timeout.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Overrides the code's retries.
+        #[arg(long)]
+        retries: Option<u32>,
+        /// Queue this many identical tasks.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    Get {
+        id: u64,
+    },
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        code: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    Cancel {
+        id: u64,
+    },
+    /// Queue a new task with the same code, payload and priority as a finished one.
+    Retry {
+        id: u64,
+    },
+    /// Print a task's output (stdout to stdout, stderr and Drover's notes to stderr).
+    Logs {
+        id: u64,
+        /// Keep streaming until the task ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Wait for a task to end; exit with its exit code (see `drover task --help`).
+    Wait {
+        id: u64,
+        /// Give up after this long (exit 75).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+fn read_payload(payload: Option<String>, file: Option<PathBuf>, raw: bool) -> anyhow::Result<Vec<u8>> {
+    let (bytes, what) = match (payload, file) {
+        (Some(p), _) => (p.into_bytes(), "--payload".to_string()),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading the payload from standard input")?;
+            (buf, "standard input".to_string())
+        }
+        (None, Some(f)) => {
+            let b = std::fs::read(&f).with_context(|| format!("--payload-file {}", f.display()))?;
+            (b, format!("--payload-file {}", f.display()))
+        }
+        (None, None) => return Ok(Vec::new()),
+    };
+    if !raw && let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        anyhow::bail!("{what}: not valid JSON ({e}); fix it, or pass --raw to send bytes as they are");
+    }
+    Ok(bytes)
+}
+
+/// An idempotency key for one queue call: retrying with it cannot queue twice.
+fn idempotency_key(part: u32) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("cli-{}-{nanos}-{part}", std::process::id())
+}
+
+/// Queues with retries on `Unavailable` (same idempotency key: never twice).
+async fn queue_call(t: &mut TenantClient, req: pv::QueueTasksRequest) -> anyhow::Result<Vec<u64>> {
+    let mut attempt = 0;
+    loop {
+        match t.queue_tasks(req.clone()).await {
+            Ok(r) => return Ok(r.into_inner().task_ids),
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt < 4 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+            }
+            Err(s) => return Err(explain(&s)),
+        }
+    }
+}
+
+async fn get(t: &mut TenantClient, id: u64) -> anyhow::Result<pv::Task> {
+    Ok(t.get_task(pv::GetTaskRequest { id, include_payload: false }).await.map_err(|s| explain(&s))?.into_inner())
+}
+
+/// The exit status `task wait` gives for a finished task.
+pub fn exit_status(t: &pv::Task) -> u8 {
+    let r = t.result.clone().unwrap_or_default();
+    match pv::TaskState::try_from(t.state) {
+        Ok(pv::TaskState::Complete) => 0,
+        Ok(pv::TaskState::Timeout) => EXIT_TIMEOUT,
+        Ok(pv::TaskState::Cancelled) => EXIT_CANCELLED,
+        Ok(pv::TaskState::Killed) => EXIT_KILLED,
+        _ => match r.exit_code {
+            Some(c) if (1..=255).contains(&c) => c as u8,
+            _ => 1,
+        },
+    }
+}
+
+/// Runs a task command; `Ok(code)` is the process exit code.
+pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
+    let mut t = tenant(&a.conn).await?;
+    match a.cmd {
+        TaskCmd::Queue { code, payload, payload_file, raw, priority, delay, timeout, retries, count } => {
+            let payload = read_payload(payload, payload_file, raw)?;
+            if count == 0 {
+                anyhow::bail!("--count 0: nothing to queue");
+            }
+            let mut ids = Vec::new();
+            let mut left = count;
+            let mut part = 0;
+            while left > 0 {
+                let n = left.min(1000);
+                let task = pv::NewTask {
+                    code: code.clone(),
+                    payload: payload.clone(),
+                    priority,
+                    delay_ms: delay.map(|d| d.as_millis() as u64).unwrap_or(0),
+                    timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
+                    retries,
+                    placement: None,
+                };
+                let req =
+                    pv::QueueTasksRequest { tasks: vec![task; n as usize], idempotency_key: idempotency_key(part) };
+                ids.extend(queue_call(&mut t, req).await?);
+                left -= n;
+                part += 1;
+            }
+            match a.output {
+                Format::Json => print_json(&serde_json::json!({ "task_ids": ids })),
+                Format::Table => ids.iter().for_each(|id| println!("{id}")),
+            }
+        }
+        TaskCmd::Get { id } => {
+            let task = get(&mut t, id).await?;
+            match a.output {
+                Format::Json => print_json(&task_json(&task)),
+                Format::Table => task_table(&[task]),
+            }
+        }
+        TaskCmd::List { state, code, limit } => {
+            let state = match state {
+                Some(s) => parse_state(&s)? as i32,
+                None => 0,
+            };
+            let req = pv::ListTasksRequest { state, code: code.unwrap_or_default(), after_id: 0, limit };
+            let r = t.list_tasks(req).await.map_err(|s| explain(&s))?.into_inner();
+            match a.output {
+                Format::Json => print_json(&serde_json::Value::Array(r.tasks.iter().map(task_json).collect())),
+                Format::Table => task_table(&r.tasks),
+            }
+        }
+        TaskCmd::Cancel { id } => {
+            let task = t.cancel_task(pv::CancelTaskRequest { id }).await.map_err(|s| explain(&s))?.into_inner();
+            match a.output {
+                Format::Json => print_json(&task_json(&task)),
+                Format::Table => println!("task {id} cancelled"),
+            }
+        }
+        TaskCmd::Retry { id } => {
+            let old = t
+                .get_task(pv::GetTaskRequest { id, include_payload: true })
+                .await
+                .map_err(|s| explain(&s))?
+                .into_inner();
+            if !finished(old.state) {
+                anyhow::bail!("task {id} is {}; only a finished task can be retried", state_name(old.state));
+            }
+            let task = pv::NewTask {
+                code: old.code.clone(),
+                payload: old.payload.clone(),
+                priority: old.priority,
+                placement: old.placement.clone(),
+                ..Default::default()
+            };
+            let ids =
+                queue_call(&mut t, pv::QueueTasksRequest { tasks: vec![task], idempotency_key: idempotency_key(0) })
+                    .await?;
+            match a.output {
+                Format::Json => print_json(&serde_json::json!({ "task_ids": ids })),
+                Format::Table => ids.iter().for_each(|id| println!("{id}")),
+            }
+        }
+        TaskCmd::Logs { id, follow } => {
+            let mut s = t
+                .get_task_log(pv::GetTaskLogRequest { id, from_index: 0, follow })
+                .await
+                .map_err(|s| explain(&s))?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            while let Some(batch) = s.message().await.map_err(|s| explain(&s))? {
+                for c in batch.chunks {
+                    if c.stream == pv::LogStream::Stdout as i32 {
+                        out.write_all(&c.data)?;
+                    } else {
+                        out.flush()?;
+                        std::io::stderr().write_all(&c.data)?;
+                    }
+                }
+                out.flush()?;
+            }
+        }
+        TaskCmd::Wait { id, timeout } => {
+            let started = Instant::now();
+            let show = std::io::stderr().is_terminal();
+            let mut last_state = -1;
+            loop {
+                let task = get(&mut t, id).await?;
+                if show && task.state != last_state {
+                    eprintln!("task {id}: {} ({}s)", state_name(task.state), started.elapsed().as_secs());
+                    last_state = task.state;
+                }
+                if finished(task.state) {
+                    if a.output == Format::Json {
+                        print_json(&task_json(&task));
+                    }
+                    return Ok(exit_status(&task));
+                }
+                if timeout.is_some_and(|d| started.elapsed() >= d) {
+                    eprintln!("task {id} is still {} after {:?}", state_name(task.state), started.elapsed());
+                    return Ok(EXIT_WAIT_EXPIRED);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(0)
+}
