@@ -29,6 +29,8 @@ enum Command {
     Tenant(commands::tenant::TenantArgs),
     /// A whole fleet on this machine: control plane, certificates and an agent.
     Dev(commands::dev::DevArgs),
+    /// List the fleet's agents (operator).
+    Agents(commands::agents::AgentsArgs),
     /// Register and manage codes (tenant).
     Code(commands::code::CodeArgs),
     /// Queue, inspect, follow and wait for tasks (tenant).
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
             Command::Certs(a) => commands::certs::run(a),
             Command::Agent(a) => commands::agent::run(a).await,
             Command::Code(a) => commands::code::run(a).await,
+            Command::Agents(a) => commands::agents::run(a).await,
             Command::Dev(a) => commands::dev::run(a).await,
             Command::Task(a) => return commands::task::run(a).await,
         };

@@ -199,6 +199,40 @@ fn a_user_session_against_drover_dev() {
             .expect("status JSON");
     }
 
+    // The operator's view of the fleet.
+    let ops =
+        [("DROVER_CERT", e_ops(&dev, "DROVER_CERT").as_str()), ("DROVER_KEY", e_ops(&dev, "DROVER_KEY").as_str())]
+            .map(|(k, v)| (k, v.to_string()));
+    let ops: Vec<(&str, &str)> = ops.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let agents = ok(&drover(&dev, &["agents", "list"], &ops, None));
+    assert!(agents.lines().any(|l| l.starts_with("dev-agent ") && l.contains(" 4 ")), "{agents}");
+
+    // Named contexts in ~/.config/drover/config.toml; flags and DROVER_* win over them.
+    let home = dev.dir.path().join("home");
+    std::fs::create_dir_all(home.join(".config/drover")).expect("mkdir");
+    let e = |k: &str| dev.env[k].clone();
+    let cfg = format!(
+        "current = \"local\"\n[contexts.local]\naddr = [{:?}]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        e("DROVER_ADDR"),
+        e("DROVER_CA"),
+        e("DROVER_CERT"),
+        e("DROVER_KEY")
+    );
+    std::fs::write(home.join(".config/drover/config.toml"), cfg).expect("write config");
+    let ctx_only = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(common::bin());
+        cmd.args(args).env_clear().env("HOME", &home).env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run drover")
+    };
+    assert!(ok(&ctx_only(&["task", "get", &id], &[])).contains("greet"), "the context alone connects");
+    let dead = format!("127.0.0.1:{}", free_port());
+    one_line_error(&ctx_only(&["task", "get", &id], &[("DROVER_ADDR", &dead)]));
+    one_line_error(&ctx_only(&["task", "get", &id, "--addr", &dead], &[]));
+    one_line_error(&ctx_only(&["task", "get", &id, "--context", "nosuch"], &[]));
+
     // Errors a user meets: one actionable line, non-zero exit.
     std::fs::write(dev.dir.path().join("bad.json"), "{\"unterminated\": ").expect("write");
     let e = one_line_error(&drover(&dev, &["task", "queue", "greet", "--payload-file", "bad.json"], &[], None));
@@ -225,4 +259,12 @@ fn a_user_session_against_drover_dev() {
     assert!(e.contains("DROVER_CA"), "names what to check: {e}");
     let e = one_line_error(&drover(&dev, &["task", "list"], &[("DROVER_CERT", &cert), ("DROVER_KEY", &key)], None));
     assert!(e.contains("certificate") || e.contains("CA"), "{e}");
+}
+
+/// The operator certificate paths `drover dev` prints as a comment in its env file.
+fn e_ops(dev: &Dev, key: &str) -> String {
+    let env = std::fs::read_to_string(dev.dir.path().join(".drover/env")).expect("env file");
+    let line = env.lines().find(|l| l.starts_with("#   DROVER_CERT=")).expect("operator line");
+    let part = line.trim_start_matches("#   ").split(' ').find(|p| p.starts_with(&format!("{key}="))).expect("key");
+    part.split_once('=').map(|(_, v)| v.to_string()).expect("value")
 }

@@ -1,7 +1,21 @@
 //! Connection settings shared by the client commands: the server address list, tried in
 //! order, following the leader hint in `x-drover-leader`; and the client certificate for
-//! mutual TLS (flags, or `DROVER_ADDR`, `DROVER_CA`, `DROVER_CERT`, `DROVER_KEY`). Without a
-//! certificate the client speaks plaintext, which only a `--dev-insecure` server accepts.
+//! mutual TLS. Each setting comes from, in order of precedence: its flag (`--addr`,
+//! `--ca`, `--cert`, `--key`), its environment variable (`DROVER_ADDR`, `DROVER_CA`,
+//! `DROVER_CERT`, `DROVER_KEY`), or the named context (`--context`, `DROVER_CONTEXT`, else
+//! the file's `current`) in `~/.config/drover/config.toml` (`$XDG_CONFIG_HOME` honoured):
+//!
+//! ```toml
+//! current = "prod"
+//! [contexts.prod]
+//! addr = ["10.0.0.1:7400", "10.0.0.2:7400"]
+//! ca = "/etc/drover/ca.pem"
+//! cert = "/home/me/.drover/tenant-acme.pem"
+//! key = "/home/me/.drover/tenant-acme.key"
+//! ```
+//!
+//! Without a certificate the client speaks plaintext, which only a `--dev-insecure` server
+//! accepts.
 
 use std::path::PathBuf;
 
@@ -12,10 +26,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Args, Clone)]
 pub struct Conn {
     /// Control-plane gRPC addresses (HOST:PORT, comma-separated); any node works.
-    #[arg(long, env = "DROVER_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
+    #[arg(long, env = "DROVER_ADDR", value_delimiter = ',', global = true)]
     pub addr: Vec<String>,
     /// CA bundle (PEM) the server's certificate must chain to.
-    #[arg(long, env = "DROVER_CA", global = true, requires_all = ["cert", "key"])]
+    #[arg(long, env = "DROVER_CA", global = true)]
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM) carrying your role identity.
     #[arg(long, env = "DROVER_CERT", global = true)]
@@ -27,6 +41,76 @@ pub struct Conn {
     /// identity in metadata instead of a certificate).
     #[arg(long, env = "DROVER_DEV_TENANT", global = true, conflicts_with = "cert")]
     pub dev_tenant: Option<String>,
+    /// A named context from ~/.config/drover/config.toml.
+    #[arg(long, env = "DROVER_CONTEXT", global = true)]
+    pub context: Option<String>,
+}
+
+/// One named context of the client config file.
+#[derive(serde::Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct NamedContext {
+    #[serde(default)]
+    pub addr: Vec<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    current: Option<String>,
+    #[serde(default)]
+    contexts: std::collections::BTreeMap<String, NamedContext>,
+}
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7400";
+
+pub fn config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("drover").join("config.toml"))
+}
+
+impl Conn {
+    /// Fills what flags and environment left unset from the context, then defaults.
+    pub fn resolve(&self) -> anyhow::Result<Conn> {
+        let mut c = self.clone();
+        let path = config_path();
+        let file = match &path {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str::<ClientConfig>(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            _ => ClientConfig::default(),
+        };
+        let name = self.context.clone().or(file.current.clone());
+        let ctx = match &name {
+            Some(n) => file.contexts.get(n).cloned().with_context(|| {
+                format!(
+                    "context {n:?} is not in {}",
+                    path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the client config".into())
+                )
+            })?,
+            None => NamedContext::default(),
+        };
+        if c.addr.is_empty() {
+            c.addr = if ctx.addr.is_empty() { vec![DEFAULT_ADDR.to_string()] } else { ctx.addr };
+        }
+        c.ca = c.ca.or(ctx.ca);
+        if c.dev_tenant.is_none() {
+            c.cert = c.cert.or(ctx.cert);
+            c.key = c.key.or(ctx.key);
+        }
+        if c.cert.is_some() != c.key.is_some() || (c.cert.is_some() && c.ca.is_none()) {
+            anyhow::bail!(
+                "a client certificate needs all of DROVER_CA, DROVER_CERT and DROVER_KEY (or --ca/--cert/--key)"
+            );
+        }
+        Ok(c)
+    }
 }
 
 impl Conn {
@@ -59,6 +143,7 @@ pub type TenantClient =
 
 /// A tenant-API client on the first reachable address (any node serves tenant calls).
 pub async fn tenant(conn: &Conn) -> anyhow::Result<TenantClient> {
+    let conn = &conn.resolve()?;
     if conn.cert.is_none() && conn.dev_tenant.is_none() {
         anyhow::bail!(
             "no client certificate: set DROVER_CA, DROVER_CERT and DROVER_KEY (or --ca/--cert/--key), \
@@ -147,6 +232,7 @@ where
     F: FnMut(Channel) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
+    let conn = &conn.resolve()?;
     let mut last = None;
     for addr in &conn.addr {
         let ch = match connect(conn, addr).await {

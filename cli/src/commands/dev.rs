@@ -97,6 +97,7 @@ impl Pki {
             cert: Some(self.path(&format!("{name}.pem"))),
             key: Some(self.path(&format!("{name}.key"))),
             dev_tenant: None,
+            context: None,
         }
     }
 }

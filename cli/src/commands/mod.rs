@@ -1,5 +1,6 @@
 //! One module per command group.
 pub mod agent;
+pub mod agents;
 pub mod certs;
 pub mod client;
 pub mod code;

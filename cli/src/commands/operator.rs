@@ -37,11 +37,14 @@ enum RaftCmd {
 
 pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
     let OperatorCmd::Raft(cmd) = a.cmd;
-    let conn = a.conn;
+    let conn = a.conn.resolve()?;
     match cmd {
         RaftCmd::Status => {
-            let ch = super::client::connect(&conn, conn.addr.first().map(String::as_str).unwrap_or("127.0.0.1:7400"))
-                .await?;
+            let ch = super::client::connect(
+                &conn,
+                conn.addr.first().map(String::as_str).unwrap_or(super::client::DEFAULT_ADDR),
+            )
+            .await?;
             let s = AdminClient::new(ch).raft_status(pa::RaftStatusRequest {}).await?.into_inner();
             println!("node {}  state {}  term {}", s.node_id, s.state, s.term);
             println!("leader {}", if s.has_leader { s.leader_id.to_string() } else { "none".into() });
@@ -83,8 +86,11 @@ pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
             print_nodes(&r.nodes);
         }
         RaftCmd::Snapshot => {
-            let ch = super::client::connect(&conn, conn.addr.first().map(String::as_str).unwrap_or("127.0.0.1:7400"))
-                .await?;
+            let ch = super::client::connect(
+                &conn,
+                conn.addr.first().map(String::as_str).unwrap_or(super::client::DEFAULT_ADDR),
+            )
+            .await?;
             let r = AdminClient::new(ch).snapshot(pa::SnapshotRequest {}).await?.into_inner();
             println!("snapshot at index {}, log purged up to {}", r.snapshot_index, r.purged_index);
         }

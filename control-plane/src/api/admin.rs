@@ -193,6 +193,33 @@ impl Admin for AdminService {
         Ok(Response::new(pa::ListTenantsResponse { tenants }))
     }
 
+    async fn list_agents(&self, _req: Request<pa::ListAgentsRequest>) -> ApiResult<pa::ListAgentsResponse> {
+        self.ctx.read_barrier().await?;
+        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+        let mut running: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+        for r in sm.indexes().running.values() {
+            *running.entry(r.agent_id.as_str()).or_default() += 1;
+        }
+        let agents = sm
+            .agents()
+            .values()
+            .map(|a| pa::AgentInfo {
+                id: a.id.clone(),
+                region: a.attrs.region.clone(),
+                cluster: a.attrs.cluster.clone(),
+                vpc: a.attrs.vpc.clone(),
+                ip_pool: a.attrs.ip_pool.clone(),
+                egress_ip: a.attrs.egress_ip.clone(),
+                labels: a.attrs.labels.clone().into_iter().collect(),
+                slots: a.slots,
+                running_tasks: running.get(a.id.as_str()).copied().unwrap_or(0),
+                first_seen_ms: a.first_seen_ms,
+                updated_ms: a.updated_ms,
+            })
+            .collect();
+        Ok(Response::new(pa::ListAgentsResponse { agents }))
+    }
+
     async fn get_task(&self, req: Request<pa::TenantGetTaskRequest>) -> ApiResult<drover_proto::v1::Task> {
         let r = req.into_inner();
         Ok(Response::new(super::tenant::get_task(&self.ctx, &r.tenant, r.id, false).await?))
