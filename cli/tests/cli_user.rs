@@ -41,6 +41,7 @@ fn read_env(path: &Path) -> HashMap<String, String> {
         .lines()
         .filter_map(|l| l.strip_prefix("export "))
         .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| *k != "PATH")
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }

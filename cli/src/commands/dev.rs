@@ -171,10 +171,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     agent_cfg.validate()?;
     let socket = agent_cfg.control_socket();
     let exe = std::env::current_exe().context("locating the drover binary for the watchdog")?;
-    let agent = tokio::spawn(drover_runner_agent::agent::serve(agent_cfg, exe));
+    let agent = tokio::spawn(drover_runner_agent::agent::serve(agent_cfg, exe.clone()));
 
+    let bin_dir = exe.parent().map(|p| p.display().to_string()).unwrap_or_default();
     let env = format!(
-        "export DROVER_ADDR={addr}\nexport DROVER_CA={}\nexport DROVER_CERT={}\nexport DROVER_KEY={}\n\
+        "export PATH=\"{bin_dir}:$PATH\"\nexport DROVER_ADDR={addr}\nexport DROVER_CA={}\nexport DROVER_CERT={}\nexport DROVER_KEY={}\n\
          export DROVER_AGENT_SOCKET={}\n\
          # operator commands (drover tenant, drover operator raft): use\n\
          #   DROVER_CERT={} DROVER_KEY={}\n",
