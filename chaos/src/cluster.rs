@@ -334,7 +334,17 @@ impl Cluster {
         addr: &str,
         alpn: &[u8],
     ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let config = self.rustls_client(Role::Operator, "probe", alpn)?;
+        self.tls_connect_as(addr, alpn, Role::Operator, "probe").await
+    }
+
+    async fn tls_connect_as(
+        &self,
+        addr: &str,
+        alpn: &[u8],
+        role: Role,
+        ident: &str,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = self.rustls_client(role, ident, alpn)?;
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
         Ok(tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?)
@@ -350,12 +360,17 @@ impl Cluster {
     /// `GET path` on node `id`'s HTTP listener (HTTPS with an operator certificate in TLS
     /// mode); returns the status code and body.
     pub async fn http_get(&self, id: u64, path: &str) -> anyhow::Result<(u16, String)> {
+        self.http_get_as(id, path, Role::Operator, "probe").await
+    }
+
+    /// `GET path` over HTTPS presenting a `role`/`ident` certificate (TLS mode).
+    pub async fn http_get_as(&self, id: u64, path: &str, role: Role, ident: &str) -> anyhow::Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.http(id);
         let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
         let mut buf = String::new();
         if self.ca.is_some() {
-            let mut s = self.tls_connect(addr, b"http/1.1").await?;
+            let mut s = self.tls_connect_as(addr, b"http/1.1", role, ident).await?;
             s.write_all(req.as_bytes()).await?;
             // A peer that closes without close_notify is fine for a one-shot GET.
             let _ = s.read_to_string(&mut buf).await;

@@ -101,6 +101,18 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("tasks") && e.message().contains("1000"), "{}", e.message());
 
+    // A request message over the server's 16 MiB limit: refused by the transport layer,
+    // as ResourceExhausted naming the limit.
+    let huge = pv::QueueTasksRequest {
+        tasks: (0..20)
+            .map(|_| pv::NewTask { code: "echo".into(), payload: vec![0; 1 << 20], ..Default::default() })
+            .collect(),
+        idempotency_key: String::new(),
+    };
+    let e = t.clone().max_encoding_message_size(64 << 20).queue_tasks(huge).await.expect_err("oversize message");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("16777216"), "{}", e.message());
+
     let mut p7 = batch(1, 1, "");
     p7.tasks[0].priority = 7;
     let e = t.queue_tasks(p7).await.expect_err("priority 7");

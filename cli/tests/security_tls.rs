@@ -175,6 +175,10 @@ async fn source_cidr_allowlist() {
         assert_eq!(e.code(), Code::PermissionDenied, "node {node}: {e:?}");
         assert!(e.message().contains("127.0.0.1"), "{}", e.message());
     }
+    // The HTTPS side listener applies the same allowlist to a tenant certificate.
+    let (code, body) = c.http_get_as(leader, "/healthz", Role::Tenant, "acme").await.expect("https get");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("127.0.0.1") && body.contains("allowed_cidrs"), "{body}");
     // The HTTP listener speaks HTTPS with client certificates too; plaintext is refused.
     let (code, metrics) = c.http_get(leader, "/metrics").await.expect("https get");
     assert_eq!(code, 200);
@@ -189,6 +193,11 @@ async fn source_cidr_allowlist() {
     let applied = c.status(leader).await.expect("status").last_applied_index;
     c.inspect_all(applied).await.expect("caught up");
     c.tenant(leader, "acme").expect("client").queue_tasks(batch(1, 8, "")).await.expect("inside the allowlist");
+    let (code, _) = c.http_get_as(leader, "/healthz", Role::Tenant, "acme").await.expect("https get");
+    assert_eq!(code, 200, "inside the allowlist on HTTP too");
+    // Metrics name every tenant: not for tenants.
+    let (code, body) = c.http_get_as(leader, "/metrics", Role::Tenant, "acme").await.expect("https get");
+    assert_eq!(code, 403, "{body}");
 }
 
 /// Connections without an acceptable client certificate are refused, and the server

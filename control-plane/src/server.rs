@@ -114,6 +114,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
 
     let authz = |service| Authz::new(service, tls.is_some(), node.sm.clone(), metrics.api_denied.clone());
     let router = tonic::transport::Server::builder()
+        .layer(crate::api::oversize::OversizeLayer { limit: MAX_API_MESSAGE_BYTES })
         .add_service(InterceptedService::new(
             RaftServer::new(RaftService { node: node.clone() })
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -129,7 +130,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             authz("drover.agent.v1.Agent"),
         ))
         .add_service(InterceptedService::new(
-            AdminServer::new(AdminService { ctx: ctx.clone() }),
+            AdminServer::new(AdminService { ctx: ctx.clone() }).max_decoding_message_size(MAX_API_MESSAGE_BYTES),
             authz("drover.admin.v1.Admin"),
         ));
     let stop = shutdown.clone().cancelled_owned();

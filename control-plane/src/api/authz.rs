@@ -94,17 +94,7 @@ impl Authz {
 
     /// Refuses a tenant calling from outside its source allowlist.
     fn check_source(&self, tenant: &str, peer: Option<IpAddr>) -> Result<(), Status> {
-        let allowed = match self.sm.machine() {
-            Ok(sm) => sm.tenants().get(tenant).map(|t| t.allowed_cidrs.clone()).unwrap_or_default(),
-            Err(e) => return Err(Status::internal(e.to_string())),
-        };
-        if allowed.is_empty() {
-            return Ok(());
-        }
-        let inside = peer.is_some_and(|ip| {
-            allowed.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()).any(|net| net.contains(&ip))
-        });
-        if inside {
+        if source_allowed(&self.sm, tenant, peer).map_err(Status::internal)? {
             return Ok(());
         }
         let from = peer.map(|p| p.to_string()).unwrap_or_else(|| "an unknown address".into());
@@ -113,6 +103,19 @@ impl Authz {
             Status::permission_denied(format!("tenant {tenant} may not call from {from} (outside its allowed_cidrs)")),
         ))
     }
+}
+
+/// Whether `tenant` may call from `peer`: it has no source allowlist, or the address is
+/// inside one of its networks. Shared by the gRPC interceptor and the HTTP listener.
+pub fn source_allowed(sm: &SmShared, tenant: &str, peer: Option<IpAddr>) -> Result<bool, String> {
+    let allowed = match sm.machine() {
+        Ok(sm) => sm.tenants().get(tenant).map(|t| t.allowed_cidrs.clone()).unwrap_or_default(),
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(allowed.is_empty()
+        || peer.is_some_and(|ip| {
+            allowed.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()).any(|net| net.contains(&ip))
+        }))
 }
 
 impl tonic::service::Interceptor for Authz {

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod caller;
 pub mod convert;
 pub mod error;
+pub mod oversize;
 pub mod tenant;
 
 use std::sync::Arc;
