@@ -134,3 +134,31 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let after = c.inspect_all(before_applied).await.expect("inspect")[0].state_digest.clone();
     assert_eq!(before, after, "a refused call changed state");
 }
+
+/// A client's deadline (`grpc-timeout`) bounds a call on the server: a lease long-poll
+/// asked to wait 15 s under a 300 ms deadline is ended by the server at the deadline
+/// (tonic's server answers `Cancelled` "Timeout expired"; gRPC clients that enforce their
+/// own deadline see `DeadlineExceeded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_call_deadlines_are_honoured() {
+    let c = cluster(ClusterOptions { nodes: 1, ..Default::default() }).await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    setup_tenant(&c, leader).await;
+    let mut a = clients::agent(c.addr(leader), "waiter").expect("agent client");
+    let mut req = tonic::Request::new(drover_proto::agent::LeaseRequest {
+        agent_id: "waiter".into(),
+        slots: 1,
+        max_tasks: 1,
+        wait_ms: 15_000,
+        ..Default::default()
+    });
+    // The header alone, so that the server (not the client's own timer) ends the call.
+    req.metadata_mut().insert("grpc-timeout", "300m".parse().expect("header"));
+    let started = std::time::Instant::now();
+    let e = a.lease(req).await.expect_err("the deadline passes first");
+    assert!(
+        matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) && e.message().contains("Timeout"),
+        "{e:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+}

@@ -34,7 +34,9 @@ pub struct Oversize<S> {
 const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: &str = "8";
 
-/// Rewrites tonic's over-size refusal in place; anything else is left alone.
+/// Rewrites tonic's over-size refusal in place; anything else is left alone. (A passed
+/// deadline cannot be rewritten here: tonic's timeout layer sits outside user layers and
+/// answers `Cancelled` "Timeout expired".)
 pub fn rewrite(headers: &mut http::HeaderMap, limit: usize) {
     let is_oversize = headers.get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE)
         && headers
