@@ -95,6 +95,12 @@ async fn tls_cluster_replicates_and_enforces_roles() {
     assert_eq!(other.message().replace(&ids[0].to_string(), "ID"), missing.message().replace('7', "ID"));
     let e = beta.cancel_task(pv::CancelTaskRequest { id: ids[0] }).await.expect_err("beta cancels acme's task");
     assert_eq!(e.code(), Code::NotFound);
+    let log = |id| pv::GetTaskLogRequest { id, from_index: 0, follow: true };
+    let other = beta.get_task_log(log(ids[0])).await.expect_err("beta reads acme's log");
+    let missing = beta.get_task_log(log(7)).await.expect_err("log of a missing id");
+    assert_eq!(other.code(), Code::NotFound);
+    assert_eq!(other.message().replace(&ids[0].to_string(), "ID"), missing.message().replace('7', "ID"));
+    acme.get_task_log(log(ids[0]).clone()).await.expect("acme reads its own log");
     let listed = beta.list_tasks(pv::ListTasksRequest::default()).await.expect("list").into_inner();
     assert!(listed.tasks.is_empty(), "beta sees acme's tasks");
     let listed = acme.list_tasks(pv::ListTasksRequest::default()).await.expect("list").into_inner();
@@ -112,6 +118,11 @@ async fn tls_cluster_replicates_and_enforces_roles() {
     assert_eq!(one.into_inner().tenant, "acme");
     let e = ops.get_task(pa::TenantGetTaskRequest { tenant: "beta".into(), id: ids[0] }).await.expect_err("scoped");
     assert_eq!(e.code(), Code::NotFound);
+    let req = pa::TenantGetTaskLogRequest {
+        tenant: "acme".into(),
+        request: Some(pv::GetTaskLogRequest { id: ids[0], from_index: 0, follow: false }),
+    };
+    ops.get_task_log(req).await.expect("operator reads acme's log");
     let codes = ops.list_codes(pa::TenantListCodesRequest { tenant: "acme".into() }).await.expect("codes");
     assert_eq!(codes.into_inner().codes.len(), 1);
 
