@@ -240,6 +240,11 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
             }
         }
         TaskCmd::Logs { id, follow } => {
+            let show = follow && std::io::stderr().is_terminal();
+            if show {
+                let task = get(&mut t, id).await?;
+                eprintln!("task {id}: {} — following its output (Ctrl-C to stop)", state_name(task.state));
+            }
             let mut s = t
                 .get_task_log(pv::GetTaskLogRequest { id, from_index: 0, follow })
                 .await
@@ -256,6 +261,12 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
                     }
                 }
                 out.flush()?;
+            }
+            if show {
+                let task = get(&mut t, id).await?;
+                let exit =
+                    task.result.as_ref().and_then(|r| r.exit_code).map(|c| format!(", exit {c}")).unwrap_or_default();
+                eprintln!("task {id}: {}{exit}", state_name(task.state));
             }
         }
         TaskCmd::Wait { id, timeout } => {
