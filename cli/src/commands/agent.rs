@@ -18,7 +18,7 @@ pub struct AgentArgs {
 #[derive(Subcommand)]
 enum AgentCmd {
     /// Run an agent: lease tasks and run them in Docker containers.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a local agent's slots, running tasks (with lease epochs) and image cache.
     Status(SocketArgs),
     /// Stop a local agent from leasing, let running tasks finish (up to its drain
@@ -146,7 +146,7 @@ fn config(a: RunArgs) -> anyhow::Result<AgentConfig> {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     match args.cmd {
         AgentCmd::Run(a) => {
-            let cfg = config(a)?;
+            let cfg = config(*a)?;
             let exe = std::env::current_exe().context("locating the drover binary for the watchdog")?;
             drover_runner_agent::agent::serve(cfg, exe).await?;
             Ok(())
