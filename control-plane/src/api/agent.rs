@@ -88,9 +88,8 @@ impl AgentService {
 
     fn granted(&self, task_id: u64, epoch: u64) -> Result<pa::GrantedTask, ApiError> {
         let kv = self.ctx.node.sm.kv();
-        let task = views::get_task(&kv, None, task_id)?
+        let (task, payload) = views::get_task_with_payload(&kv, None, task_id)?
             .ok_or_else(|| ApiError::Internal(format!("granted task {task_id} vanished")))?;
-        let payload = views::get_payload(&kv, task_id)?.unwrap_or_default();
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
         let code = sm.codes().get(&(task.tenant.clone(), task.code.clone()));
         let (image, command, env, limits) = match code {

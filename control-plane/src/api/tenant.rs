@@ -126,13 +126,15 @@ impl Tenant for TenantService {
 pub(super) async fn get_task(ctx: &ApiCtx, tenant: &str, id: u64, include_payload: bool) -> Result<pv::Task, ApiError> {
     ctx.read_barrier().await?;
     let kv = ctx.node.sm.kv();
-    let task =
-        views::get_task(&kv, Some(tenant), id)?.ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
-    let mut out = convert::task_out(&task);
+    let not_found = || ApiError::NotFound(format!("task {id} not found"));
     if include_payload {
-        out.payload = views::get_payload(&kv, id)?.unwrap_or_default();
+        let (task, payload) = views::get_task_with_payload(&kv, Some(tenant), id)?.ok_or_else(not_found)?;
+        let mut out = convert::task_out(&task);
+        out.payload = payload;
+        Ok(out)
+    } else {
+        Ok(convert::task_out(&views::get_task(&kv, Some(tenant), id)?.ok_or_else(not_found)?))
     }
-    Ok(out)
 }
 
 pub(super) async fn list_tasks(
@@ -146,8 +148,10 @@ pub(super) async fn list_tasks(
     let filter = views::TaskFilter { state: convert::state_in(r.state)?, code: (!r.code.is_empty()).then_some(r.code) };
     let limit = if r.limit == 0 { DEFAULT_LIST_LIMIT } else { r.limit };
     ctx.read_barrier().await?;
+    let limit = limit as usize;
+    let candidates = ctx.node.sm.machine()?.indexes().tenant_task_ids(tenant, r.after_id, views::list_window(limit));
     let kv = ctx.node.sm.kv();
-    let (tasks, next) = views::list_tasks(&kv, tenant, &filter, r.after_id, limit as usize)?;
+    let (tasks, next) = views::list_tasks(&kv, tenant, &candidates, &filter, limit)?;
     Ok(pv::ListTasksResponse { tasks: tasks.iter().map(convert::task_out).collect(), next_after_id: next.unwrap_or(0) })
 }
 

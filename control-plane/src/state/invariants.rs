@@ -3,7 +3,7 @@
 //! * the in-memory indexes equal indexes rebuilt from the tables (so every task is in
 //!   exactly the index of its state, counted once);
 //! * a running task has exactly one lease, and a task that is not running has none;
-//! * every task has its payload and its tenant-listing entry;
+//! * every task row holds a payload of the length its record says;
 //! * log metadata and chunks belong to existing tasks, and a task's chunks are numbered
 //!   exactly `0..meta.chunks`.
 
@@ -12,15 +12,21 @@ use super::keys;
 use super::kv::KvRead;
 use super::logs::{self, LogMeta};
 use super::machine::StateMachine;
-use super::model::{Task, TaskState};
+use super::model::TaskState;
 
 pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     let mut rebuilt = Indexes::default();
     let mut problems = Vec::new();
     let mut tasks = Vec::new();
     kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
-        match keys::decode::<Task>(v) {
-            Ok(t) => tasks.push(t),
+        match keys::decode_task_with_payload(v) {
+            Ok((t, p)) if p.len() as u64 == t.payload_bytes => tasks.push(t),
+            Ok((t, p)) => problems.push(format!(
+                "task {} row holds {} payload bytes, record says {}",
+                t.id,
+                p.len(),
+                t.payload_bytes
+            )),
             Err(e) => problems.push(e.to_string()),
         }
         true
@@ -30,13 +36,6 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
         rebuilt.add(t);
         if (t.state == TaskState::Running) != t.lease.is_some() {
             problems.push(format!("task {} is {:?} with lease {:?}", t.id, t.state, t.lease));
-        }
-        match kv.get(&keys::payload(t.id)) {
-            Ok(Some(p)) if p.len() as u64 == t.payload_bytes => {}
-            other => problems.push(format!("task {} payload: {other:?}", t.id)),
-        }
-        if !matches!(kv.get(&keys::tenant_task(&t.tenant, t.id)), Ok(Some(_))) {
-            problems.push(format!("task {} missing from its tenant listing", t.id));
         }
     }
     let ids: std::collections::BTreeSet<u64> = tasks.iter().map(|t| t.id).collect();

@@ -41,14 +41,14 @@ impl StateMachine {
                     break;
                 };
                 self.rr_cursor = tenant;
-                let Some(old) = self.read_task(txn, id)? else {
+                let Some((old, payload)) = self.read_task(txn, id)? else {
                     return Err(KvError(format!("task {id} is indexed as ready but missing from the table")));
                 };
                 let mut t = old.clone();
                 t.state = TaskState::Running;
                 t.attempts += 1;
                 t.lease = Some(Lease { agent_id: req.agent_id.clone(), epoch: ctx.index, granted_ms: ctx.now_ms });
-                self.write_task(txn, Some(&old), &t);
+                self.write_task(txn, Some(&old), &t, &payload);
                 grants.push(Grant { agent_id: req.agent_id.clone(), task_id: id, epoch: ctx.index });
             }
         }
@@ -84,14 +84,14 @@ impl StateMachine {
         txn: &Txn<'_>,
         lease: LeaseRef,
         agent_id: Option<&str>,
-    ) -> Result<Result<Task, StateError>, KvError> {
+    ) -> Result<Result<(Task, Vec<u8>), StateError>, KvError> {
         let stale = StateError::StaleEpoch { task_id: lease.task_id, epoch: lease.epoch };
-        let Some(t) = self.read_task(txn, lease.task_id)? else {
+        let Some((t, payload)) = self.read_task(txn, lease.task_id)? else {
             return Ok(Err(StateError::TaskNotFound(lease.task_id)));
         };
         let ok = t.state == TaskState::Running
             && t.lease.as_ref().is_some_and(|l| l.epoch == lease.epoch && agent_id.is_none_or(|a| a == l.agent_id));
-        Ok(if ok { Ok(t) } else { Err(stale) })
+        Ok(if ok { Ok((t, payload)) } else { Err(stale) })
     }
 
     pub(super) fn complete(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, completions: &[Completion]) -> Applied {
@@ -103,8 +103,8 @@ impl StateMachine {
         }
         let mut results = Vec::with_capacity(completions.len());
         for c in completions {
-            let old = match self.current(txn, c.lease, Some(&c.agent_id))? {
-                Ok(t) => t,
+            let (old, payload) = match self.current(txn, c.lease, Some(&c.agent_id))? {
+                Ok(found) => found,
                 Err(e) => {
                     results.push(Err(e));
                     continue;
@@ -131,7 +131,7 @@ impl StateMachine {
                 Outcome::Killed => TaskState::Killed,
             };
             t.result = Some(result);
-            self.write_task(txn, Some(&old), &t);
+            self.write_task(txn, Some(&old), &t, &payload);
             results.push(Ok(()));
         }
         Ok(Ok(Response::Completed { results }))
@@ -148,7 +148,7 @@ impl StateMachine {
         for lease in leases {
             // Expiring a lease that has since completed or been re-granted is a no-op: the
             // leader's view may be one entry behind.
-            let Ok(old) = self.current(txn, *lease, None)? else { continue };
+            let Ok((old, payload)) = self.current(txn, *lease, None)? else { continue };
             let mut t = old.clone();
             t.lease = None;
             match reason {
@@ -170,7 +170,7 @@ impl StateMachine {
                     t.result = Some(r);
                 }
             }
-            self.write_task(txn, Some(&old), &t);
+            self.write_task(txn, Some(&old), &t, &payload);
             expired.push(lease.task_id);
         }
         Ok(Ok(Response::Expired { task_ids: expired }))

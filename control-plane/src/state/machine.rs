@@ -70,7 +70,7 @@ impl StateMachine {
                 sm.agents.insert(a.id.clone(), a);
             }))
         })?;
-        kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode::<Task>(v).map(|t| sm.idx.add(&t))))?;
+        kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode_task(v).map(|t| sm.idx.add(&t))))?;
         kv.scan(keys::IDEM, keys::IDEM, &mut |k, v| {
             keep(keys::decode::<IdemRecord>(v).map(|r| {
                 sm.idx.idem_expiry.insert((r.expires_ms, k.to_vec()));
@@ -244,21 +244,22 @@ impl StateMachine {
         Ok(Ok(Response::CodeDeleted))
     }
 
-    /// Reads a task through the transaction.
-    pub(super) fn read_task(&self, txn: &Txn<'_>, id: u64) -> Result<Option<Task>, KvError> {
+    /// Reads a task and its payload through the transaction.
+    pub(super) fn read_task(&self, txn: &Txn<'_>, id: u64) -> Result<Option<(Task, Vec<u8>)>, KvError> {
         match txn.get(&keys::task(id))? {
-            Some(v) => keys::decode(&v).map(Some),
+            Some(v) => keys::decode_task_with_payload(&v).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Writes a task's new version and moves it between indexes.
-    pub(super) fn write_task(&mut self, txn: &mut Txn<'_>, old: Option<&Task>, new: &Task) {
+    /// Writes a task's new version (with its payload, which never changes) and moves it
+    /// between indexes.
+    pub(super) fn write_task(&mut self, txn: &mut Txn<'_>, old: Option<&Task>, new: &Task, payload: &[u8]) {
         if let Some(old) = old {
             self.idx.remove(old);
         }
         self.idx.add(new);
-        txn.put(keys::task(new.id), keys::encode(new));
+        txn.put(keys::task(new.id), keys::encode_task(new, payload));
     }
 
     pub fn indexes(&self) -> &Indexes {

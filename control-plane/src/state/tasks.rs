@@ -85,9 +85,7 @@ impl StateMachine {
                 result: None,
                 payload_bytes: t.payload.len() as u64,
             };
-            txn.put(keys::payload(id), t.payload.clone());
-            txn.put(keys::tenant_task(tenant_id, id), Vec::new());
-            self.write_task(txn, None, &task);
+            self.write_task(txn, None, &task, &t.payload);
             ids.push(id);
         }
         if let Some(key) = idempotency_key {
@@ -103,7 +101,7 @@ impl StateMachine {
     }
 
     pub(super) fn cancel(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, tenant: &str, id: u64) -> Applied {
-        let Some(old) = self.read_task(txn, id)? else {
+        let Some((old, payload)) = self.read_task(txn, id)? else {
             return Ok(Err(StateError::TaskNotFound(id)));
         };
         // Another tenant's task answers exactly as a missing one does.
@@ -122,7 +120,7 @@ impl StateMachine {
         result.finished_ms = ctx.now_ms;
         result.error = "cancelled".into();
         t.result = Some(result);
-        self.write_task(txn, Some(&old), &t);
+        self.write_task(txn, Some(&old), &t, &payload);
         Ok(Ok(Response::Cancelled(Box::new(t))))
     }
 
@@ -137,10 +135,10 @@ impl StateMachine {
             .collect();
         let mut count = 0;
         for id in due {
-            let Some(old) = self.read_task(txn, id)? else { continue };
+            let Some((old, payload)) = self.read_task(txn, id)? else { continue };
             let mut t = old.clone();
             t.state = TaskState::Queued;
-            self.write_task(txn, Some(&old), &t);
+            self.write_task(txn, Some(&old), &t, &payload);
             count += 1;
         }
         Ok(Ok(Response::Promoted { count }))
@@ -163,11 +161,9 @@ impl StateMachine {
             .collect();
         let mut tasks = 0;
         for id in old {
-            let Some(t) = self.read_task(txn, id)? else { continue };
+            let Some((t, _)) = self.read_task(txn, id)? else { continue };
             self.idx.remove(&t);
             txn.delete(keys::task(id));
-            txn.delete(keys::payload(id));
-            txn.delete(keys::tenant_task(&t.tenant, id));
             self.delete_log(txn, id)?;
             tasks += 1;
         }

@@ -10,7 +10,7 @@ use super::model::{Task, TaskState};
 
 pub fn get_task(kv: &dyn KvRead, tenant: Option<&str>, id: u64) -> Result<Option<Task>, KvError> {
     let Some(v) = kv.get(&keys::task(id))? else { return Ok(None) };
-    let t: Task = keys::decode(&v)?;
+    let t = keys::decode_task(&v)?;
     // Another tenant's task is reported exactly as a missing one.
     Ok(match tenant {
         Some(tenant) if t.tenant != tenant => None,
@@ -18,8 +18,18 @@ pub fn get_task(kv: &dyn KvRead, tenant: Option<&str>, id: u64) -> Result<Option
     })
 }
 
-pub fn get_payload(kv: &dyn KvRead, id: u64) -> Result<Option<Vec<u8>>, KvError> {
-    kv.get(&keys::payload(id))
+/// A task and its payload, from one read of its row.
+pub fn get_task_with_payload(
+    kv: &dyn KvRead,
+    tenant: Option<&str>,
+    id: u64,
+) -> Result<Option<(Task, Vec<u8>)>, KvError> {
+    let Some(v) = kv.get(&keys::task(id))? else { return Ok(None) };
+    let (t, payload) = keys::decode_task_with_payload(&v)?;
+    Ok(match tenant {
+        Some(tenant) if t.tenant != tenant => None,
+        _ => Some((t, payload)),
+    })
 }
 
 #[derive(Default, Clone, Debug)]
@@ -28,37 +38,33 @@ pub struct TaskFilter {
     pub code: Option<String>,
 }
 
-/// One tenant's tasks with ids greater than `after_id`, in id order, at most `limit`.
-/// Returns the page and the id to continue after (None when the listing is done).
+/// How many task ids one listing page looks at: filters skip tasks, so a page considers
+/// more ids than it returns, but never the whole table.
+pub fn list_window(limit: usize) -> usize {
+    limit.saturating_mul(8).max(limit + 1)
+}
+
+/// One page of a tenant's tasks. `candidates` are the tenant's next task ids in order (at
+/// most [`list_window`] of them, from [`super::indexes::Indexes::tenant_task_ids`]).
+/// Returns at most `limit` tasks that pass the filter and the id to continue after (None
+/// when the listing is done).
 pub fn list_tasks(
     kv: &dyn KvRead,
     tenant: &str,
+    candidates: &[u64],
     filter: &TaskFilter,
-    after_id: u64,
     limit: usize,
 ) -> Result<(Vec<Task>, Option<u64>), KvError> {
-    let prefix = keys::tenant_tasks_prefix(tenant);
-    let start = keys::tenant_task(tenant, after_id.saturating_add(1));
-    let mut ids = Vec::new();
-    let mut more = false;
-    kv.scan(&prefix, &start, &mut |k, _| {
-        if ids.len() >= limit.saturating_mul(8).max(limit + 1) {
-            more = true;
-            return false;
-        }
-        if let Some(id) = keys::trailing_id(k) {
-            ids.push(id);
-        }
-        true
-    })?;
+    let mut more = candidates.len() >= list_window(limit);
     let mut out = Vec::new();
     let mut last = None;
-    for id in ids {
+    for &id in candidates {
         if out.len() >= limit {
             more = true;
             break;
         }
         last = Some(id);
+        // A task purged since the ids were taken is simply absent.
         if let Some(t) = get_task(kv, Some(tenant), id)?
             && filter.state.is_none_or(|s| s == t.state)
             && filter.code.as_ref().is_none_or(|c| *c == t.code)

@@ -1,15 +1,20 @@
-//! The Raft log and vote on sled, for openraft's `RaftLogStorage`.
+//! The Raft log for openraft's `RaftLogStorage`: entries in append-only segment files
+//! ([`super::segments`]), the vote and the purge point in sled's `raft_meta` tree.
 //!
 //! Durability: an append is reported to openraft (its `LogFlushed` callback) only after
-//! sled has flushed it to disk, and `save_vote` returns only after the vote is flushed.
-//! Flushes are grouped: one background flush completes every append written before it,
-//! in order, so concurrent appends share a disk sync.
-//! sled itself only flushes on a timer, so without this an acknowledged entry could be
-//! lost by a power cut.
+//! the segment file has been synced (`fdatasync`), and `save_vote` returns only after
+//! sled has flushed the vote. Syncs are grouped: one background sync completes every
+//! append written before it, in order, so concurrent appends share a disk sync.
+//!
+//! The state machine lives in sled and is flushed on sled's timer, so after a crash it
+//! may be behind the log; openraft re-applies the difference. Purging therefore flushes
+//! sled first: the log is never cut above what the state machine has durably applied.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::mpsc;
 
@@ -17,35 +22,55 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 
 use super::io_err;
+use super::segments::{self, Segments};
 use crate::raft::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
+/// The sled tree that held the log before it moved to segment files.
+const OLD_LOG_TREE: &[u8] = b"raft_log";
+
+struct Inner {
+    segs: Segments,
+    last_purged: Option<LogId>,
+    last_log_id: Option<LogId>,
+}
+
+type Pending = (LogFlushed<TypeConfig>, Option<Arc<File>>);
 
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
-    log: sled::Tree,
     meta: sled::Tree,
-    flusher: Arc<OnceLock<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    inner: Arc<Mutex<Inner>>,
+    flusher: Arc<OnceLock<mpsc::Sender<Pending>>>,
 }
 
-/// Most appends waiting for one group flush.
+/// Most appends waiting for one group sync.
 const FLUSH_QUEUE_LEN: usize = 1_024;
 
-/// Group commit: waits for appends' callbacks, flushes sled once for everything written so
-/// far, then completes the callbacks in append order. Ends when every `LogStore` handle
-/// (the channel's senders) is gone.
-async fn flush_loop(db: sled::Db, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    let mut pending = Vec::new();
+/// Group commit: waits for appends' callbacks, syncs each file written since the last
+/// round once, then completes the callbacks in append order. Ends when every `LogStore`
+/// handle (the channel's senders) is gone.
+async fn flush_loop(mut rx: mpsc::Receiver<Pending>) {
+    let mut pending: Vec<Pending> = Vec::new();
     while let Some(first) = rx.recv().await {
         pending.push(first);
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let result = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
-        for cb in pending.drain(..) {
+        let mut files: Vec<Arc<File>> = Vec::new();
+        for f in pending.iter().filter_map(|(_, f)| f.as_ref()) {
+            if !files.iter().any(|g| Arc::ptr_eq(f, g)) {
+                files.push(f.clone());
+            }
+        }
+        let result = tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|e| e.to_string());
+        for (cb, _) in pending.drain(..) {
             cb.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
@@ -58,12 +83,48 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
     }
 }
 
+fn log_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> RaftStorageError {
+    io_err(ErrorSubject::Logs, verb, e)
+}
+
+fn read_entry(segs: &Segments, index: u64) -> std::io::Result<Option<Entry>> {
+    let Some((file, off, len)) = segs.locate(index) else { return Ok(None) };
+    let body = segments::read_at(&file, off, len)?;
+    postcard::from_bytes(&body).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+async fn blocking<T: Send + 'static>(
+    verb: ErrorVerb,
+    f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
+) -> Result<T, RaftStorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| log_err(verb, std::io::Error::other(e.to_string())))?
+}
+
 impl LogStore {
-    pub fn new(db: &sled::Db) -> Result<Self, sled::Error> {
+    /// Opens the log under `dir` with its metadata in `db`.
+    pub fn new(db: &sled::Db, dir: &Path) -> Result<Self, super::StorageError> {
+        if db.tree_names().iter().any(|n| n.as_ref() == OLD_LOG_TREE) && !db.open_tree(OLD_LOG_TREE)?.is_empty() {
+            return Err(super::StorageError::Io(std::io::Error::other(
+                "this data directory holds a Raft log in sled, written by an older drover; \
+                 start the node with an empty data directory and let it catch up from the cluster",
+            )));
+        }
+        let meta = db.open_tree("raft_meta")?;
+        let last_purged: Option<LogId> = match meta.get(LAST_PURGED)? {
+            Some(b) => Some(postcard::from_bytes(&b).map_err(|e| std::io::Error::other(e.to_string()))?),
+            None => None,
+        };
+        let segs = Segments::open(dir, last_purged.map(|l| l.index))?;
+        let mut last_log_id = last_purged;
+        if let Some((_, last)) = segs.bounds()
+            && last_purged.is_none_or(|p| last > p.index)
+        {
+            last_log_id = read_entry(&segs, last)?.map(|e| e.log_id);
+        }
         Ok(Self {
             db: db.clone(),
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
+            meta,
+            inner: Arc::new(Mutex::new(Inner { segs, last_purged, last_log_id })),
             flusher: Arc::new(OnceLock::new()),
         })
     }
@@ -81,6 +142,10 @@ impl LogStore {
     }
 }
 
+fn lock(inner: &Mutex<Inner>) -> Result<MutexGuard<'_, Inner>, RaftStorageError> {
+    inner.lock().map_err(|_| log_err(ErrorVerb::Read, std::io::Error::other("log lock poisoned by a panic")))
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -88,24 +153,41 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, RaftStorageError> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
+            Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        for item in self.log.range(start.to_be_bytes()..) {
-            let (k, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let idx = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| io_err(ErrorSubject::Logs, ErrorVerb::Read, std::io::Error::other("bad log key")))?,
-            );
-            if !range.contains(&idx) {
-                break;
-            }
-            let e: Entry = postcard::from_bytes(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            out.push(e);
-        }
-        Ok(out)
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let inner = self.inner.clone();
+        blocking(ErrorVerb::Read, move || {
+            let spots = {
+                let g = lock(&inner)?;
+                let first_held = g.segs.bounds().map_or(0, |(first, _)| first);
+                let from = start.max(first_held).max(g.last_purged.map_or(0, |p| p.index + 1));
+                let mut spots = Vec::new();
+                let mut i = from;
+                while i < end {
+                    match g.segs.locate(i) {
+                        Some(spot) => spots.push(spot),
+                        None => break,
+                    }
+                    i += 1;
+                }
+                spots
+            };
+            // Read outside the lock: appends go on while a follower is being caught up.
+            spots
+                .into_iter()
+                .map(|(file, off, len)| {
+                    let body = segments::read_at(&file, off, len).map_err(|e| log_err(ErrorVerb::Read, e))?;
+                    postcard::from_bytes::<Entry>(&body).map_err(|e| log_err(ErrorVerb::Read, e))
+                })
+                .collect()
+        })
+        .await
     }
 }
 
@@ -113,15 +195,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        let last_purged: Option<LogId> = self.read_meta(LAST_PURGED)?;
-        let last = match self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))? {
-            Some((_, v)) => {
-                let e: Entry = postcard::from_bytes(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-                Some(e.log_id)
-            }
-            None => last_purged,
-        };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        let g = lock(&self.inner)?;
+        Ok(LogState { last_purged_log_id: g.last_purged, last_log_id: g.last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -152,42 +227,77 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for e in entries {
-            batch.insert(&e.log_id.index.to_be_bytes(), enc(&e));
-        }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        // Returning before the flush lets openraft keep appending (and replicating) while
+        let mut last = None;
+        let records: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| {
+                last = Some(e.log_id);
+                (e.log_id.index, enc(&e))
+            })
+            .collect();
+        let inner = self.inner.clone();
+        let handle = blocking(ErrorVerb::Write, move || {
+            let mut g = lock(&inner)?;
+            g.segs.append(&records).map_err(|e| log_err(ErrorVerb::Write, e))?;
+            if last.is_some() {
+                g.last_log_id = last;
+            }
+            Ok(g.segs.sync_handle())
+        })
+        .await?;
+        // Returning before the sync lets openraft keep appending (and replicating) while
         // the disk works; the callback, which is what makes the entry count as persisted,
-        // fires only after a flush that covers it.
+        // fires only after a sync that covers it.
         let flusher = self.flusher.get_or_init(|| {
             let (tx, rx) = mpsc::channel(FLUSH_QUEUE_LEN);
-            tokio::spawn(flush_loop(self.db.clone(), rx));
+            tokio::spawn(flush_loop(rx));
             tx
         });
         flusher
-            .send(callback)
+            .send((callback, handle))
             .await
-            .map_err(|_| io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other("log flusher stopped")))?;
+            .map_err(|_| log_err(ErrorVerb::Write, std::io::Error::other("log flusher stopped")))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(log_id.index.to_be_bytes()..).keys() {
-            batch.remove(k.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
-        }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        self.flush().await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        let inner = self.inner.clone();
+        blocking(ErrorVerb::Delete, move || {
+            let mut g = lock(&inner)?;
+            g.segs.truncate(log_id.index).map_err(|e| log_err(ErrorVerb::Delete, e))?;
+            let prev = match log_id.index.checked_sub(1) {
+                Some(p) if g.last_purged.is_none_or(|lp| p > lp.index) => {
+                    read_entry(&g.segs, p).map_err(|e| log_err(ErrorVerb::Read, e))?.map(|e| e.log_id)
+                }
+                _ => None,
+            };
+            g.last_log_id = prev.or(g.last_purged);
+            Ok(())
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        // One flush makes both the purge point and the state machine's applied state
+        // durable before any entry is deleted.
         self.meta.insert(LAST_PURGED, enc(&log_id)).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.flush().await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(..=log_id.index.to_be_bytes()).keys() {
-            batch.remove(k.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
-        }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        let inner = self.inner.clone();
+        blocking(ErrorVerb::Delete, move || {
+            let mut g = lock(&inner)?;
+            g.last_purged = Some(log_id);
+            if g.last_log_id.is_none_or(|l| l.index < log_id.index) {
+                g.last_log_id = Some(log_id);
+            }
+            g.segs.purge(log_id.index).map_err(|e| log_err(ErrorVerb::Delete, e))
+        })
+        .await
+    }
+}
+
+/// In-memory index slots the log holds (one per entry not yet purged away), for metrics.
+impl LogStore {
+    pub fn index_slots(&self) -> usize {
+        self.inner.lock().map(|g| g.segs.slots()).unwrap_or(0)
     }
 }

@@ -1,12 +1,13 @@
-//! sled storage: the Raft log and vote ([`log_store`]) and the state machine tables
-//! ([`sm_store`]), in one sled database so that a crash recovers both to one consistent
-//! prefix of writes.
+//! Node storage: the Raft log ([`log_store`] over [`segments`] files in
+//! `<data_dir>/raft-log`), and in one sled database the vote and purge point (`raft_meta`)
+//! and the state machine tables (`sm`; see `state::keys`). Snapshots are files under
+//! `<data_dir>/snapshots`.
 //!
-//! Trees: `raft_log` (index, big-endian → entry), `raft_meta` (vote, committed,
-//! last purged), `sm` (the state machine tables; see `state::keys`).
-//! Snapshots are files under `<data_dir>/snapshots`.
+//! The log is outside sled because sled never evicts large values from memory (see
+//! [`segments`]); everything else is small per key and stays in sled.
 
 pub mod log_store;
+pub mod segments;
 pub mod sled_kv;
 pub mod sm_store;
 pub mod snapshot_file;
@@ -45,7 +46,7 @@ pub fn open(
         .cache_capacity(cache_capacity_bytes)
         .open()
         .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
-    let log = log_store::LogStore::new(&db)?;
+    let log = log_store::LogStore::new(&db, &data_dir.join("raft-log"))?;
     let sm = sm_store::SmStore::open(&db, &data_dir.join("snapshots"), metrics)?;
     Ok((log, sm))
 }
