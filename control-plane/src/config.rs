@@ -101,8 +101,7 @@ pub struct RaftTuning {
     pub snapshot_every_entries: u64,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub keep_entries_behind_snapshot: u64,
-    /// Most entries in one AppendEntries message. An entry can carry up to 16 MiB of
-    /// payload, so this bounds the leader's replication buffers per follower.
+    /// Most entries in one AppendEntries message (messages are also split past 8 MiB).
     pub max_entries_per_append: u64,
 }
 
@@ -114,7 +113,7 @@ impl Default for RaftTuning {
             election_max_ms: 1000,
             snapshot_every_entries: 50_000,
             keep_entries_behind_snapshot: 1_000,
-            max_entries_per_append: 16,
+            max_entries_per_append: 8,
         }
     }
 }

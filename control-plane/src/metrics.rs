@@ -15,6 +15,8 @@ pub struct Metrics {
     pub apply: ApplyMetrics,
     pub leases_expired: IntCounterVec,
     pub api_denied: IntCounterVec,
+    /// AppendEntries messages refused locally as too large and resent with fewer entries.
+    pub append_splits: IntCounter,
     term: IntGauge,
     last_log_index: IntGauge,
     applied_index: IntGauge,
@@ -51,6 +53,10 @@ impl Metrics {
                 Opts::new("api_denied_total", "Calls refused before any handler ran, by reason"),
                 &["reason"],
             )?,
+            append_splits: IntCounter::new(
+                "raft_append_splits_total",
+                "AppendEntries messages over 8 MiB resent to a follower as fewer entries",
+            )?,
             term: IntGauge::new("raft_term", "Current Raft term")?,
             last_log_index: IntGauge::new("raft_last_log_index", "Index of the last entry in this node's log")?,
             applied_index: IntGauge::new("raft_applied_index", "Index of the last entry applied on this node")?,
@@ -69,6 +75,7 @@ impl Metrics {
         m.registry.register(Box::new(m.apply.applied_entries.clone()))?;
         m.registry.register(Box::new(m.leases_expired.clone()))?;
         m.registry.register(Box::new(m.api_denied.clone()))?;
+        m.registry.register(Box::new(m.append_splits.clone()))?;
         m.registry.register(Box::new(m.term.clone()))?;
         m.registry.register(Box::new(m.last_log_index.clone()))?;
         m.registry.register(Box::new(m.applied_index.clone()))?;

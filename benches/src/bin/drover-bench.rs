@@ -129,10 +129,13 @@ async fn single_latency(addr: &str, n: usize) -> anyhow::Result<drover_benches::
     drover_benches::percentiles(&mut lat).context("no samples")
 }
 
-fn rss_line(c: &Cluster) -> String {
+fn rss_line(c: &Cluster, leader: u64) -> String {
     c.ids()
         .into_iter()
-        .map(|id| format!("node {id}: {:.0} MiB", c.rss_bytes(id).unwrap_or(0) as f64 / (1024.0 * 1024.0)))
+        .map(|id| {
+            let mark = if id == leader { " (leader)" } else { "" };
+            format!("node {id}{mark}: {:.0} MiB", c.rss_bytes(id).unwrap_or(0) as f64 / (1024.0 * 1024.0))
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -145,10 +148,16 @@ async fn backlog(
     extra_config: &str,
 ) -> anyhow::Result<()> {
     let (cluster, addr) = setup(bin, false, extra_config).await?;
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
     const BATCH: usize = 1000;
     let before = single_latency(&addr, 500).await?;
     println!("drover-bench backlog: {tasks} tasks of {payload_bytes} B in batches of {BATCH}, {n_clients} clients");
-    println!("before: rss {}; single enqueue p50 {:.1?} p99 {:.1?}", rss_line(&cluster), before.p50, before.p99);
+    println!(
+        "before: rss {}; single enqueue p50 {:.1?} p99 {:.1?}",
+        rss_line(&cluster, leader),
+        before.p50,
+        before.p99
+    );
     let queued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -169,10 +178,10 @@ async fn backlog(
     let secs = started.elapsed().as_secs_f64();
     let after = single_latency(&addr, 500).await?;
     println!("queued {tasks} in {secs:.1} s ({:.0} tasks/s)", tasks as f64 / secs);
-    println!("after:  rss {}; single enqueue p50 {:.1?} p99 {:.1?}", rss_line(&cluster), after.p50, after.p99);
+    println!("after:  rss {}; single enqueue p50 {:.1?} p99 {:.1?}", rss_line(&cluster, leader), after.p50, after.p99);
     // Memory after load is partly allocator and page-cache retention; show it once idle too.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    println!("idle 15 s later: rss {}", rss_line(&cluster));
+    println!("idle 15 s later: rss {}", rss_line(&cluster, leader));
     Ok(())
 }
 

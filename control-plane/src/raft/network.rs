@@ -2,11 +2,18 @@
 //! (`drover.raft.v1`). Channels connect lazily and reconnect on their own; every call is
 //! bounded by openraft's hard TTL, and a transport failure is `Unreachable` so openraft
 //! backs off.
+//!
+//! AppendEntries is also bounded in bytes: a message over [`APPEND_TARGET_BYTES`] with
+//! more than one entry is refused locally with `PayloadTooLarge` and a hint of how many
+//! entries fit, and openraft resends fewer. Entries of batched queue calls run to 16 MiB,
+//! so a count limit alone let one message reach hundreds of MiB on both sides.
 
 use std::time::Duration;
 
 use drover_proto::raft::raft_client::RaftClient;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -20,10 +27,19 @@ use super::types::{Node, NodeId, TypeConfig};
 /// Largest Raft message either side accepts (a batch of large queue entries).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// AppendEntries messages larger than this are split (unless they hold a single entry).
+pub const APPEND_TARGET_BYTES: usize = 8 * 1024 * 1024;
 
 /// How this node dials its peers: plaintext (development) or mutual TLS with its own
 /// server certificate.
 pub type PeerTls = Option<ClientTlsConfig>;
+
+/// For an AppendEntries of `entries` entries encoded in `bytes`: None when it may be
+/// sent, or how many entries to send instead (at least one, fewer than now).
+fn entries_that_fit(entries: usize, bytes: usize) -> Option<usize> {
+    (entries > 1 && bytes > APPEND_TARGET_BYTES)
+        .then(|| (entries.saturating_mul(APPEND_TARGET_BYTES) / bytes).clamp(1, entries - 1))
+}
 
 /// A lazily connecting channel to a peer's gRPC listener.
 pub fn channel(addr: &str, tls: &PeerTls) -> Result<Channel, tonic::transport::Error> {
@@ -44,16 +60,18 @@ pub fn raft_client(ch: Channel) -> RaftClient<Channel> {
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NetworkFactory {
     pub tls: PeerTls,
+    /// Counts AppendEntries split for size.
+    pub splits: prometheus::IntCounter,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), tls: self.tls.clone(), client: None }
+        PeerClient { target, addr: node.addr.clone(), tls: self.tls.clone(), client: None, splits: self.splits.clone() }
     }
 }
 
@@ -62,6 +80,7 @@ pub struct PeerClient {
     addr: String,
     tls: PeerTls,
     client: Option<RaftClient<Channel>>,
+    splits: prometheus::IntCounter,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
@@ -77,7 +96,14 @@ impl PeerClient {
         Ok(c)
     }
 
-    async fn call<Req, Resp, E, F, Fut>(&mut self, req: &Req, option: &RPCOption, f: F) -> Result<Resp, RpcErr<E>>
+    /// `entries`: how many log entries `req` carries (0 for other messages).
+    async fn call<Req, Resp, E, F, Fut>(
+        &mut self,
+        req: &Req,
+        entries: usize,
+        option: &RPCOption,
+        f: F,
+    ) -> Result<Resp, RpcErr<E>>
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
@@ -87,6 +113,10 @@ impl PeerClient {
     {
         let client = self.client()?;
         let msg = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(fit) = entries_that_fit(entries, msg.body.len()) {
+            self.splits.inc();
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
+        }
         let reply = match tokio::time::timeout(option.hard_ttl(), f(client, msg)).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&status))),
@@ -104,7 +134,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, m| async move { c.append_entries(m).await }).await
+        let entries = rpc.entries.len();
+        self.call(&rpc, entries, &option, |mut c, m| async move { c.append_entries(m).await }).await
     }
 
     async fn install_snapshot(
@@ -112,10 +143,26 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.call(&rpc, &option, |mut c, m| async move { c.install_snapshot(m).await }).await
+        self.call(&rpc, 0, &option, |mut c, m| async move { c.install_snapshot(m).await }).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await }).await
+        self.call(&rpc, 0, &option, |mut c, m| async move { c.vote(m).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_appends_are_split_by_bytes() {
+        const M: usize = 1024 * 1024;
+        assert_eq!(entries_that_fit(1, 100 * M), None, "one entry is sent whatever its size");
+        assert_eq!(entries_that_fit(8, 8 * M), None);
+        assert_eq!(entries_that_fit(8, 64 * M), Some(1));
+        assert_eq!(entries_that_fit(8, 16 * M), Some(4));
+        assert_eq!(entries_that_fit(8, 8 * M + 1), Some(7), "always fewer than before");
+        assert_eq!(entries_that_fit(2, 200 * M), Some(1));
     }
 }
