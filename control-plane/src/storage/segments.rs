@@ -80,15 +80,23 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads the records of one segment file. Returns the slots and the length of the valid
-/// prefix, and whether a bad record ended the scan early.
-fn scan(path: &Path, first: u64) -> io::Result<(Vec<(u64, u32)>, u64, bool)> {
+/// What reading one segment file found.
+struct Scan {
+    slots: Vec<(u64, u32)>,
+    /// Length of the prefix of complete, valid records.
+    valid: u64,
+    /// A bad or partial record ended the scan before the end of the file.
+    torn: bool,
+}
+
+/// Reads the records of one segment file (a transient copy of at most one segment).
+fn scan(path: &Path, first: u64) -> io::Result<Scan> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut slots = Vec::new();
     let mut at = 0usize;
     while at < data.len() {
-        let Some(h) = data.get(at..at + HEADER) else { return Ok((slots, at as u64, true)) };
+        let Some(h) = data.get(at..at + HEADER) else { return Ok(Scan { slots, valid: at as u64, torn: true }) };
         let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
         let sum = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         let index = u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
@@ -99,10 +107,10 @@ fn scan(path: &Path, first: u64) -> io::Result<(Vec<(u64, u32)>, u64, bool)> {
                 slots.push(((at + HEADER) as u64, len));
                 at += HEADER + len as usize;
             }
-            _ => return Ok((slots, at as u64, true)),
+            _ => return Ok(Scan { slots, valid: at as u64, torn: true }),
         }
     }
-    Ok((slots, at as u64, false))
+    Ok(Scan { slots, valid: at as u64, torn: false })
 }
 
 impl Segments {
@@ -129,7 +137,7 @@ impl Segments {
         for (i, &first) in firsts.iter().enumerate() {
             let path = seg_path(dir, first);
             let last_segment = i + 1 == firsts.len();
-            let (slots, valid, torn) = scan(&path, first)?;
+            let Scan { slots, valid, torn } = scan(&path, first)?;
             if torn {
                 if !last_segment {
                     return Err(corrupt(format!("corrupt record in {} at byte {valid}", path.display())));
