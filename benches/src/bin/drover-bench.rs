@@ -182,6 +182,40 @@ async fn backlog(
     // Memory after load is partly allocator and page-cache retention; show it once idle too.
     tokio::time::sleep(Duration::from_secs(15)).await;
     println!("idle 15 s later: rss {}", rss_line(&cluster, leader));
+    // A snapshot of the whole backlog on the leader (and the log purge behind it), with
+    // single-task enqueues measured while it runs.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut t = clients::tenant(&addr, "bench")?;
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::SeqCst) && lat.len() < 100_000 {
+                let t0 = Instant::now();
+                t.queue_tasks(pv::QueueTasksRequest { tasks: new_tasks(1, 1024), idempotency_key: String::new() })
+                    .await?;
+                lat.push(t0.elapsed());
+            }
+            anyhow::Ok(lat)
+        })
+    };
+    let t0 = Instant::now();
+    let snap = clients::admin(&addr)?.snapshot(pa::SnapshotRequest {}).await?.into_inner();
+    let took = t0.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let mut lat = prober.await??;
+    let during = drover_benches::percentiles(&mut lat).context("no samples")?;
+    println!(
+        "snapshot at index {} (log purged to {}) in {:.1?}; {} single enqueues meanwhile: p50 {:.1?} p99 {:.1?} max {:.1?}",
+        snap.snapshot_index,
+        snap.purged_index,
+        took,
+        lat.len(),
+        during.p50,
+        during.p99,
+        during.max
+    );
+    println!("after snapshot: rss {}", rss_line(&cluster, leader));
     Ok(())
 }
 

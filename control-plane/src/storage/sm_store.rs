@@ -6,9 +6,13 @@
 //! [`StateMachine`] behind a mutex, rebuilt from the tree at open and after a snapshot
 //! is installed.
 //!
-//! Snapshots: the builder holds the mutex while it streams the tree to a file (so the
-//! file is one consistent cut), then renames it into place. Installing reads the file
-//! into one atomic batch that replaces the whole tree.
+//! Snapshots: the builder holds the *apply gate* while it streams the tree to a file (so
+//! the file is one consistent cut), then renames it into place. The gate stops only
+//! applies: readers of the in-memory indexes (the API) take the state machine mutex,
+//! which a snapshot never holds, and applies run on the blocking pool, so a long snapshot
+//! delays commits' answers but never parks the async runtime (which would starve Raft
+//! heartbeats). Installing reads the file into one atomic batch that replaces the whole
+//! tree. Lock order: gate, then machine.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +45,8 @@ pub struct SmShared {
     pub tree: sled::Tree,
     db: sled::Db,
     machine: Mutex<StateMachine>,
+    /// Held while entries are applied, a snapshot is streamed or one is installed.
+    apply_gate: Mutex<()>,
     snapshot_dir: PathBuf,
     metrics: ApplyMetrics,
     /// Woken after every applied batch (long-polling lease requests wait on it).
@@ -88,6 +94,7 @@ impl SmStore {
                 tree,
                 db: db.clone(),
                 machine: Mutex::new(machine),
+                apply_gate: Mutex::new(()),
                 snapshot_dir: snapshot_dir.to_path_buf(),
                 metrics,
                 applied: tokio::sync::Notify::new(),
@@ -96,8 +103,16 @@ impl SmStore {
         })
     }
 
+    fn gate(&self) -> Result<MutexGuard<'_, ()>, RaftStorageError> {
+        self.shared
+            .apply_gate
+            .lock()
+            .map_err(|_| sm_err(ErrorVerb::Write, std::io::Error::other("apply gate poisoned by a panic")))
+    }
+
     fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Response>, RaftStorageError> {
         let s = &self.shared;
+        let _gate = self.gate()?;
         let started = Instant::now();
         let mut machine = s.machine().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let kv = SledKv(&s.tree);
@@ -141,7 +156,7 @@ impl SmStore {
     /// Streams the tree to a new snapshot file under the lock and makes it current.
     fn build_blocking(&self) -> Result<SnapshotMeta, RaftStorageError> {
         let s = &self.shared;
-        let machine = s.machine().map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let gate = self.gate()?;
         let last_log_id: Option<LogId> = s.read::<Option<LogId>>(APPLIED)?.flatten();
         let membership: StoredMembership = s.read(MEMBERSHIP)?.unwrap_or_default();
         let seq = s.snapshot_seq.fetch_add(1, Ordering::Relaxed);
@@ -152,9 +167,10 @@ impl SmStore {
         let meta = SnapshotMeta { last_log_id, last_membership: membership, snapshot_id };
         let tmp = s.snapshot_dir.join(format!("build-{seq}.tmp"));
         let file = std::fs::File::create(&tmp).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        snapshot_file::write_tree(&s.tree, &file).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        snapshot_file::write_tree(&s.tree, snapshot_file::PacedFile::new(&file))
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         file.sync_all().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        drop(machine);
+        drop(gate);
         self.make_current(&tmp, &meta)?;
         Ok(meta)
     }
@@ -172,7 +188,7 @@ impl SmStore {
     /// Replaces the whole tree with the snapshot's entries in one atomic batch.
     fn install_blocking(&self, meta: &SnapshotMeta, path: &Path) -> Result<(), RaftStorageError> {
         let s = &self.shared;
-        let mut machine = s.machine().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let _gate = self.gate()?;
         let file = std::fs::File::open(path).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let mut batch = sled::Batch::default();
         for k in s.tree.iter().keys() {
@@ -185,8 +201,8 @@ impl SmStore {
         batch.insert(MEMBERSHIP, keys::encode(&meta.last_membership));
         s.tree.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         s.db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        *machine = StateMachine::load(&SledKv(&s.tree)).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        drop(machine);
+        let loaded = StateMachine::load(&SledKv(&s.tree)).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        *s.machine().map_err(|e| sm_err(ErrorVerb::Write, e))? = loaded;
         self.make_current(path, meta)
     }
 }
@@ -222,7 +238,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I::IntoIter: openraft::OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        self.apply_batch(entries)
+        let this = self.clone();
+        blocking(move || this.apply_batch(entries)).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
