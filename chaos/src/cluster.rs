@@ -210,9 +210,18 @@ impl Cluster {
 
     /// Resident memory of a running node's process, from /proc (Linux).
     pub fn rss_bytes(&self, id: u64) -> Option<u64> {
+        self.proc_status_bytes(id, "VmRSS:")
+    }
+
+    /// The node process's peak resident memory so far.
+    pub fn peak_rss_bytes(&self, id: u64) -> Option<u64> {
+        self.proc_status_bytes(id, "VmHWM:")
+    }
+
+    fn proc_status_bytes(&self, id: u64, field: &str) -> Option<u64> {
         let pid = self.nodes.get(&id)?.child.as_ref()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     }

@@ -216,6 +216,27 @@ async fn backlog(
         during.max
     );
     println!("after snapshot: rss {}", rss_line(&cluster, leader));
+    // A fourth node joins as a learner and catches up from that snapshot.
+    let mut cluster = cluster;
+    let new = cluster.start_joining_node()?;
+    let new_addr = cluster.addr(new).to_string();
+    drover_chaos::eventually(Duration::from_secs(30), "node 4 to listen", || async { cluster.status(new).await.ok() })
+        .await?;
+    let t0 = Instant::now();
+    clients::admin(&addr)?.add_learner(pa::AddLearnerRequest { node_id: new, addr: new_addr }).await?;
+    let want = snap.snapshot_index;
+    drover_chaos::eventually(Duration::from_secs(600), "node 4 to install the snapshot", || async {
+        let s = cluster.status(new).await.ok()?;
+        (s.snapshot_index >= want && s.last_applied_index >= want).then_some(())
+    })
+    .await?;
+    let mib = |b: Option<u64>| b.unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    println!(
+        "learner caught up from the snapshot in {:.1?}: rss {:.0} MiB, peak {:.0} MiB",
+        t0.elapsed(),
+        mib(cluster.rss_bytes(new)),
+        mib(cluster.peak_rss_bytes(new))
+    );
     Ok(())
 }
 

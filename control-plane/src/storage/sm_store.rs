@@ -11,8 +11,15 @@
 //! applies: readers of the in-memory indexes (the API) take the state machine mutex,
 //! which a snapshot never holds, and applies run on the blocking pool, so a long snapshot
 //! delays commits' answers but never parks the async runtime (which would starve Raft
-//! heartbeats). Installing reads the file into one atomic batch that replaces the whole
-//! tree. Lock order: gate, then machine.
+//! heartbeats). Lock order: gate, then machine.
+//!
+//! Installing a snapshot replaces the tree in chunks of [`INSTALL_CHUNK_BYTES`] (one
+//! batch for a whole backlog would hold all of it in memory at once, twice). Crash
+//! safety comes from a marker: the received file is made the current snapshot first,
+//! then `r/installing` is written and flushed, then the old keys are deleted and the
+//! snapshot's written chunk by chunk, and the last batch sets the applied id and removes
+//! the marker. A node that opens with the marker present redoes the install from the
+//! current snapshot file before it loads anything.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +40,66 @@ const APPLIED: &[u8] = b"r/applied";
 const MEMBERSHIP: &[u8] = b"r/membership";
 const CURRENT_SNAPSHOT: &str = "current.snap";
 const CURRENT_META: &str = "current.meta.json";
+const INSTALLING: &[u8] = b"r/installing";
+/// Bytes of snapshot entries written to sled per batch while installing.
+pub const INSTALL_CHUNK_BYTES: usize = 16 << 20;
+
+/// Replaces every key of `tree` with the entries of the snapshot file `snap`, in batches
+/// of about `chunk` bytes, finishing with the applied id and membership from `meta` and
+/// the removal of the install marker; flushes. See the module docs for crash safety.
+fn replace_tree(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    snap: &Path,
+    meta: &SnapshotMeta,
+    chunk: usize,
+) -> std::io::Result<()> {
+    let sled_io = |e: sled::Error| std::io::Error::other(e.to_string());
+    tree.insert(INSTALLING, keys::encode(&meta.snapshot_id)).map_err(sled_io)?;
+    db.flush().map_err(sled_io)?;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for k in tree.iter().keys() {
+            let k = k.map_err(sled_io)?;
+            if k.as_ref() == INSTALLING {
+                continue;
+            }
+            batch.remove(k);
+            n += 1;
+            if n >= 10_000 {
+                break;
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        tree.apply_batch(batch).map_err(sled_io)?;
+    }
+    let file = std::fs::File::open(snap)?;
+    let mut batch = sled::Batch::default();
+    let mut bytes = 0;
+    snapshot_file::read_entries(file, |k, v| {
+        if k.as_slice() == INSTALLING {
+            return Ok(());
+        }
+        bytes += k.len() + v.len();
+        batch.insert(k, v);
+        if bytes >= chunk {
+            tree.apply_batch(std::mem::take(&mut batch)).map_err(sled_io)?;
+            bytes = 0;
+        }
+        Ok(())
+    })?;
+    // The snapshot's own applied/membership keys are authoritative, but write them from
+    // the meta too so the two can never disagree.
+    batch.insert(APPLIED, keys::encode(&meta.last_log_id));
+    batch.insert(MEMBERSHIP, keys::encode(&meta.last_membership));
+    batch.remove(INSTALLING);
+    tree.apply_batch(batch).map_err(sled_io)?;
+    db.flush().map_err(sled_io)?;
+    Ok(())
+}
 
 /// Metrics the store records while applying.
 #[derive(Clone)]
@@ -88,6 +155,14 @@ impl SmStore {
     pub fn open(db: &sled::Db, snapshot_dir: &Path, metrics: ApplyMetrics) -> Result<Self, super::StorageError> {
         std::fs::create_dir_all(snapshot_dir)?;
         let tree = db.open_tree("sm")?;
+        if tree.contains_key(INSTALLING)? {
+            // A crash interrupted a snapshot install: finish it from the current snapshot.
+            let meta_path = snapshot_dir.join(CURRENT_META);
+            let meta: SnapshotMeta = serde_json::from_slice(&std::fs::read(&meta_path)?)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            tracing::warn!(snapshot = %meta.snapshot_id, "finishing an interrupted snapshot install");
+            replace_tree(db, &tree, &snapshot_dir.join(CURRENT_SNAPSHOT), &meta, INSTALL_CHUNK_BYTES)?;
+        }
         let machine = StateMachine::load(&SledKv(&tree))?;
         Ok(Self {
             shared: Arc::new(SmShared {
@@ -185,25 +260,17 @@ impl SmStore {
         Ok(())
     }
 
-    /// Replaces the whole tree with the snapshot's entries in one atomic batch.
+    /// Makes the received file the current snapshot, then replaces the tree with it in
+    /// chunks (see the module docs) and reloads the in-memory state.
     fn install_blocking(&self, meta: &SnapshotMeta, path: &Path) -> Result<(), RaftStorageError> {
         let s = &self.shared;
         let _gate = self.gate()?;
-        let file = std::fs::File::open(path).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let mut batch = sled::Batch::default();
-        for k in s.tree.iter().keys() {
-            batch.remove(k.map_err(|e| sm_err(ErrorVerb::Read, e))?);
-        }
-        snapshot_file::read_entries(file, |k, v| batch.insert(k, v)).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        // The snapshot's own applied/membership keys are authoritative, but write them from
-        // the meta too so the two can never disagree.
-        batch.insert(APPLIED, keys::encode(&meta.last_log_id));
-        batch.insert(MEMBERSHIP, keys::encode(&meta.last_membership));
-        s.tree.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        s.db.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.make_current(path, meta)?;
+        let (snap, _) = self.snapshot_paths();
+        replace_tree(&s.db, &s.tree, &snap, meta, INSTALL_CHUNK_BYTES).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let loaded = StateMachine::load(&SledKv(&s.tree)).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         *s.machine().map_err(|e| sm_err(ErrorVerb::Write, e))? = loaded;
-        self.make_current(path, meta)
+        Ok(())
     }
 }
 
@@ -293,5 +360,72 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let meta: SnapshotMeta = serde_json::from_slice(&meta_bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let file = tokio::fs::File::open(&snap).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> (sled::Db, SmStore) {
+        let db = sled::Config::new().path(dir.join("sled")).open().expect("sled");
+        let sm = SmStore::open(&db, &dir.join("snapshots"), super::super::suite::test_metrics()).expect("open");
+        (db, sm)
+    }
+
+    /// Every key and value of the tree outside the Raft adapter's own keys.
+    fn contents(tree: &sled::Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
+        tree.iter()
+            .map(|kv| kv.expect("read"))
+            .filter(|(k, _)| !k.starts_with(keys::RAFT_OWNED))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    /// A source store with `n` entries of 1 KiB under a prefix `load` ignores, and its
+    /// snapshot.
+    fn source(dir: &Path, n: u32) -> (SmStore, SnapshotMeta) {
+        let (_db, sm) = store(dir);
+        for i in 0..n {
+            sm.shared.tree.insert(format!("z/{i:06}"), vec![i as u8; 1024]).expect("insert");
+        }
+        let meta = sm.build_blocking().expect("snapshot");
+        (sm, meta)
+    }
+
+    #[test]
+    fn install_in_chunks_replaces_the_tree() {
+        let (a, b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+        let (src, meta) = source(a.path(), 300);
+        let (db, dst) = store(b.path());
+        dst.shared.tree.insert("z/old", b"gone".to_vec()).expect("insert");
+        let (snap, _) = src.snapshot_paths();
+        // 4 KiB chunks: the 300 KiB snapshot goes in ~75 batches.
+        replace_tree(&db, &dst.shared.tree, &snap, &meta, 4096).expect("install");
+        assert_eq!(contents(&dst.shared.tree), contents(&src.shared.tree));
+        assert!(!dst.shared.tree.contains_key(INSTALLING).expect("read"), "marker removed");
+    }
+
+    #[test]
+    fn an_interrupted_install_is_finished_at_open() {
+        let (a, b) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+        let (src, meta) = source(a.path(), 50);
+        let want = contents(&src.shared.tree);
+        {
+            let (db, dst) = store(b.path());
+            // The state a crash leaves: the snapshot made current, the marker written, the
+            // old keys half deleted and part of the new ones in.
+            let (snap, _) = src.snapshot_paths();
+            let copy = b.path().join("snapshots").join("recv.tmp");
+            std::fs::copy(&snap, &copy).expect("copy");
+            dst.make_current(&copy, &meta).expect("current");
+            dst.shared.tree.insert(INSTALLING, keys::encode(&meta.snapshot_id)).expect("marker");
+            dst.shared.tree.insert("z/old", b"stale".to_vec()).expect("insert");
+            dst.shared.tree.insert("z/000001", vec![1; 1024]).expect("insert");
+            db.flush().expect("flush");
+        }
+        let (_db, dst) = store(b.path());
+        assert_eq!(contents(&dst.shared.tree), want);
+        assert!(!dst.shared.tree.contains_key(INSTALLING).expect("read"));
     }
 }

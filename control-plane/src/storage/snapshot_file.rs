@@ -64,8 +64,8 @@ fn read_u32(r: &mut impl Read) -> io::Result<u32> {
     Ok(u32::from_be_bytes(b))
 }
 
-/// Reads a snapshot, calling `f` for each entry in order.
-pub fn read_entries(r: impl Read, mut f: impl FnMut(Vec<u8>, Vec<u8>)) -> io::Result<u64> {
+/// Reads a snapshot, calling `f` for each entry in order (stopping at its first error).
+pub fn read_entries(r: impl Read, mut f: impl FnMut(Vec<u8>, Vec<u8>) -> io::Result<()>) -> io::Result<u64> {
     let mut r = BufReader::new(r);
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
@@ -83,7 +83,7 @@ pub fn read_entries(r: impl Read, mut f: impl FnMut(Vec<u8>, Vec<u8>)) -> io::Re
         let vlen = read_u32(&mut r)?;
         let mut v = vec![0; vlen as usize];
         r.read_exact(&mut v)?;
-        f(k, v);
+        f(k, v)?;
         n += 1;
     }
 }
