@@ -6,12 +6,17 @@
 //! [`StateMachine`] behind a mutex, rebuilt from the tree at open and after a snapshot
 //! is installed.
 //!
-//! Snapshots: the builder holds the *apply gate* while it streams the tree to a file (so
-//! the file is one consistent cut), then renames it into place. The gate stops only
-//! applies: readers of the in-memory indexes (the API) take the state machine mutex,
-//! which a snapshot never holds, and applies run on the blocking pool, so a long snapshot
-//! delays commits' answers but never parks the async runtime (which would starve Raft
-//! heartbeats). Lock order: gate, then machine.
+//! Snapshots are a fuzzy scan made consistent by redo, so applies never wait for one:
+//! under the *apply gate* (held by every apply) the builder starts recording every write
+//! applies make, streams the live tree to a scan file without the gate, then takes the
+//! gate for an instant to stop recording and read the applied id. Every key written after
+//! recording began is in the recording with its value at that id; every other key was
+//! stable for the whole scan. The final file is the scan with the recording laid over it
+//! ([`snapshot_file::merge`]): exactly the state at the applied id. The recording holds
+//! only what is written during one scan. An install (which replaces the tree) discards a
+//! recording in progress; the builder then falls back to streaming under the gate.
+//! Applies run on the blocking pool, and readers of the in-memory indexes take the state
+//! machine mutex, which a snapshot never holds. Lock order: gate, recording, machine.
 //!
 //! Installing a snapshot replaces the tree in chunks of [`INSTALL_CHUNK_BYTES`] (one
 //! batch for a whole backlog would hold all of it in memory at once, twice). Crash
@@ -21,6 +26,7 @@
 //! the marker. A node that opens with the marker present redoes the install from the
 //! current snapshot file before it loads anything.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +46,8 @@ const APPLIED: &[u8] = b"r/applied";
 const MEMBERSHIP: &[u8] = b"r/membership";
 const CURRENT_SNAPSHOT: &str = "current.snap";
 const CURRENT_META: &str = "current.meta.json";
+/// Key to its value after the last write during a snapshot scan (`None`: deleted).
+type Recording = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 const INSTALLING: &[u8] = b"r/installing";
 /// Bytes of snapshot entries written to sled per batch while installing.
 pub const INSTALL_CHUNK_BYTES: usize = 16 << 20;
@@ -112,8 +120,11 @@ pub struct SmShared {
     pub tree: sled::Tree,
     db: sled::Db,
     machine: Mutex<StateMachine>,
-    /// Held while entries are applied, a snapshot is streamed or one is installed.
+    /// Held while entries are applied or a snapshot is installed, and for an instant at
+    /// the start and end of a snapshot build.
     apply_gate: Mutex<()>,
+    /// Writes applied since a snapshot build began (`None`: no build recording).
+    recording: Mutex<Option<Recording>>,
     snapshot_dir: PathBuf,
     metrics: ApplyMetrics,
     /// Woken after every applied batch (long-polling lease requests wait on it).
@@ -170,6 +181,7 @@ impl SmStore {
                 db: db.clone(),
                 machine: Mutex::new(machine),
                 apply_gate: Mutex::new(()),
+                recording: Mutex::new(None),
                 snapshot_dir: snapshot_dir.to_path_buf(),
                 metrics,
                 applied: tokio::sync::Notify::new(),
@@ -178,11 +190,38 @@ impl SmStore {
         })
     }
 
+    fn recording(&self) -> Result<MutexGuard<'_, Option<Recording>>, RaftStorageError> {
+        self.shared
+            .recording
+            .lock()
+            .map_err(|_| sm_err(ErrorVerb::Write, std::io::Error::other("snapshot recording poisoned by a panic")))
+    }
+
     fn gate(&self) -> Result<MutexGuard<'_, ()>, RaftStorageError> {
         self.shared
             .apply_gate
             .lock()
             .map_err(|_| sm_err(ErrorVerb::Write, std::io::Error::other("apply gate poisoned by a panic")))
+    }
+
+    /// Writes one applied batch to the tree in one atomic sled batch, recording it for a
+    /// snapshot scan in progress. The caller holds the apply gate (`_gate`).
+    fn commit_writes(
+        &self,
+        _gate: &MutexGuard<'_, ()>,
+        writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        if let Some(rec) = self.recording()?.as_mut() {
+            rec.extend(writes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.shared.tree.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))
     }
 
     fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Response>, RaftStorageError> {
@@ -209,14 +248,7 @@ impl SmStore {
             });
         }
         txn.put(APPLIED.to_vec(), keys::encode(&last));
-        let mut batch = sled::Batch::default();
-        for (k, v) in txn.into_writes() {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        s.tree.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.commit_writes(&_gate, txn.into_writes())?;
         drop(machine);
         s.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         s.metrics.applied_entries.inc_by(entries.len() as u64);
@@ -228,18 +260,69 @@ impl SmStore {
         (self.shared.snapshot_dir.join(CURRENT_SNAPSHOT), self.shared.snapshot_dir.join(CURRENT_META))
     }
 
-    /// Streams the tree to a new snapshot file under the lock and makes it current.
-    fn build_blocking(&self) -> Result<SnapshotMeta, RaftStorageError> {
+    fn new_meta(&self, seq: u64) -> Result<SnapshotMeta, RaftStorageError> {
         let s = &self.shared;
-        let gate = self.gate()?;
         let last_log_id: Option<LogId> = s.read::<Option<LogId>>(APPLIED)?.flatten();
         let membership: StoredMembership = s.read(MEMBERSHIP)?.unwrap_or_default();
-        let seq = s.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
             None => format!("0-0-{seq}"),
         };
-        let meta = SnapshotMeta { last_log_id, last_membership: membership, snapshot_id };
+        Ok(SnapshotMeta { last_log_id, last_membership: membership, snapshot_id })
+    }
+
+    /// Builds a snapshot without stopping applies (see the module docs) and makes it
+    /// current.
+    fn build_blocking(&self) -> Result<SnapshotMeta, RaftStorageError> {
+        let s = &self.shared;
+        let seq = s.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let started = {
+            let _gate = self.gate()?;
+            let mut rec = self.recording()?;
+            // Another build is recording (openraft runs one at a time; be safe anyway).
+            let free = rec.is_none();
+            if free {
+                *rec = Some(Recording::new());
+            }
+            free
+        };
+        if !started {
+            return self.build_under_gate(seq);
+        }
+        let scan = s.snapshot_dir.join(format!("scan-{seq}.tmp"));
+        let scanned = std::fs::File::create(&scan)
+            .and_then(|f| snapshot_file::write_tree(&s.tree, snapshot_file::PacedFile::new(&f)).map(|_| ()));
+        let (overlay, meta) = {
+            let _gate = self.gate()?;
+            let overlay = self.recording()?.take();
+            (overlay, self.new_meta(seq)?)
+        };
+        let result = match (scanned, overlay) {
+            (Err(e), _) => Err(sm_err(ErrorVerb::Write, e)),
+            // An install replaced the tree during the scan: build again, consistently.
+            (Ok(()), None) => self.build_under_gate(seq),
+            (Ok(()), Some(overlay)) => {
+                let tmp = s.snapshot_dir.join(format!("build-{seq}.tmp"));
+                let merged = std::fs::File::open(&scan).and_then(|src| {
+                    let out = std::fs::File::create(&tmp)?;
+                    snapshot_file::merge(src, &overlay, snapshot_file::PacedFile::new(&out))?;
+                    out.sync_all()
+                });
+                match merged {
+                    Ok(()) => self.make_current(&tmp, &meta).map(|()| meta),
+                    Err(e) => Err(sm_err(ErrorVerb::Write, e)),
+                }
+            }
+        };
+        let _ = std::fs::remove_file(&scan);
+        result
+    }
+
+    /// Streams the tree to a snapshot file holding the apply gate (applies wait).
+    fn build_under_gate(&self, seq: u64) -> Result<SnapshotMeta, RaftStorageError> {
+        let s = &self.shared;
+        let gate = self.gate()?;
+        let meta = self.new_meta(seq)?;
         let tmp = s.snapshot_dir.join(format!("build-{seq}.tmp"));
         let file = std::fs::File::create(&tmp).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         snapshot_file::write_tree(&s.tree, snapshot_file::PacedFile::new(&file))
@@ -265,6 +348,8 @@ impl SmStore {
     fn install_blocking(&self, meta: &SnapshotMeta, path: &Path) -> Result<(), RaftStorageError> {
         let s = &self.shared;
         let _gate = self.gate()?;
+        // A snapshot build scanning the tree now would mix two states: make it start over.
+        *self.recording()? = None;
         self.make_current(path, meta)?;
         let (snap, _) = self.snapshot_paths();
         replace_tree(&s.db, &s.tree, &snap, meta, INSTALL_CHUNK_BYTES).map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -404,6 +489,87 @@ mod tests {
         replace_tree(&db, &dst.shared.tree, &snap, &meta, 4096).expect("install");
         assert_eq!(contents(&dst.shared.tree), contents(&src.shared.tree));
         assert!(!dst.shared.tree.contains_key(INSTALLING).expect("read"), "marker removed");
+    }
+
+    /// Written keys sit among the 20,000 filler keys `y/000000`.. so a scan meets them
+    /// throughout; the counter comes first.
+    fn wkey(k: u32) -> Vec<u8> {
+        format!("y/{:06}w", k * 400).into_bytes()
+    }
+    const COUNTER: &[u8] = b"y/!counter";
+
+    /// The state after `n` writer steps (see the test below).
+    fn model(n: u32) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut m: BTreeMap<Vec<u8>, Vec<u8>> = (0..50).map(|k| (wkey(k), vec![0])).collect();
+        m.insert(COUNTER.to_vec(), 0u32.to_be_bytes().to_vec());
+        for i in 1..=n {
+            for (k, v) in step(i) {
+                match v {
+                    Some(v) => m.insert(k, v),
+                    None => m.remove(&k),
+                };
+            }
+        }
+        m
+    }
+
+    fn step(i: u32) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut w = BTreeMap::new();
+        w.insert(wkey((i * 7) % 50), Some(i.to_be_bytes().to_vec()));
+        if i % 3 == 0 {
+            w.insert(wkey((i * 13) % 50), None);
+        }
+        w.insert(COUNTER.to_vec(), Some(i.to_be_bytes().to_vec()));
+        w
+    }
+
+    /// Snapshots built while writes keep landing are each exactly the state after some
+    /// whole number of writes: the scan plus the recording, never a mix.
+    #[test]
+    fn snapshots_taken_under_concurrent_writes_are_consistent_cuts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (_db, sm) = store(dir.path());
+        for i in 0..20_000u32 {
+            sm.shared.tree.insert(format!("y/{i:06}"), vec![7; 100]).expect("filler");
+        }
+        for (k, v) in model(0) {
+            sm.shared.tree.insert(k, v).expect("insert");
+        }
+        const STEPS: u32 = 3_000;
+        let writer = {
+            let sm = sm.clone();
+            std::thread::spawn(move || {
+                for i in 1..=STEPS {
+                    let gate = sm.gate().expect("gate");
+                    sm.commit_writes(&gate, step(i)).expect("write");
+                    drop(gate);
+                    // Spread the writes over many snapshot builds.
+                    if i % 16 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            })
+        };
+        let mut overlapped = 0;
+        for _ in 0..30 {
+            sm.build_blocking().expect("snapshot");
+            let (snap, _) = sm.snapshot_paths();
+            let mut got = BTreeMap::new();
+            snapshot_file::read_entries(std::fs::File::open(&snap).expect("open"), |k, v| {
+                if k.ends_with(b"w") || k == COUNTER {
+                    got.insert(k, v);
+                }
+                Ok(())
+            })
+            .expect("read");
+            let c = u32::from_be_bytes(got[COUNTER].as_slice().try_into().expect("counter"));
+            assert_eq!(got, model(c), "snapshot at counter {c} is not the state after {c} writes");
+            if c > 0 && c < STEPS {
+                overlapped += 1;
+            }
+        }
+        writer.join().expect("writer");
+        assert!(overlapped > 0, "no snapshot was taken while writes were landing");
     }
 
     #[test]
