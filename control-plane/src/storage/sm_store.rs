@@ -516,7 +516,7 @@ mod tests {
     fn step(i: u32) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
         let mut w = BTreeMap::new();
         w.insert(wkey((i * 7) % 50), Some(i.to_be_bytes().to_vec()));
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             w.insert(wkey((i * 13) % 50), None);
         }
         w.insert(COUNTER.to_vec(), Some(i.to_be_bytes().to_vec()));
@@ -544,7 +544,7 @@ mod tests {
                     sm.commit_writes(&gate, step(i)).expect("write");
                     drop(gate);
                     // Spread the writes over many snapshot builds.
-                    if i % 16 == 0 {
+                    if i.is_multiple_of(16) {
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                 }
