@@ -165,6 +165,14 @@ impl SmShared {
 impl SmStore {
     pub fn open(db: &sled::Db, snapshot_dir: &Path, metrics: ApplyMetrics) -> Result<Self, super::StorageError> {
         std::fs::create_dir_all(snapshot_dir)?;
+        // Partial files of builds, transfers and installs a crash cut short (a snapshot
+        // of a large backlog is gigabytes; nothing else cleans them up).
+        for e in std::fs::read_dir(snapshot_dir)? {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "tmp") {
+                std::fs::remove_file(&path)?;
+            }
+        }
         let tree = db.open_tree("sm")?;
         if tree.contains_key(INSTALLING)? {
             // A crash interrupted a snapshot install: finish it from the current snapshot.
@@ -590,8 +598,14 @@ mod tests {
             dst.shared.tree.insert("z/000001", vec![1; 1024]).expect("insert");
             db.flush().expect("flush");
         }
+        std::fs::write(b.path().join("snapshots").join("scan-0.tmp"), b"partial").expect("leftover");
         let (_db, dst) = store(b.path());
         assert_eq!(contents(&dst.shared.tree), want);
         assert!(!dst.shared.tree.contains_key(INSTALLING).expect("read"));
+        let left: Vec<_> = std::fs::read_dir(b.path().join("snapshots"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.iter().all(|n| !n.ends_with(".tmp")), "partial files removed at open: {left:?}");
     }
 }
