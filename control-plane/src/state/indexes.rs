@@ -2,8 +2,10 @@
 //!
 //! They hold small entries only (ids, times, counts, and a few strings per *running*
 //! task), never payloads, so a million queued tasks cost tens of megabytes. They are
-//! rebuilt from the `k/` table at start and kept in step by `apply`: every state change
-//! is `remove(old)` then `add(new)`, so a task sits in exactly the index of its state.
+//! rebuilt from the `k/` table at start and kept in step by `apply`: a new task is
+//! `insert`ed (tenant listing and state index), a purged one `forget`-ten, and every
+//! state change is `remove(old)` then `add(new)` on the state indexes only, so a task
+//! sits in exactly the index of its state and its listing entry is never churned.
 //!
 //! Ready queues are grouped by *class* (code + placement): placement picks, per tenant
 //! and priority, the lowest task id among the classes an agent may take, so a code at
@@ -106,9 +108,9 @@ impl Indexes {
         &self.classes.classes[id as usize]
     }
 
-    /// Adds `task` to the index of its current state.
-    pub fn add(&mut self, task: &Task) {
-        self.state_counts[task.state.index()] += 1;
+    /// Indexes a task that is new to the table (or read at load): its tenant listing and
+    /// the index of its state.
+    pub fn insert(&mut self, task: &Task) {
         match self.by_tenant.get_mut(&task.tenant) {
             Some(ids) => {
                 ids.insert(task.id);
@@ -117,6 +119,24 @@ impl Indexes {
                 self.by_tenant.insert(task.tenant.clone(), BTreeSet::from([task.id]));
             }
         }
+        self.add(task);
+    }
+
+    /// Drops a task leaving the table from every index.
+    pub fn forget(&mut self, task: &Task) {
+        self.remove(task);
+        if let Some(ids) = self.by_tenant.get_mut(&task.tenant) {
+            ids.remove(&task.id);
+            if ids.is_empty() {
+                self.by_tenant.remove(&task.tenant);
+            }
+        }
+    }
+
+    /// Adds `task` to the index of its current state (a state change: `remove(old)`
+    /// then `add(new)`; the tenant listing does not change).
+    pub fn add(&mut self, task: &Task) {
+        self.state_counts[task.state.index()] += 1;
         match task.state {
             TaskState::Queued => {
                 let class = self.classes.intern(&task.code, &task.placement);
@@ -158,12 +178,6 @@ impl Indexes {
     pub fn remove(&mut self, task: &Task) {
         let c = &mut self.state_counts[task.state.index()];
         *c = c.saturating_sub(1);
-        if let Some(ids) = self.by_tenant.get_mut(&task.tenant) {
-            ids.remove(&task.id);
-            if ids.is_empty() {
-                self.by_tenant.remove(&task.tenant);
-            }
-        }
         match task.state {
             TaskState::Queued => {
                 let class = self.classes.intern(&task.code, &task.placement);

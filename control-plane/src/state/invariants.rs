@@ -19,13 +19,13 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     let mut problems = Vec::new();
     let mut tasks = Vec::new();
     kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
-        match keys::decode_task_with_payload(v) {
-            Ok((t, p)) if p.len() as u64 == t.payload_bytes => tasks.push(t),
-            Ok((t, p)) => problems.push(format!(
+        match keys::TaskRow::decode(v.to_vec()) {
+            Ok(row) if row.payload().len() as u64 == row.task.payload_bytes => tasks.push(row.task),
+            Ok(row) => problems.push(format!(
                 "task {} row holds {} payload bytes, record says {}",
-                t.id,
-                p.len(),
-                t.payload_bytes
+                row.task.id,
+                row.payload().len(),
+                row.task.payload_bytes
             )),
             Err(e) => problems.push(e.to_string()),
         }
@@ -33,7 +33,7 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     for t in &tasks {
-        rebuilt.add(t);
+        rebuilt.insert(t);
         if (t.state == TaskState::Running) != t.lease.is_some() {
             problems.push(format!("task {} is {:?} with lease {:?}", t.id, t.state, t.lease));
         }

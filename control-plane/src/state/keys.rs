@@ -103,7 +103,9 @@ pub fn encode_task(task: &Task, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn split_task(bytes: &[u8]) -> Result<(&[u8], &[u8]), KvError> {
+/// Decodes a task row's record; returns it and the offset where the payload starts.
+fn split_task(bytes: &[u8]) -> Result<(Task, usize), KvError> {
+    const HEAD: usize = 5;
     match bytes.split_first() {
         Some((&VALUE_VERSION, rest)) => {
             let len = rest
@@ -111,30 +113,46 @@ fn split_task(bytes: &[u8]) -> Result<(&[u8], &[u8]), KvError> {
                 .and_then(|b| <[u8; 4]>::try_from(b).ok())
                 .map(|b| u32::from_be_bytes(b) as usize)
                 .ok_or_else(|| KvError("corrupt task row: short header".into()))?;
-            let body = &rest[4..];
-            if body.len() < len {
-                return Err(KvError(format!("corrupt task row: record of {len} bytes in {}", body.len())));
-            }
-            Ok(body.split_at(len))
+            let record = bytes
+                .get(HEAD..HEAD + len)
+                .ok_or_else(|| KvError(format!("corrupt task row: record of {len} bytes in {}", bytes.len())))?;
+            let task = postcard::from_bytes(record).map_err(|e| KvError(format!("corrupt task record: {e}")))?;
+            Ok((task, HEAD + len))
         }
         Some((v, _)) => Err(KvError(format!("unknown value version {v}"))),
         None => Err(KvError("empty value".into())),
     }
 }
 
+/// A task row's record, leaving the payload alone.
 pub fn decode_task(bytes: &[u8]) -> Result<Task, KvError> {
-    let (record, _) = split_task(bytes)?;
-    postcard::from_bytes(record).map_err(|e| KvError(format!("corrupt task record: {e}")))
+    split_task(bytes).map(|(task, _)| task)
 }
 
-pub fn decode_task_with_payload(bytes: &[u8]) -> Result<(Task, Vec<u8>), KvError> {
-    let (record, payload) = split_task(bytes)?;
-    let task = postcard::from_bytes(record).map_err(|e| KvError(format!("corrupt task record: {e}")))?;
-    Ok((task, payload.to_vec()))
+/// A task row as read: the record decoded, the payload still in the row's bytes, so a
+/// state change can write it back without copying it out first.
+#[derive(Debug)]
+pub struct TaskRow {
+    pub task: Task,
+    row: Vec<u8>,
+    payload_at: usize,
 }
 
-pub fn task_payload(bytes: &[u8]) -> Result<&[u8], KvError> {
-    split_task(bytes).map(|(_, p)| p)
+impl TaskRow {
+    pub fn decode(row: Vec<u8>) -> Result<Self, KvError> {
+        let (task, payload_at) = split_task(&row)?;
+        Ok(Self { task, row, payload_at })
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.row[self.payload_at..]
+    }
+
+    /// The record and the payload, reusing the row's allocation for the payload.
+    pub fn into_parts(mut self) -> (Task, Vec<u8>) {
+        self.row.drain(..self.payload_at);
+        (self.task, self.row)
+    }
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, KvError> {

@@ -7,10 +7,10 @@
 
 use super::command::{Completion, ExpireReason, Grant, LeaseRef, LeaseRequest, Outcome, Response};
 use super::error::StateError;
-use super::keys;
+use super::keys::{self, TaskRow};
 use super::kv::{KvError, Txn};
 use super::machine::{ApplyCtx, StateMachine};
-use super::model::{AgentRecord, Lease, Task, TaskResult, TaskState};
+use super::model::{AgentRecord, Lease, TaskResult, TaskState};
 use super::placement;
 use super::tasks::finish;
 use super::validate;
@@ -41,14 +41,14 @@ impl StateMachine {
                     break;
                 };
                 self.rr_cursor = tenant;
-                let Some((old, payload)) = self.read_task(txn, id)? else {
+                let Some(old) = self.read_task(txn, id)? else {
                     return Err(KvError(format!("task {id} is indexed as ready but missing from the table")));
                 };
-                let mut t = old.clone();
+                let mut t = old.task.clone();
                 t.state = TaskState::Running;
                 t.attempts += 1;
                 t.lease = Some(Lease { agent_id: req.agent_id.clone(), epoch: ctx.index, granted_ms: ctx.now_ms });
-                self.write_task(txn, Some(&old), &t, &payload);
+                self.write_task(txn, &old, &t);
                 grants.push(Grant { agent_id: req.agent_id.clone(), task_id: id, epoch: ctx.index });
             }
         }
@@ -84,14 +84,18 @@ impl StateMachine {
         txn: &Txn<'_>,
         lease: LeaseRef,
         agent_id: Option<&str>,
-    ) -> Result<Result<(Task, Vec<u8>), StateError>, KvError> {
+    ) -> Result<Result<TaskRow, StateError>, KvError> {
         let stale = StateError::StaleEpoch { task_id: lease.task_id, epoch: lease.epoch };
-        let Some((t, payload)) = self.read_task(txn, lease.task_id)? else {
+        let Some(row) = self.read_task(txn, lease.task_id)? else {
             return Ok(Err(StateError::TaskNotFound(lease.task_id)));
         };
-        let ok = t.state == TaskState::Running
-            && t.lease.as_ref().is_some_and(|l| l.epoch == lease.epoch && agent_id.is_none_or(|a| a == l.agent_id));
-        Ok(if ok { Ok((t, payload)) } else { Err(stale) })
+        let ok = row.task.state == TaskState::Running
+            && row
+                .task
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.epoch == lease.epoch && agent_id.is_none_or(|a| a == l.agent_id));
+        Ok(if ok { Ok(row) } else { Err(stale) })
     }
 
     pub(super) fn complete(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, completions: &[Completion]) -> Applied {
@@ -103,14 +107,14 @@ impl StateMachine {
         }
         let mut results = Vec::with_capacity(completions.len());
         for c in completions {
-            let (old, payload) = match self.current(txn, c.lease, Some(&c.agent_id))? {
-                Ok(found) => found,
+            let old = match self.current(txn, c.lease, Some(&c.agent_id))? {
+                Ok(row) => row,
                 Err(e) => {
                     results.push(Err(e));
                     continue;
                 }
             };
-            let mut t = old.clone();
+            let mut t = old.task.clone();
             t.lease = None;
             let result = TaskResult {
                 exit_code: c.exit_code,
@@ -131,7 +135,7 @@ impl StateMachine {
                 Outcome::Killed => TaskState::Killed,
             };
             t.result = Some(result);
-            self.write_task(txn, Some(&old), &t, &payload);
+            self.write_task(txn, &old, &t);
             results.push(Ok(()));
         }
         Ok(Ok(Response::Completed { results }))
@@ -148,8 +152,8 @@ impl StateMachine {
         for lease in leases {
             // Expiring a lease that has since completed or been re-granted is a no-op: the
             // leader's view may be one entry behind.
-            let Ok((old, payload)) = self.current(txn, *lease, None)? else { continue };
-            let mut t = old.clone();
+            let Ok(old) = self.current(txn, *lease, None)? else { continue };
+            let mut t = old.task.clone();
             t.lease = None;
             match reason {
                 ExpireReason::LeaseLost => {
@@ -170,7 +174,7 @@ impl StateMachine {
                     t.result = Some(r);
                 }
             }
-            self.write_task(txn, Some(&old), &t, &payload);
+            self.write_task(txn, &old, &t);
             expired.push(lease.task_id);
         }
         Ok(Ok(Response::Expired { task_ids: expired }))

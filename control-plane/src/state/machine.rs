@@ -15,6 +15,7 @@ use super::command::{Command, Request, Response};
 use super::error::StateError;
 use super::indexes::Indexes;
 use super::keys;
+use super::keys::TaskRow;
 use super::kv::{KvError, KvRead, Txn};
 use super::model::{AgentRecord, Code, IdemRecord, Task, Tenant};
 use super::validate;
@@ -70,7 +71,7 @@ impl StateMachine {
                 sm.agents.insert(a.id.clone(), a);
             }))
         })?;
-        kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode_task(v).map(|t| sm.idx.add(&t))))?;
+        kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode_task(v).map(|t| sm.idx.insert(&t))))?;
         kv.scan(keys::IDEM, keys::IDEM, &mut |k, v| {
             keep(keys::decode::<IdemRecord>(v).map(|r| {
                 sm.idx.idem_expiry.insert((r.expires_ms, k.to_vec()));
@@ -244,22 +245,23 @@ impl StateMachine {
         Ok(Ok(Response::CodeDeleted))
     }
 
-    /// Reads a task and its payload through the transaction.
-    pub(super) fn read_task(&self, txn: &Txn<'_>, id: u64) -> Result<Option<(Task, Vec<u8>)>, KvError> {
-        match txn.get(&keys::task(id))? {
-            Some(v) => keys::decode_task_with_payload(&v).map(Some),
-            None => Ok(None),
-        }
+    /// Reads a task row through the transaction.
+    pub(super) fn read_task(&self, txn: &Txn<'_>, id: u64) -> Result<Option<TaskRow>, KvError> {
+        txn.get(&keys::task(id))?.map(TaskRow::decode).transpose()
     }
 
-    /// Writes a task's new version (with its payload, which never changes) and moves it
-    /// between indexes.
-    pub(super) fn write_task(&mut self, txn: &mut Txn<'_>, old: Option<&Task>, new: &Task, payload: &[u8]) {
-        if let Some(old) = old {
-            self.idx.remove(old);
-        }
+    /// Writes a new task and indexes it.
+    pub(super) fn insert_task(&mut self, txn: &mut Txn<'_>, task: &Task, payload: &[u8]) {
+        self.idx.insert(task);
+        txn.put(keys::task(task.id), keys::encode_task(task, payload));
+    }
+
+    /// Writes a task's new version (its payload never changes) and moves it between the
+    /// indexes of its old and new states.
+    pub(super) fn write_task(&mut self, txn: &mut Txn<'_>, old: &TaskRow, new: &Task) {
+        self.idx.remove(&old.task);
         self.idx.add(new);
-        txn.put(keys::task(new.id), keys::encode_task(new, payload));
+        txn.put(keys::task(new.id), keys::encode_task(new, old.payload()));
     }
 
     pub fn indexes(&self) -> &Indexes {

@@ -85,7 +85,7 @@ impl StateMachine {
                 result: None,
                 payload_bytes: t.payload.len() as u64,
             };
-            self.write_task(txn, None, &task, &t.payload);
+            self.insert_task(txn, &task, &t.payload);
             ids.push(id);
         }
         if let Some(key) = idempotency_key {
@@ -101,17 +101,17 @@ impl StateMachine {
     }
 
     pub(super) fn cancel(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, tenant: &str, id: u64) -> Applied {
-        let Some((old, payload)) = self.read_task(txn, id)? else {
+        let Some(old) = self.read_task(txn, id)? else {
             return Ok(Err(StateError::TaskNotFound(id)));
         };
         // Another tenant's task answers exactly as a missing one does.
-        if old.tenant != tenant {
+        if old.task.tenant != tenant {
             return Ok(Err(StateError::TaskNotFound(id)));
         }
-        if old.state.is_finished() {
+        if old.task.state.is_finished() {
             return Ok(Err(StateError::AlreadyFinished(id)));
         }
-        let mut t = old.clone();
+        let mut t = old.task.clone();
         t.state = TaskState::Cancelled;
         // A running task's lease is revoked: the agent learns it at its next heartbeat
         // and kills the container; anything it reports later carries a stale epoch.
@@ -120,7 +120,7 @@ impl StateMachine {
         result.finished_ms = ctx.now_ms;
         result.error = "cancelled".into();
         t.result = Some(result);
-        self.write_task(txn, Some(&old), &t, &payload);
+        self.write_task(txn, &old, &t);
         Ok(Ok(Response::Cancelled(Box::new(t))))
     }
 
@@ -135,10 +135,10 @@ impl StateMachine {
             .collect();
         let mut count = 0;
         for id in due {
-            let Some((old, payload)) = self.read_task(txn, id)? else { continue };
-            let mut t = old.clone();
+            let Some(old) = self.read_task(txn, id)? else { continue };
+            let mut t = old.task.clone();
             t.state = TaskState::Queued;
-            self.write_task(txn, Some(&old), &t, &payload);
+            self.write_task(txn, &old, &t);
             count += 1;
         }
         Ok(Ok(Response::Promoted { count }))
@@ -161,8 +161,8 @@ impl StateMachine {
             .collect();
         let mut tasks = 0;
         for id in old {
-            let Some((t, _)) = self.read_task(txn, id)? else { continue };
-            self.idx.remove(&t);
+            let Some(row) = self.read_task(txn, id)? else { continue };
+            self.idx.forget(&row.task);
             txn.delete(keys::task(id));
             self.delete_log(txn, id)?;
             tasks += 1;

@@ -25,7 +25,7 @@ pub fn get_task_with_payload(
     id: u64,
 ) -> Result<Option<(Task, Vec<u8>)>, KvError> {
     let Some(v) = kv.get(&keys::task(id))? else { return Ok(None) };
-    let (t, payload) = keys::decode_task_with_payload(&v)?;
+    let (t, payload) = keys::TaskRow::decode(v)?.into_parts();
     Ok(match tenant {
         Some(tenant) if t.tenant != tenant => None,
         _ => Some((t, payload)),
