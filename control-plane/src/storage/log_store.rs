@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 
-use super::io_err;
 use super::segments::{self, Segments};
+use super::{blocking, io_err};
 use crate::raft::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
@@ -87,17 +87,14 @@ fn log_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> RaftStorageE
     io_err(ErrorSubject::Logs, verb, e)
 }
 
-fn read_entry(segs: &Segments, index: u64) -> std::io::Result<Option<Entry>> {
-    let Some((file, off, len)) = segs.locate(index) else { return Ok(None) };
+/// Reads and decodes the entry at a located record.
+fn read_spot((file, off, len): (Arc<File>, u64, u32)) -> std::io::Result<Entry> {
     let body = segments::read_at(&file, off, len)?;
-    postcard::from_bytes(&body).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    postcard::from_bytes(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-async fn blocking<T: Send + 'static>(
-    verb: ErrorVerb,
-    f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
-) -> Result<T, RaftStorageError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| log_err(verb, std::io::Error::other(e.to_string())))?
+fn read_entry(segs: &Segments, index: u64) -> std::io::Result<Option<Entry>> {
+    segs.locate(index).map(read_spot).transpose()
 }
 
 impl LogStore {
@@ -162,7 +159,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         let inner = self.inner.clone();
-        blocking(ErrorVerb::Read, move || {
+        blocking(ErrorSubject::Logs, ErrorVerb::Read, move || {
             let spots = {
                 let g = lock(&inner)?;
                 let first_held = g.segs.bounds().map_or(0, |(first, _)| first);
@@ -179,13 +176,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 spots
             };
             // Read outside the lock: appends go on while a follower is being caught up.
-            spots
-                .into_iter()
-                .map(|(file, off, len)| {
-                    let body = segments::read_at(&file, off, len).map_err(|e| log_err(ErrorVerb::Read, e))?;
-                    postcard::from_bytes::<Entry>(&body).map_err(|e| log_err(ErrorVerb::Read, e))
-                })
-                .collect()
+            spots.into_iter().map(|spot| read_spot(spot).map_err(|e| log_err(ErrorVerb::Read, e))).collect()
         })
         .await
     }
@@ -236,7 +227,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect();
         let inner = self.inner.clone();
-        let handle = blocking(ErrorVerb::Write, move || {
+        let handle = blocking(ErrorSubject::Logs, ErrorVerb::Write, move || {
             let mut g = lock(&inner)?;
             g.segs.append(&records).map_err(|e| log_err(ErrorVerb::Write, e))?;
             if last.is_some() {
@@ -262,7 +253,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         let inner = self.inner.clone();
-        blocking(ErrorVerb::Delete, move || {
+        blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
             let mut g = lock(&inner)?;
             g.segs.truncate(log_id.index).map_err(|e| log_err(ErrorVerb::Delete, e))?;
             let prev = match log_id.index.checked_sub(1) {
@@ -283,7 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta.insert(LAST_PURGED, enc(&log_id)).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.flush().await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let inner = self.inner.clone();
-        blocking(ErrorVerb::Delete, move || {
+        blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
             let mut g = lock(&inner)?;
             g.last_purged = Some(log_id);
             if g.last_log_id.is_none_or(|l| l.index < log_id.index) {
@@ -292,12 +283,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             g.segs.purge(log_id.index).map_err(|e| log_err(ErrorVerb::Delete, e))
         })
         .await
-    }
-}
-
-/// In-memory index slots the log holds (one per entry not yet purged away), for metrics.
-impl LogStore {
-    pub fn index_slots(&self) -> usize {
-        self.inner.lock().map(|g| g.segs.slots()).unwrap_or(0)
     }
 }

@@ -51,6 +51,15 @@ pub fn open(
     Ok((log, sm))
 }
 
+/// Runs storage work on the blocking pool; a panic in it becomes a storage error.
+pub(crate) async fn blocking<T: Send + 'static>(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
+) -> Result<T, RaftStorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| io_err(subject, verb, std::io::Error::other(e.to_string())))?
+}
+
 pub(crate) fn io_err(
     subject: ErrorSubject<NodeId>,
     verb: ErrorVerb,

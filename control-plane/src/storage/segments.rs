@@ -38,11 +38,8 @@ const MAX_RECORD: u32 = 256 << 20;
 
 struct Segment {
     file: Arc<File>,
-    path: PathBuf,
-    /// Index of the first record in this segment.
+    /// Index of the first record in this segment (also its file name).
     first: u64,
-    /// Bytes of complete records.
-    len: u64,
     /// Offset and body length of each record; record `i` has index `first + i`.
     slots: Vec<(u64, u32)>,
 }
@@ -50,6 +47,11 @@ struct Segment {
 impl Segment {
     fn next_index(&self) -> u64 {
         self.first + self.slots.len() as u64
+    }
+
+    /// Bytes of complete records: where the next one goes.
+    fn end(&self) -> u64 {
+        self.slots.last().map_or(0, |(off, len)| off + u64::from(*len))
     }
 }
 
@@ -158,16 +160,10 @@ impl Segments {
                     path.display()
                 )));
             }
-            let seg = Segment {
-                file: Arc::new(OpenOptions::new().read(true).append(true).open(&path)?),
-                path,
-                first,
-                len: valid,
-                slots,
-            };
+            let seg = Segment { file: Arc::new(OpenOptions::new().read(true).append(true).open(&path)?), first, slots };
             expect = Some(seg.next_index());
             if purged.is_some_and(|p| seg.next_index() <= p + 1) && !last_segment {
-                std::fs::remove_file(&seg.path)?;
+                std::fs::remove_file(&path)?;
                 continue;
             }
             segs.insert(first, seg);
@@ -201,7 +197,7 @@ impl Segments {
         // (everything before it is purged): the new entries start a segment of their own.
         let roll = match self.segs.values().next_back() {
             None => true,
-            Some(s) => s.len >= self.target || next != Some(*first_index),
+            Some(s) => s.end() >= self.target || next != Some(*first_index),
         };
         if roll {
             if let Some(s) = self.segs.values().next_back() {
@@ -214,7 +210,7 @@ impl Segments {
         };
         let mut buf = Vec::with_capacity(records.iter().map(|(_, b)| b.len() + HEADER).sum());
         let mut slots = Vec::with_capacity(records.len());
-        let mut at = seg.len;
+        let mut at = seg.end();
         for (i, (index, body)) in records.iter().enumerate() {
             if *index != first_index + i as u64 {
                 return Err(corrupt(format!("append of non-consecutive index {index}")));
@@ -231,7 +227,6 @@ impl Segments {
             at += (HEADER + body.len()) as u64;
         }
         (&*seg.file).write_all(&buf)?;
-        seg.len = at;
         seg.slots.extend(slots);
         Ok(())
     }
@@ -242,7 +237,7 @@ impl Segments {
         // A leftover file of that name can only hold records that were cut off.
         file.set_len(0)?;
         sync_dir(&self.dir)?;
-        self.segs.insert(first, Segment { file: Arc::new(file), path, first, len: 0, slots: Vec::new() });
+        self.segs.insert(first, Segment { file: Arc::new(file), first, slots: Vec::new() });
         Ok(())
     }
 
@@ -261,13 +256,8 @@ impl Segments {
 
     /// Deletes every record from `index` on, and syncs.
     pub fn truncate(&mut self, index: u64) -> io::Result<()> {
-        let later: Vec<u64> = self.segs.range(index..).map(|(k, _)| *k).collect();
         // The segment holding `index`, if it starts before it, is cut; later ones go.
-        for first in later {
-            if let Some(seg) = self.segs.remove(&first) {
-                std::fs::remove_file(&seg.path)?;
-            }
-        }
+        self.remove_segments(self.segs.range(index..).map(|(k, _)| *k).collect())?;
         if let Some((_, seg)) = self.segs.range_mut(..index).next_back()
             && let Ok(keep) = usize::try_from(index - seg.first)
             && keep < seg.slots.len()
@@ -275,7 +265,6 @@ impl Segments {
             let cut = seg.slots[keep].0 - HEADER as u64;
             seg.slots.truncate(keep);
             seg.file.set_len(cut)?;
-            seg.len = cut;
             seg.file.sync_all()?;
         }
         sync_dir(&self.dir)
@@ -292,20 +281,20 @@ impl Segments {
             .filter(|s| Some(s.first) != newest && s.next_index() <= index + 1)
             .map(|s| s.first)
             .collect();
-        for first in gone {
-            if let Some(seg) = self.segs.remove(&first) {
-                std::fs::remove_file(&seg.path)?;
+        self.remove_segments(gone)
+    }
+
+    fn remove_segments(&mut self, firsts: Vec<u64>) -> io::Result<()> {
+        for first in firsts {
+            if self.segs.remove(&first).is_some() {
+                std::fs::remove_file(seg_path(&self.dir, first))?;
             }
         }
         Ok(())
     }
 
-    /// Index slots held in memory, for tests and metrics.
-    pub fn slots(&self) -> usize {
-        self.segs.values().map(|s| s.slots.len()).sum()
-    }
-
-    pub fn segment_count(&self) -> usize {
+    #[cfg(test)]
+    fn segment_count(&self) -> usize {
         self.segs.len()
     }
 }

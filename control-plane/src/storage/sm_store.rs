@@ -13,10 +13,11 @@
 //! recording began is in the recording with its value at that id; every other key was
 //! stable for the whole scan. The final file is the scan with the recording laid over it
 //! ([`snapshot_file::merge`]): exactly the state at the applied id. The recording holds
-//! only what is written during one scan. An install (which replaces the tree) discards a
-//! recording in progress; the builder then falls back to streaming under the gate.
+//! only what is written during one scan; it lives inside the gate's mutex, since only
+//! gate holders touch it. Builds are serialized by their own lock. An install (which
+//! replaces the tree) discards a recording in progress, and the builder scans again.
 //! Applies run on the blocking pool, and readers of the in-memory indexes take the state
-//! machine mutex, which a snapshot never holds. Lock order: gate, recording, machine.
+//! machine mutex, which a snapshot never holds. Lock order: build, gate, machine.
 //!
 //! Installing a snapshot replaces the tree in chunks of [`INSTALL_CHUNK_BYTES`] (one
 //! batch for a whole backlog would hold all of it in memory at once, twice). Crash
@@ -35,9 +36,9 @@ use std::time::Instant;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 
-use super::io_err;
 use super::sled_kv::SledKv;
 use super::snapshot_file;
+use super::{blocking, io_err};
 use crate::raft::types::{Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::state::{Response, kv::KvError};
 use crate::state::{StateMachine, Txn, keys};
@@ -55,13 +56,14 @@ pub const INSTALL_CHUNK_BYTES: usize = 16 << 20;
 /// Replaces every key of `tree` with the entries of the snapshot file `snap`, in batches
 /// of about `chunk` bytes, finishing with the applied id and membership from `meta` and
 /// the removal of the install marker; flushes. See the module docs for crash safety.
+/// Returns how many batches wrote snapshot entries.
 fn replace_tree(
     db: &sled::Db,
     tree: &sled::Tree,
     snap: &Path,
     meta: &SnapshotMeta,
     chunk: usize,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     let sled_io = |e: sled::Error| std::io::Error::other(e.to_string());
     tree.insert(INSTALLING, keys::encode(&meta.snapshot_id)).map_err(sled_io)?;
     db.flush().map_err(sled_io)?;
@@ -86,7 +88,7 @@ fn replace_tree(
     }
     let file = std::fs::File::open(snap)?;
     let mut batch = sled::Batch::default();
-    let mut bytes = 0;
+    let (mut bytes, mut batches) = (0, 1);
     snapshot_file::read_entries(file, |k, v| {
         if k.as_slice() == INSTALLING {
             return Ok(());
@@ -96,6 +98,7 @@ fn replace_tree(
         if bytes >= chunk {
             tree.apply_batch(std::mem::take(&mut batch)).map_err(sled_io)?;
             bytes = 0;
+            batches += 1;
         }
         Ok(())
     })?;
@@ -106,7 +109,7 @@ fn replace_tree(
     batch.remove(INSTALLING);
     tree.apply_batch(batch).map_err(sled_io)?;
     db.flush().map_err(sled_io)?;
-    Ok(())
+    Ok(batches)
 }
 
 /// Metrics the store records while applying.
@@ -121,10 +124,11 @@ pub struct SmShared {
     db: sled::Db,
     machine: Mutex<StateMachine>,
     /// Held while entries are applied or a snapshot is installed, and for an instant at
-    /// the start and end of a snapshot build.
-    apply_gate: Mutex<()>,
-    /// Writes applied since a snapshot build began (`None`: no build recording).
-    recording: Mutex<Option<Recording>>,
+    /// the start and end of a snapshot build. Holds the writes applied since a snapshot
+    /// build began (`None`: no build is recording).
+    apply_gate: Mutex<Option<Recording>>,
+    /// Held for a whole snapshot build: one at a time.
+    build_lock: Mutex<()>,
     snapshot_dir: PathBuf,
     metrics: ApplyMetrics,
     /// Woken after every applied batch (long-polling lease requests wait on it).
@@ -188,8 +192,8 @@ impl SmStore {
                 tree,
                 db: db.clone(),
                 machine: Mutex::new(machine),
-                apply_gate: Mutex::new(()),
-                recording: Mutex::new(None),
+                apply_gate: Mutex::new(None),
+                build_lock: Mutex::new(()),
                 snapshot_dir: snapshot_dir.to_path_buf(),
                 metrics,
                 applied: tokio::sync::Notify::new(),
@@ -198,14 +202,7 @@ impl SmStore {
         })
     }
 
-    fn recording(&self) -> Result<MutexGuard<'_, Option<Recording>>, RaftStorageError> {
-        self.shared
-            .recording
-            .lock()
-            .map_err(|_| sm_err(ErrorVerb::Write, std::io::Error::other("snapshot recording poisoned by a panic")))
-    }
-
-    fn gate(&self) -> Result<MutexGuard<'_, ()>, RaftStorageError> {
+    fn gate(&self) -> Result<MutexGuard<'_, Option<Recording>>, RaftStorageError> {
         self.shared
             .apply_gate
             .lock()
@@ -213,13 +210,13 @@ impl SmStore {
     }
 
     /// Writes one applied batch to the tree in one atomic sled batch, recording it for a
-    /// snapshot scan in progress. The caller holds the apply gate (`_gate`).
+    /// snapshot scan in progress. The caller holds the apply gate (`gate`).
     fn commit_writes(
         &self,
-        _gate: &MutexGuard<'_, ()>,
+        gate: &mut MutexGuard<'_, Option<Recording>>,
         writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
-        if let Some(rec) = self.recording()?.as_mut() {
+        if let Some(rec) = gate.as_mut() {
             rec.extend(writes.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let mut batch = sled::Batch::default();
@@ -234,7 +231,7 @@ impl SmStore {
 
     fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Response>, RaftStorageError> {
         let s = &self.shared;
-        let _gate = self.gate()?;
+        let mut gate = self.gate()?;
         let started = Instant::now();
         let mut machine = s.machine().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let kv = SledKv(&s.tree);
@@ -256,7 +253,7 @@ impl SmStore {
             });
         }
         txn.put(APPLIED.to_vec(), keys::encode(&last));
-        self.commit_writes(&_gate, txn.into_writes())?;
+        self.commit_writes(&mut gate, txn.into_writes())?;
         drop(machine);
         s.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         s.metrics.applied_entries.inc_by(entries.len() as u64);
@@ -283,62 +280,36 @@ impl SmStore {
     /// current.
     fn build_blocking(&self) -> Result<SnapshotMeta, RaftStorageError> {
         let s = &self.shared;
+        let _build = s
+            .build_lock
+            .lock()
+            .map_err(|_| sm_err(ErrorVerb::Write, std::io::Error::other("snapshot build lock poisoned by a panic")))?;
         let seq = s.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let started = {
-            let _gate = self.gate()?;
-            let mut rec = self.recording()?;
-            // Another build is recording (openraft runs one at a time; be safe anyway).
-            let free = rec.is_none();
-            if free {
-                *rec = Some(Recording::new());
-            }
-            free
-        };
-        if !started {
-            return self.build_under_gate(seq);
-        }
         let scan = s.snapshot_dir.join(format!("scan-{seq}.tmp"));
-        let scanned = std::fs::File::create(&scan)
-            .and_then(|f| snapshot_file::write_tree(&s.tree, snapshot_file::PacedFile::new(&f)).map(|_| ()));
-        let (overlay, meta) = {
-            let _gate = self.gate()?;
-            let overlay = self.recording()?.take();
-            (overlay, self.new_meta(seq)?)
-        };
-        let result = match (scanned, overlay) {
-            (Err(e), _) => Err(sm_err(ErrorVerb::Write, e)),
-            // An install replaced the tree during the scan: build again, consistently.
-            (Ok(()), None) => self.build_under_gate(seq),
-            (Ok(()), Some(overlay)) => {
-                let tmp = s.snapshot_dir.join(format!("build-{seq}.tmp"));
-                let merged = std::fs::File::open(&scan).and_then(|src| {
-                    let out = std::fs::File::create(&tmp)?;
-                    snapshot_file::merge(src, &overlay, snapshot_file::PacedFile::new(&out))?;
-                    out.sync_all()
-                });
-                match merged {
-                    Ok(()) => self.make_current(&tmp, &meta).map(|()| meta),
-                    Err(e) => Err(sm_err(ErrorVerb::Write, e)),
-                }
+        let tmp = s.snapshot_dir.join(format!("build-{seq}.tmp"));
+        let write_err = |e| sm_err(ErrorVerb::Write, e);
+        let result = loop {
+            *self.gate()? = Some(Recording::new());
+            let scanned = std::fs::File::create(&scan)
+                .and_then(|f| snapshot_file::write_tree(&s.tree, snapshot_file::PacedFile::new(&f)));
+            let (overlay, meta) = {
+                let mut gate = self.gate()?;
+                (gate.take(), self.new_meta(seq)?)
+            };
+            if let Err(e) = scanned {
+                break Err(write_err(e));
             }
+            // None: an install replaced the tree during the scan; scan the new one.
+            let Some(overlay) = overlay else { continue };
+            let merged = std::fs::File::open(&scan).and_then(|src| {
+                let out = std::fs::File::create(&tmp)?;
+                snapshot_file::merge(src, &overlay, snapshot_file::PacedFile::new(&out))?;
+                out.sync_all()
+            });
+            break merged.map_err(write_err).and_then(|()| self.make_current(&tmp, &meta)).map(|()| meta);
         };
         let _ = std::fs::remove_file(&scan);
         result
-    }
-
-    /// Streams the tree to a snapshot file holding the apply gate (applies wait).
-    fn build_under_gate(&self, seq: u64) -> Result<SnapshotMeta, RaftStorageError> {
-        let s = &self.shared;
-        let gate = self.gate()?;
-        let meta = self.new_meta(seq)?;
-        let tmp = s.snapshot_dir.join(format!("build-{seq}.tmp"));
-        let file = std::fs::File::create(&tmp).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        snapshot_file::write_tree(&s.tree, snapshot_file::PacedFile::new(&file))
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        file.sync_all().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        drop(gate);
-        self.make_current(&tmp, &meta)?;
-        Ok(meta)
     }
 
     fn make_current(&self, file: &Path, meta: &SnapshotMeta) -> Result<(), RaftStorageError> {
@@ -355,9 +326,9 @@ impl SmStore {
     /// chunks (see the module docs) and reloads the in-memory state.
     fn install_blocking(&self, meta: &SnapshotMeta, path: &Path) -> Result<(), RaftStorageError> {
         let s = &self.shared;
-        let _gate = self.gate()?;
+        let mut gate = self.gate()?;
         // A snapshot build scanning the tree now would mix two states: make it start over.
-        *self.recording()? = None;
+        *gate = None;
         self.make_current(path, meta)?;
         let (snap, _) = self.snapshot_paths();
         replace_tree(&s.db, &s.tree, &snap, meta, INSTALL_CHUNK_BYTES).map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -367,16 +338,10 @@ impl SmStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
-) -> Result<T, RaftStorageError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| sm_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))?
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for SmStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, RaftStorageError> {
         let this = self.clone();
-        let meta = blocking(move || this.build_blocking()).await?;
+        let meta = blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || this.build_blocking()).await?;
         let (snap, _) = self.snapshot_paths();
         let file = tokio::fs::File::open(&snap).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
@@ -399,7 +364,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let this = self.clone();
-        blocking(move || this.apply_batch(entries)).await
+        blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || this.apply_batch(entries)).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -440,7 +405,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         drop(dst);
         let this = self.clone();
         let meta = meta.clone();
-        blocking(move || this.install_blocking(&meta, &path)).await
+        blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || this.install_blocking(&meta, &path)).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
@@ -494,7 +459,8 @@ mod tests {
         dst.shared.tree.insert("z/old", b"gone".to_vec()).expect("insert");
         let (snap, _) = src.snapshot_paths();
         // 4 KiB chunks: the 300 KiB snapshot goes in ~75 batches.
-        replace_tree(&db, &dst.shared.tree, &snap, &meta, 4096).expect("install");
+        let batches = replace_tree(&db, &dst.shared.tree, &snap, &meta, 4096).expect("install");
+        assert!(batches >= 70, "{batches} batches");
         assert_eq!(contents(&dst.shared.tree), contents(&src.shared.tree));
         assert!(!dst.shared.tree.contains_key(INSTALLING).expect("read"), "marker removed");
     }
@@ -548,8 +514,8 @@ mod tests {
             let sm = sm.clone();
             std::thread::spawn(move || {
                 for i in 1..=STEPS {
-                    let gate = sm.gate().expect("gate");
-                    sm.commit_writes(&gate, step(i)).expect("write");
+                    let mut gate = sm.gate().expect("gate");
+                    sm.commit_writes(&mut gate, step(i)).expect("write");
                     drop(gate);
                     // Spread the writes over many snapshot builds.
                     if i.is_multiple_of(16) {
