@@ -464,6 +464,17 @@ impl Cluster {
         }
         Ok(out)
     }
+
+    /// Waits until every running node has applied what the leader has, and checks that
+    /// their state digests agree. Returns that applied index and each node's view.
+    pub async fn identical_replicas(&self) -> anyhow::Result<(u64, Vec<pa::InspectNodeResponse>)> {
+        let leader = self.wait_leader(Duration::from_secs(30)).await?;
+        let applied = self.status(leader).await?.last_applied_index;
+        let views = self.inspect_all(applied).await?;
+        let digests: std::collections::BTreeSet<&str> = views.iter().map(|v| v.state_digest.as_str()).collect();
+        anyhow::ensure!(digests.len() == 1, "replicas diverge: {views:#?}");
+        Ok((applied, views))
+    }
 }
 
 impl Drop for Cluster {

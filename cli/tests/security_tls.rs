@@ -100,7 +100,7 @@ async fn tls_cluster_replicates_and_enforces_roles() {
     let missing = beta.get_task_log(log(7)).await.expect_err("log of a missing id");
     assert_eq!(other.code(), Code::NotFound);
     assert_eq!(other.message().replace(&ids[0].to_string(), "ID"), missing.message().replace('7', "ID"));
-    acme.get_task_log(log(ids[0]).clone()).await.expect("acme reads its own log");
+    acme.get_task_log(log(ids[0])).await.expect("acme reads its own log");
     let listed = beta.list_tasks(pv::ListTasksRequest::default()).await.expect("list").into_inner();
     assert!(listed.tasks.is_empty(), "beta sees acme's tasks");
     let listed = acme.list_tasks(pv::ListTasksRequest::default()).await.expect("list").into_inner();

@@ -125,14 +125,9 @@ async fn authorize(State(ctx): State<Ctx>, req: Request, next: Next) -> axum::re
         Err(e) => return deny("bad_certificate", e),
     };
     if id.role == Role::Tenant {
-        match crate::api::authz::source_allowed(&ctx.node.sm, &id.id, Some(peer.addr.ip())) {
-            Ok(true) => {}
-            Ok(false) => {
-                return deny(
-                    "source_cidr",
-                    format!("tenant {} may not call from {} (outside its allowed_cidrs)", id.id, peer.addr.ip()),
-                );
-            }
+        match crate::api::authz::source_refusal(&ctx.node.sm, &id.id, Some(peer.addr.ip())) {
+            Ok(None) => {}
+            Ok(Some(why)) => return deny("source_cidr", why),
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
         }
         if !matches!(req.uri().path(), "/healthz" | "/readyz") {

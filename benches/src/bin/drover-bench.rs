@@ -237,10 +237,7 @@ async fn backlog(
         mib(cluster.rss_bytes(new)),
         mib(cluster.peak_rss_bytes(new))
     );
-    let applied = cluster.status(leader).await?.last_applied_index;
-    let views = cluster.inspect_all(applied).await?;
-    let digests: std::collections::BTreeSet<&str> = views.iter().map(|v| v.state_digest.as_str()).collect();
-    anyhow::ensure!(digests.len() == 1, "replicas diverge after the catch-up: {views:?}");
+    let (applied, views) = cluster.identical_replicas().await.context("after the learner's catch-up")?;
     println!("all {} replicas identical at applied index {applied}", views.len());
     Ok(())
 }

@@ -1,9 +1,7 @@
 //! Shared setup for the integration tests: a real cluster of `drover` processes.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
 use drover_chaos::{Cluster, ClusterOptions, clients};
 use drover_proto::admin as pa;
@@ -69,11 +67,7 @@ pub async fn all_task_ids(c: &Cluster, id: u64) -> Vec<u64> {
 
 /// Asserts every running node holds identical state tables; returns the applied index.
 pub async fn assert_replicas_identical(c: &Cluster, expect_tasks: u64) -> u64 {
-    let leader = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
-    let applied = c.status(leader).await.expect("status").last_applied_index;
-    let views = c.inspect_all(applied).await.expect("inspect");
-    let digests: BTreeSet<&str> = views.iter().map(|v| v.state_digest.as_str()).collect();
-    assert_eq!(digests.len(), 1, "replicas diverge: {views:#?}");
+    let (applied, views) = c.identical_replicas().await.expect("identical replicas");
     for v in &views {
         assert_eq!(v.task_count, expect_tasks, "node {} holds {} tasks", v.node_id, v.task_count);
     }

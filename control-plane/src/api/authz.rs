@@ -94,28 +94,27 @@ impl Authz {
 
     /// Refuses a tenant calling from outside its source allowlist.
     fn check_source(&self, tenant: &str, peer: Option<IpAddr>) -> Result<(), Status> {
-        if source_allowed(&self.sm, tenant, peer).map_err(Status::internal)? {
-            return Ok(());
+        match source_refusal(&self.sm, tenant, peer).map_err(Status::internal)? {
+            None => Ok(()),
+            Some(why) => Err(self.deny("source_cidr", Status::permission_denied(why))),
         }
-        let from = peer.map(|p| p.to_string()).unwrap_or_else(|| "an unknown address".into());
-        Err(self.deny(
-            "source_cidr",
-            Status::permission_denied(format!("tenant {tenant} may not call from {from} (outside its allowed_cidrs)")),
-        ))
     }
 }
 
-/// Whether `tenant` may call from `peer`: it has no source allowlist, or the address is
-/// inside one of its networks. Shared by the gRPC interceptor and the HTTP listener.
-pub fn source_allowed(sm: &SmShared, tenant: &str, peer: Option<IpAddr>) -> Result<bool, String> {
-    let allowed = match sm.machine() {
-        Ok(sm) => sm.tenants().get(tenant).map(|t| t.allowed_cidrs.clone()).unwrap_or_default(),
-        Err(e) => return Err(e.to_string()),
+/// Why `tenant` may not call from `peer`, or `None` when it may: it has no source
+/// allowlist, or the address is inside one of its networks. Shared by the gRPC
+/// interceptor and the HTTP listener, so both refuse with the same words.
+pub fn source_refusal(sm: &SmShared, tenant: &str, peer: Option<IpAddr>) -> Result<Option<String>, String> {
+    let inside = {
+        let sm = sm.machine().map_err(|e| e.to_string())?;
+        let allowed = sm.tenants().get(tenant).map(|t| t.allowed_cidrs.as_slice()).unwrap_or_default();
+        allowed.is_empty()
+            || peer.is_some_and(|ip| {
+                allowed.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()).any(|net| net.contains(&ip))
+            })
     };
-    Ok(allowed.is_empty()
-        || peer.is_some_and(|ip| {
-            allowed.iter().filter_map(|c| c.parse::<ipnet::IpNet>().ok()).any(|net| net.contains(&ip))
-        }))
+    let from = || peer.map(|p| p.to_string()).unwrap_or_else(|| "an unknown address".into());
+    Ok((!inside).then(|| format!("tenant {tenant} may not call from {} (outside its allowed_cidrs)", from())))
 }
 
 impl tonic::service::Interceptor for Authz {
