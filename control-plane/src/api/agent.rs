@@ -157,13 +157,13 @@ impl Agent for AgentService {
                         self.ctx.tracker.touch(LeaseRef { task_id: g.task_id, epoch: g.epoch }, now);
                         tasks.push(self.granted(g.task_id, g.epoch)?);
                     }
-                    return Ok(Response::new(pa::LeaseResponse { tasks, lease_ttl_ms }));
+                    return Ok(Response::new(pa::LeaseResponse { tasks, lease_ttl_ms, lease_valid_ms: 0 }));
                 }
             }
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Ok(Response::new(pa::LeaseResponse { tasks: vec![], lease_ttl_ms }));
+                    return Ok(Response::new(pa::LeaseResponse { tasks: vec![], lease_ttl_ms, lease_valid_ms: 0 }));
                 }
             }
         }
@@ -190,7 +190,11 @@ impl Agent for AgentService {
                 revoked.push(l);
             }
         }
-        Ok(Response::new(pa::HeartbeatResponse { revoked, lease_ttl_ms: self.ctx.cfg.lease_ttl.as_millis() as u64 }))
+        Ok(Response::new(pa::HeartbeatResponse {
+            revoked,
+            lease_ttl_ms: self.ctx.cfg.lease_ttl.as_millis() as u64,
+            lease_valid_ms: 0,
+        }))
     }
 
     async fn complete(&self, req: Request<pa::CompleteRequest>) -> ApiResult<pa::CompleteResponse> {
