@@ -25,6 +25,7 @@ use crate::api::tenant::TenantService;
 use crate::api::{ApiConfig, ApiCtx};
 use crate::config::{ConfigError, ServerConfig};
 use crate::leader::lease_tracker::LeaseTracker;
+use crate::leader::quorum_clock::{self, QuorumClock, confirm_interval};
 use crate::leader::{LeaderConfig, supervise};
 use crate::metrics::{Metrics, MetricsError};
 use crate::raft::batcher::Batcher;
@@ -88,6 +89,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let quorum_timeout = Duration::from_millis(cfg.raft.election_max_ms * 2);
     let node = Arc::new(RaftNode::new(cfg.node_id, raft.clone(), sm, peer_tls, cfg.propose_timeout, quorum_timeout));
     let tracker = Arc::new(LeaseTracker::default());
+    let quorum = Arc::new(QuorumClock::default());
     let tasks = tokio_util::task::TaskTracker::new();
     let batcher = Batcher::start(node.clone(), MAX_ENTRIES_IN_FLIGHT, &tasks, shutdown.clone());
     let ctx = Arc::new(ApiCtx {
@@ -101,6 +103,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             max_task_log_bytes: cfg.max_task_log_bytes.as_u64(),
         },
         tracker: tracker.clone(),
+        quorum: quorum.clone(),
     });
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -163,6 +166,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         timeout_grace: cfg.timeout_grace,
         retention: cfg.retention,
     };
+    tasks.spawn(quorum_clock::run(node.clone(), quorum, confirm_interval(cfg.lease_ttl), shutdown.clone()));
     tasks.spawn(supervise(node.clone(), tracker, leader_cfg, metrics, shutdown.clone()));
     tasks.close();
     tracing::info!(node_id = cfg.node_id, listen = %cfg.listen, http = %cfg.http_listen, "drover server started");

@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod config;
 pub mod executor;
+pub mod lease_book;
 pub mod metrics;
 pub mod shipper;
 pub mod socket;

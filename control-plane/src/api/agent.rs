@@ -62,6 +62,13 @@ fn attrs_in(a: Option<pa::AgentAttributes>) -> Result<AgentAttrs, ApiError> {
     Ok(attrs)
 }
 
+/// What a lease answer tells the agent: valid for `valid` from `now`, counted from the
+/// agent's send time, which was no later than `received`. Rounded down, so the agent
+/// never gets more than the leader gave.
+fn valid_ms(received: Instant, now: Instant, valid: Duration) -> u64 {
+    (now.saturating_duration_since(received) + valid).as_millis() as u64
+}
+
 impl AgentService {
     /// Whether the leader's current state has a task this agent could be granted.
     fn has_work(&self, attrs: &AgentAttrs) -> Result<bool, ApiError> {
@@ -118,7 +125,8 @@ impl AgentService {
 impl Agent for AgentService {
     async fn lease(&self, req: Request<pa::LeaseRequest>) -> ApiResult<pa::LeaseResponse> {
         let agent_id = caller::agent(&req)?;
-        self.ctx.require_leader()?;
+        let received = Instant::now();
+        self.ctx.lease_validity(received)?;
         let r = req.into_inner();
         if r.max_tasks > validate::MAX_TASKS_PER_LEASE_REQUEST {
             return Err(ApiError::invalid(
@@ -151,13 +159,18 @@ impl Agent for AgentService {
                     other => return Err(unexpected(other)),
                 };
                 if !grants.is_empty() {
+                    // The leases' clocks start now, on the leader: a grant late in the
+                    // long poll is valid for the time it was held plus what is left of
+                    // the TTL, counted from the agent's send time.
                     let now = Instant::now();
+                    let valid = self.ctx.lease_validity(now)?;
                     let mut tasks = Vec::with_capacity(grants.len());
                     for g in grants {
                         self.ctx.tracker.touch(LeaseRef { task_id: g.task_id, epoch: g.epoch }, now);
                         tasks.push(self.granted(g.task_id, g.epoch)?);
                     }
-                    return Ok(Response::new(pa::LeaseResponse { tasks, lease_ttl_ms, lease_valid_ms: 0 }));
+                    let lease_valid_ms = valid_ms(received, now, valid);
+                    return Ok(Response::new(pa::LeaseResponse { tasks, lease_ttl_ms, lease_valid_ms }));
                 }
             }
             tokio::select! {
@@ -171,11 +184,13 @@ impl Agent for AgentService {
 
     async fn heartbeat(&self, req: Request<pa::HeartbeatRequest>) -> ApiResult<pa::HeartbeatResponse> {
         let agent_id = caller::agent(&req)?;
-        self.ctx.require_leader()?;
+        let received = Instant::now();
+        self.ctx.lease_validity(received)?;
         let r = req.into_inner();
         at_most("leases", r.leases.len(), validate::MAX_COMPLETIONS)?;
         self.check_owned(&agent_id, r.leases.iter().map(|l| (l.task_id, l.lease_epoch)))?;
         let now = Instant::now();
+        let valid = self.ctx.lease_validity(now)?;
         let mut revoked = Vec::new();
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
         for l in r.leases {
@@ -193,7 +208,7 @@ impl Agent for AgentService {
         Ok(Response::new(pa::HeartbeatResponse {
             revoked,
             lease_ttl_ms: self.ctx.cfg.lease_ttl.as_millis() as u64,
-            lease_valid_ms: 0,
+            lease_valid_ms: valid_ms(received, now, valid),
         }))
     }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use error::ApiError;
 
 use crate::leader::lease_tracker::LeaseTracker;
+use crate::leader::quorum_clock::QuorumClock;
 use crate::raft::batcher::Batcher;
 use crate::raft::node::RaftNode;
 use crate::state::{Command, Response};
@@ -38,6 +39,7 @@ pub struct ApiCtx {
     pub batcher: Batcher,
     pub cfg: ApiConfig,
     pub tracker: Arc<LeaseTracker>,
+    pub quorum: Arc<QuorumClock>,
 }
 
 impl ApiCtx {
@@ -59,5 +61,37 @@ impl ApiCtx {
             return Ok(());
         }
         Err(ApiError::NotLeader { leader: self.node.leader().map(|(_, addr)| addr) })
+    }
+
+    /// How long a lease granted or renewed at `now` stays valid, or why this node may not
+    /// grant or renew leases now (see [`crate::leader::quorum_clock`] for the argument):
+    /// only the leader, once it has applied an entry of its own term (so its state holds
+    /// every lease the previous term granted), and only for what is left of the TTL since
+    /// a quorum last confirmed it.
+    pub fn lease_validity(&self, now: std::time::Instant) -> Result<Duration, ApiError> {
+        self.require_leader()?;
+        let (term, applied_term) = {
+            let m = self.node.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.last_applied.map(|l| l.leader_id.term))
+        };
+        if applied_term != Some(term) {
+            return Err(ApiError::Unavailable(format!(
+                "this node has just become leader (term {term}) and has not yet applied an entry of its term; \
+                 leases are served once it has"
+            )));
+        }
+        let ttl = self.cfg.lease_ttl;
+        match self.quorum.since(term, now) {
+            Some(since) if since < ttl => Ok(ttl - since),
+            Some(since) => Err(ApiError::Unavailable(format!(
+                "this leader has not confirmed a quorum for {} ms (the lease TTL is {} ms); it renews no lease",
+                since.as_millis(),
+                ttl.as_millis()
+            ))),
+            None => Err(ApiError::Unavailable(format!(
+                "this leader has not yet confirmed a quorum in term {term}; leases are served once it has"
+            ))),
+        }
     }
 }

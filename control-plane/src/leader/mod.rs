@@ -8,6 +8,7 @@
 //! proposals fail or are no-ops).
 
 pub mod lease_tracker;
+pub mod quorum_clock;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
