@@ -6,7 +6,13 @@
 //!
 //! * [`config`] — the agent's TOML configuration.
 //! * [`uplink`] — the one outbound gRPC connection, following leader hints.
-//! * [`agent`] — leasing, runners, heartbeats, completion, drain, reconciliation.
+//! * [`lease_book`] — pure: held leases, deadlines, renewals, stop reasons, slots.
+//! * [`reconcile`] — pure: labelled containers + confirmed leases → adopt / remove.
+//! * [`agent`] — the shared state around the book, and the agent's life (run, drain).
+//! * [`session`] — the lease long-poll, heartbeats, hand-backs, the deadline timer and
+//!   the engine watch.
+//! * [`runner`] — one task: container, output, and its end as the book decides.
+//! * [`serve`] — process wiring and signals.
 //! * [`executor`] — one task in one Docker container (bollard), and the image cache.
 //! * [`shipper`] — batched, ordered, fenced log shipping.
 //! * [`watchdog`] — the out-of-process lease-deadline enforcer.
@@ -17,6 +23,10 @@ pub mod config;
 pub mod executor;
 pub mod lease_book;
 pub mod metrics;
+pub mod reconcile;
+pub mod runner;
+pub mod serve;
+pub mod session;
 pub mod shipper;
 pub mod socket;
 pub mod uplink;

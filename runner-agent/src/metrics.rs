@@ -11,8 +11,11 @@ pub struct AgentMetrics {
     pub exec: ExecMetrics,
     pub slots_busy: IntGauge,
     pub slots_free: IntGauge,
-    /// By outcome: success, error, timeout, killed, lost (lease lost or revoked), released.
+    /// By outcome: success, error, timeout, killed, lost (lease lost or revoked),
+    /// handed_back (drain, or an engine failure).
     pub tasks: IntCounterVec,
+    /// Leases not renewed before their deadline (their containers were stopped).
+    pub leases_lost: IntCounter,
     pub log_bytes_shipped: IntCounter,
     pub lease_renew_failures: IntCounter,
     pub completions_rejected: IntCounter,
@@ -43,7 +46,12 @@ impl AgentMetrics {
         registry.register(Box::new(tasks.clone()))?;
         registry.register(Box::new(log_bytes_shipped.clone()))?;
         registry.register(Box::new(lease_renew_failures.clone()))?;
+        let leases_lost = IntCounter::new(
+            "drover_agent_leases_lost_total",
+            "Leases not renewed before their deadline; their containers were stopped and not reported",
+        )?;
         registry.register(Box::new(completions_rejected.clone()))?;
+        registry.register(Box::new(leases_lost.clone()))?;
         Ok(AgentMetrics {
             registry,
             exec,
@@ -53,6 +61,7 @@ impl AgentMetrics {
             log_bytes_shipped,
             lease_renew_failures,
             completions_rejected,
+            leases_lost,
         })
     }
 

@@ -24,11 +24,7 @@ use crate::uplink::Uplink;
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 const MAX_CHUNKS_PER_CALL: usize = 500;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Lease {
-    pub task_id: u64,
-    pub epoch: u64,
-}
+pub use crate::lease_book::Lease;
 
 pub enum ShipMsg {
     Chunk {

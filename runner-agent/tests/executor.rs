@@ -59,7 +59,11 @@ async fn an_image_that_cannot_be_pulled_is_an_error_and_leaves_nothing() {
     let (ex, metrics) = executor(work.path()).await;
     let agent = agent_id("nopull");
     let (tx, _rx) = mpsc::channel(8);
-    let r = ex.run(&spec(&agent, "drover-test/absent:404", "true"), tx, CancellationToken::new(), &|_| {}).await;
+    let r = ex
+        .run(&spec(&agent, "drover-test/absent:404", "true"), tx, CancellationToken::new(), &|_| {
+            Box::pin(async { true })
+        })
+        .await;
     assert_eq!(r.outcome, RunOutcome::Error);
     assert!(r.error.contains("drover-test/absent:404") && r.error.contains("pull failed"), "{}", r.error);
     assert!(r.container_id.is_empty());
@@ -81,7 +85,11 @@ async fn cancelling_kills_and_removes_the_container() {
     let run = {
         let cancel = cancel.clone();
         async move {
-            ex.run(&s, tx, cancel, &move |id| *seen.lock().unwrap_or_else(|p| p.into_inner()) = id.to_string()).await
+            ex.run(&s, tx, cancel, &move |id| {
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = id;
+                Box::pin(async { true })
+            })
+            .await
         }
     };
     let canceller = async {
@@ -150,7 +158,7 @@ async fn allocating_past_the_memory_limit_is_reported_as_an_oom_kill() {
     let mut s = spec(&agent, IMAGE, "exec dd if=/dev/zero of=/dev/null bs=64M count=1");
     s.memory_bytes = 32 << 20;
     let (tx, _rx) = mpsc::channel(64);
-    let r = ex.run(&s, tx, CancellationToken::new(), &|_| {}).await;
+    let r = ex.run(&s, tx, CancellationToken::new(), &|_| Box::pin(async { true })).await;
     assert_eq!((r.outcome, r.exit_code, r.oom_killed), (RunOutcome::Error, Some(137), true), "{r:?}");
     assert_eq!(metrics.oom_kills.get(), 1);
 }

@@ -148,7 +148,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         AgentCmd::Run(a) => {
             let cfg = config(*a)?;
             let exe = std::env::current_exe().context("locating the drover binary for the watchdog")?;
-            drover_runner_agent::agent::serve(cfg, exe).await?;
+            drover_runner_agent::serve::serve(cfg, exe).await?;
             Ok(())
         }
         AgentCmd::Watchdog { dir } => Ok(drover_runner_agent::watchdog::run(dir).await?),

@@ -171,7 +171,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     agent_cfg.validate()?;
     let socket = agent_cfg.control_socket();
     let exe = std::env::current_exe().context("locating the drover binary for the watchdog")?;
-    let agent = tokio::spawn(drover_runner_agent::agent::serve(agent_cfg, exe.clone()));
+    let agent = tokio::spawn(drover_runner_agent::serve::serve(agent_cfg, exe.clone()));
 
     let bin_dir = exe.parent().map(|p| p.display().to_string()).unwrap_or_default();
     let env = format!(

@@ -46,7 +46,7 @@ pub struct Executor {
 }
 
 /// A container found on the engine with this agent's labels.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Labelled {
     pub id: String,
     pub task_id: u64,
@@ -59,6 +59,23 @@ pub struct Labelled {
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Asked once a container exists, before it starts: whether to start it.
+pub type OnCreated<'a> = &'a (dyn Fn(String) -> futures::future::BoxFuture<'static, bool> + Send + Sync);
+
+/// Whether a failure is the engine's (unreachable, connection dropped, timed out) rather
+/// than an answer about the task (an HTTP error from the engine, a non-zero exit).
+pub fn engine_failure(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    !matches!(
+        e,
+        E::DockerResponseServerError { .. }
+            | E::DockerContainerWaitError { .. }
+            | E::DockerStreamError { .. }
+            | E::JsonDataError { .. }
+            | E::JsonSerdeError { .. }
+    )
 }
 
 fn not_found(e: &bollard::errors::Error) -> bool {
@@ -88,27 +105,23 @@ impl Executor {
         &self.docker
     }
 
-    /// Runs one attempt. Never fails: problems become `RunOutcome::Error` with `error` set.
-    /// The container (and the run directory) are gone when this returns.
+    /// Runs one attempt. Never fails: problems become `RunOutcome::Error` with `error` set
+    /// (and `infrastructure` when the engine, not the task, failed). `on_created` is asked
+    /// once the container exists and before it starts; `false` removes it unstarted
+    /// (outcome `Killed`). The container (and the run directory) are gone when this
+    /// returns, unless the engine could not be reached to remove it.
     pub async fn run(
         &self,
         spec: &ContainerSpec,
         output: mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
-        on_created: &(dyn Fn(&str) + Send + Sync),
+        on_created: OnCreated<'_>,
     ) -> RunReport {
-        let mut report = RunReport {
-            outcome: RunOutcome::Error,
-            exit_code: None,
-            oom_killed: false,
-            error: String::new(),
-            started_ms: 0,
-            peak_memory_bytes: 0,
-            container_id: String::new(),
-        };
+        let mut report = RunReport::new(String::new());
         let _image = match self.cache.ensure(&spec.image).await {
             Ok(g) => g,
             Err(e) => {
+                report.infrastructure = e.is_engine_failure();
                 report.error = e.to_string();
                 return report;
             }
@@ -127,14 +140,21 @@ impl Executor {
             Ok(r) => {
                 self.metrics.create_seconds.observe(created.elapsed().as_secs_f64());
                 report.container_id = r.id;
-                on_created(&report.container_id);
                 let id = report.container_id.clone();
-                self.supervise(&id, None, spec.timeout, output, cancel, &mut report).await;
+                if on_created(id.clone()).await {
+                    self.supervise(&id, None, spec.timeout, output, cancel, &mut report).await;
+                } else {
+                    report.outcome = RunOutcome::Killed;
+                    report.error = "not started: the lease ended before the container could start".into();
+                }
                 if let Err(e) = self.remove(&id).await {
                     tracing::error!(container = %id, error = %e, "removing the container failed");
                 }
             }
-            Err(e) => report.error = format!("creating the container: {e}"),
+            Err(e) => {
+                report.infrastructure = engine_failure(&e);
+                report.error = format!("creating the container: {e}");
+            }
         }
         let _ = tokio::fs::remove_dir_all(&dir).await;
         report
@@ -151,15 +171,7 @@ impl Executor {
         output: mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
     ) -> RunReport {
-        let mut report = RunReport {
-            outcome: RunOutcome::Error,
-            exit_code: None,
-            oom_killed: false,
-            error: String::new(),
-            started_ms: 0,
-            peak_memory_bytes: 0,
-            container_id: container_id.to_string(),
-        };
+        let mut report = RunReport::new(container_id.to_string());
         self.supervise(container_id, Some(logs_since), timeout_left, output, cancel, &mut report).await;
         if let Err(e) = self.remove(container_id).await {
             tracing::error!(container = %container_id, error = %e, "removing the container failed");
@@ -203,6 +215,7 @@ impl Executor {
                     match self.docker.attach_container(id, Some(opts)).await {
                         Ok(a) => a.output,
                         Err(e) => {
+                            report.infrastructure = engine_failure(&e);
                             report.error = format!("attaching to the container: {e}");
                             return;
                         }
@@ -224,6 +237,7 @@ impl Executor {
         if adopted_since.is_none() {
             let started = Instant::now();
             if let Err(e) = self.docker.start_container(id, None::<q::StartContainerOptions>).await {
+                report.infrastructure = engine_failure(&e);
                 report.error = format!("starting the container: {e}");
                 pump.abort();
                 return;
@@ -236,7 +250,14 @@ impl Executor {
 
         let mut wait = Box::pin(self.docker.wait_container(id, None::<q::WaitContainerOptions>));
         let ended = tokio::select! {
-            _ = wait.next() => None,
+            r = wait.next() => {
+                // The wait stream fails with the engine (a restart, a dropped socket):
+                // the container's fate is unknown, which is ours, not the task's.
+                if let Some(Err(e)) = &r && engine_failure(e) {
+                    report.infrastructure = true;
+                }
+                None
+            }
             _ = tokio::time::sleep(timeout) => Some(RunOutcome::Timeout),
             _ = cancel.cancelled() => Some(RunOutcome::Killed),
         };
@@ -281,7 +302,10 @@ impl Executor {
                     report.started_ms = unix_ms(t);
                 }
             }
-            Err(e) => report.error = format!("inspecting the container: {e}"),
+            Err(e) => {
+                report.infrastructure |= engine_failure(&e);
+                report.error = format!("inspecting the container: {e}");
+            }
         }
         // The engine's OOMKilled flag misses kills that happen before containerd watches
         // the new cgroup (seen on Docker 20.10, cgroup v1, with several containers starting

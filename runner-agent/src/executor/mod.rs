@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use container::{Executor, ExecutorConfig, Labelled};
+pub use container::{Executor, ExecutorConfig, Labelled, OnCreated};
 pub use image_cache::ImageCache;
 pub use metrics::ExecMetrics;
 
@@ -86,6 +86,25 @@ pub struct RunReport {
     /// Peak memory use of the container's cgroup; 0 when the engine did not report it.
     pub peak_memory_bytes: u64,
     pub container_id: String,
+    /// The engine failed (unreachable, restarted), not the task: the task is handed back
+    /// to be re-queued, consuming no retry, instead of reported.
+    pub infrastructure: bool,
+}
+
+impl RunReport {
+    /// A report of nothing yet: an error until the run says otherwise.
+    pub fn new(container_id: String) -> Self {
+        RunReport {
+            outcome: RunOutcome::Error,
+            exit_code: None,
+            oom_killed: false,
+            error: String::new(),
+            started_ms: 0,
+            peak_memory_bytes: 0,
+            container_id,
+            infrastructure: false,
+        }
+    }
 }
 
 /// One piece of output, in engine order.
@@ -107,4 +126,15 @@ pub enum ExecError {
     Image { image: String, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ExecError {
+    /// Whether the engine failed (see [`container::engine_failure`]), not the request.
+    pub fn is_engine_failure(&self) -> bool {
+        match self {
+            ExecError::Unreachable { .. } => true,
+            ExecError::Docker(e) => container::engine_failure(e),
+            ExecError::Image { .. } | ExecError::Io(_) => false,
+        }
+    }
 }
