@@ -356,6 +356,21 @@ impl Agent {
     }
 }
 
+impl crate::socket::ControlTarget for Agent {
+    fn status(&self) -> StatusView {
+        Agent::status(self)
+    }
+
+    fn drain(&self) -> usize {
+        self.draining.cancel();
+        self.busy()
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+}
+
 impl ShipperHost for Agent {
     fn holds(&self, lease: Lease) -> bool {
         lock(&self.state).book.holds(lease)

@@ -15,7 +15,16 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
+use crate::agent::StatusView;
+
+/// What the socket serves: a status view, a drain switch and the metrics text. The
+/// agent implements it; the socket never reaches into the agent itself.
+pub trait ControlTarget: Send + Sync + 'static {
+    fn status(&self) -> StatusView;
+    /// Starts draining; returns how many tasks are still held.
+    fn drain(&self) -> usize;
+    fn metrics_text(&self) -> String;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -51,24 +60,24 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     r
 }
 
-async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle<T: ControlTarget>(agent: Arc<T>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/status") => match serde_json::to_vec_pretty(&agent.status()) {
             Ok(body) => reply(StatusCode::OK, "application/json", body),
             Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
         },
         (&Method::POST, "/drain") => {
-            agent.draining().cancel();
-            let body = serde_json::json!({ "draining": true, "running": agent.busy() }).to_string();
+            let running = agent.drain();
+            let body = serde_json::json!({ "draining": true, "running": running }).to_string();
             reply(StatusCode::ACCEPTED, "application/json", body)
         }
-        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", agent.metrics.render()),
+        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", agent.metrics_text()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try GET /status, POST /drain, GET /metrics\n"),
     })
 }
 
 /// Serves the socket until `cancel` fires, then removes it.
-pub async fn serve(listener: UnixListener, path: PathBuf, agent: Arc<Agent>, cancel: CancellationToken) {
+pub async fn serve<T: ControlTarget>(listener: UnixListener, path: PathBuf, agent: Arc<T>, cancel: CancellationToken) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -96,7 +105,11 @@ pub async fn serve(listener: UnixListener, path: PathBuf, agent: Arc<Agent>, can
 }
 
 /// Serves read-only `GET /metrics` on a loopback TCP listener until `cancel` fires.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>, cancel: CancellationToken) {
+pub async fn serve_metrics<T: ControlTarget>(
+    listener: tokio::net::TcpListener,
+    agent: Arc<T>,
+    cancel: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -115,7 +128,7 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, agent: Arc<Agent>,
                 async move {
                     Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
                         (&Method::GET, "/metrics") => {
-                            reply(StatusCode::OK, "text/plain; version=0.0.4", agent.metrics.render())
+                            reply(StatusCode::OK, "text/plain; version=0.0.4", agent.metrics_text())
                         }
                         _ => reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics here\n"),
                     })

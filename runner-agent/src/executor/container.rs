@@ -396,7 +396,7 @@ fn create_body(cfg: &ExecutorConfig, spec: &ContainerSpec, dir: &std::path::Path
     ]);
     let network = if spec.network_mode.is_empty() { "none".to_string() } else { spec.network_mode.clone() };
     ContainerCreateBody {
-        image: Some(spec.image.clone()),
+        image: Some(super::image_cache::normalize(&spec.image)),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         env: Some(env),
         labels: Some(labels),

@@ -3,8 +3,14 @@
 //!
 //! Owns the record of images this agent has used (size, last use, runs using it).
 //! Invariants: concurrent `ensure`s of one missing image make one pull (a per-image lock;
-//! the others find the image present when they get the lock); an image held by an
-//! [`ImageGuard`] is never evicted; eviction only touches images this cache has used.
+//! the others find the image present when they get the lock); an image is pinned (in
+//! use) from the moment `ensure` is called, before it is even looked up, so an eviction
+//! running concurrently can never delete an image a task was just handed; eviction only
+//! removes images this cache pulled itself (never one that was on the engine before, which
+//! may belong to the operator or to another agent sharing the engine), and never forces
+//! (the engine refuses to remove an image a container uses). A reference without a tag
+//! or digest means `:latest`, as the docker CLI reads it (the engine itself would pull
+//! every tag).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +34,8 @@ struct Entry {
     size_bytes: u64,
     in_use: u32,
     last_used: SystemTime,
+    /// Pulled by this cache (only such images are evicted).
+    pulled: bool,
 }
 
 struct Inner {
@@ -55,6 +63,10 @@ impl Drop for ImageGuard {
         if let Some(entry) = e.get_mut(&self.image) {
             entry.in_use = entry.in_use.saturating_sub(1);
             entry.last_used = SystemTime::now();
+            // Pinned by an `ensure` that failed before it found the image: forget it.
+            if entry.in_use == 0 && entry.size_bytes == 0 && !entry.pulled {
+                e.remove(&self.image);
+            }
         }
     }
 }
@@ -99,53 +111,65 @@ impl ImageCache {
         Ok(())
     }
 
-    /// Makes sure `image` is on the engine (pulling it once if not) and marks it in use.
+    /// Makes sure `image` is on the engine (pulling it once if not) and marks it in use
+    /// until the guard is dropped.
     pub async fn ensure(&self, image: &str) -> Result<ImageGuard, ExecError> {
-        let size = match self.local_size(image).await? {
+        let image = normalize(image);
+        // Pin first: from here on no eviction removes it, even before it is looked up.
+        {
+            let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = e.entry(image.clone()).or_insert(Entry {
+                size_bytes: 0,
+                in_use: 0,
+                last_used: SystemTime::now(),
+                pulled: false,
+            });
+            entry.in_use += 1;
+        }
+        let guard = ImageGuard { inner: self.inner.clone(), image: image.clone() };
+        let (size, pulled) = match self.local_size(&image).await? {
             Some(size) => {
                 self.inner.metrics.image_hits.inc();
-                size
+                (size, false)
             }
             None => {
                 let lock = {
                     let mut p = self.inner.pulls.lock().unwrap_or_else(|p| p.into_inner());
-                    p.entry(image.to_string()).or_default().clone()
+                    p.entry(image.clone()).or_default().clone()
                 };
                 let _held = lock.lock().await;
-                match self.local_size(image).await? {
+                match self.local_size(&image).await? {
                     // Pulled by whoever held the lock before us.
                     Some(size) => {
                         self.inner.metrics.image_hits.inc();
-                        size
+                        (size, false)
                     }
                     None => {
                         self.inner.metrics.image_misses.inc();
-                        self.pull(image).await?;
-                        self.local_size(image).await?.ok_or_else(|| ExecError::Image {
-                            image: image.to_string(),
+                        self.pull(&image).await?;
+                        let size = self.local_size(&image).await?.ok_or_else(|| ExecError::Image {
+                            image: image.clone(),
                             reason: "pulled, but the engine does not list it".into(),
-                        })?
+                        })?;
+                        (size, true)
                     }
                 }
             }
         };
         {
             let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = e.entry(image.to_string()).or_insert(Entry {
-                size_bytes: size,
-                in_use: 0,
-                last_used: SystemTime::now(),
-            });
-            entry.size_bytes = size;
-            entry.in_use += 1;
-            entry.last_used = SystemTime::now();
+            if let Some(entry) = e.get_mut(&image) {
+                entry.size_bytes = size;
+                entry.pulled |= pulled;
+                entry.last_used = SystemTime::now();
+            }
         }
         let victims = self.over_budget();
         if !victims.is_empty() {
             let this = self.clone();
             tokio::spawn(async move { this.evict(victims).await });
         }
-        Ok(ImageGuard { inner: self.inner.clone(), image: image.to_string() })
+        Ok(guard)
     }
 
     /// Least-recently-used images not in use, enough to get back under the budget.
@@ -155,7 +179,7 @@ impl ImageCache {
         if total <= self.inner.budget {
             return Vec::new();
         }
-        let mut idle: Vec<(&String, &Entry)> = e.iter().filter(|(_, x)| x.in_use == 0).collect();
+        let mut idle: Vec<(&String, &Entry)> = e.iter().filter(|(_, x)| x.in_use == 0 && x.pulled).collect();
         idle.sort_by_key(|(_, x)| x.last_used);
         let mut out = Vec::new();
         for (name, x) in idle {
@@ -174,7 +198,7 @@ impl ImageCache {
             let idle = {
                 let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
                 match e.get(&image) {
-                    Some(x) if x.in_use == 0 => {
+                    Some(x) if x.in_use == 0 && x.pulled => {
                         e.remove(&image);
                         true
                     }
@@ -219,5 +243,26 @@ impl ImageCache {
             .collect();
         out.sort_by(|a, b| a.image.cmp(&b.image));
         out
+    }
+}
+
+/// `name` → `name:latest`; a reference with a tag or a digest is kept as it is. The tag
+/// is after the last `/` (a registry host may carry a port: `host:5000/app`).
+pub fn normalize(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') { image.to_string() } else { format!("{image}:latest") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn untagged_references_mean_latest() {
+        assert_eq!(normalize("busybox"), "busybox:latest");
+        assert_eq!(normalize("drover-test/busybox:1"), "drover-test/busybox:1");
+        assert_eq!(normalize("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(normalize("localhost:5000/app:2"), "localhost:5000/app:2");
+        assert_eq!(normalize("app@sha256:abcd"), "app@sha256:abcd");
     }
 }
