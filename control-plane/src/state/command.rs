@@ -156,6 +156,19 @@ pub enum Command {
     /// Several clients' commands in one log entry (the proposal batcher's hot path). Each
     /// is applied, or refused, on its own.
     Batch(Vec<Command>),
+    /// An agent gives back leases it holds but did not finish: a draining agent's
+    /// unfinished work, or a task it could not run because its container engine or the
+    /// agent itself failed. Neither is the task's fault, so unlike a lost lease
+    /// ([`Command::ExpireLeases`]) or a failure ([`Command::Complete`]) a hand-back consumes
+    /// neither `lost_leases` nor the tenant's `retries_left`: each named lease that is the
+    /// current lease of a task `agent_id` runs re-queues the task; any other lease (stale
+    /// epoch, another agent's, finished task) is skipped. At most
+    /// [`MAX_COMPLETIONS`](super::validate::MAX_COMPLETIONS) leases. Answered with
+    /// [`Response::HandedBack`]. (Appended last so the other variants keep their tags.)
+    HandBack {
+        agent_id: String,
+        leases: Vec<LeaseRef>,
+    },
 }
 
 impl Command {
@@ -218,4 +231,8 @@ pub enum Response {
     },
     Rejected(StateError),
     Batch(Vec<Response>),
+    /// The tasks a [`Command::HandBack`] re-queued, in the order named.
+    HandedBack {
+        task_ids: Vec<u64>,
+    },
 }

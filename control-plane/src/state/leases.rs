@@ -1,5 +1,6 @@
-//! Lease commands: grant (placement inside apply), complete/fail with the epoch check, and
-//! expiry (lost holder or control-plane timeout backstop).
+//! Lease commands: grant (placement inside apply), complete/fail with the epoch check,
+//! expiry (lost holder or control-plane timeout backstop), and hand-back (the holder gives
+//! a task back unfinished, at no cost to the task).
 //!
 //! Invariants: a running task has exactly one lease; its epoch is the log index of the
 //! grant; a completion or expiry naming any other (agent, epoch) is refused and changes
@@ -178,5 +179,28 @@ impl StateMachine {
             expired.push(lease.task_id);
         }
         Ok(Ok(Response::Expired { task_ids: expired }))
+    }
+
+    /// Re-queues each task whose current lease `agent_id` hands back; `lost_leases` and
+    /// `retries_left` stay as they are (see [`Command::HandBack`](super::command::Command)).
+    pub(super) fn hand_back(&mut self, txn: &mut Txn<'_>, agent_id: &str, leases: &[LeaseRef]) -> Applied {
+        if leases.len() > validate::MAX_COMPLETIONS {
+            return Ok(Err(StateError::invalid(
+                "leases",
+                format!("{} entries is over the limit of {}", leases.len(), validate::MAX_COMPLETIONS),
+            )));
+        }
+        let mut handed_back = Vec::new();
+        for lease in leases {
+            // Not (or no longer) this agent's current lease: skipped, as a completion of it
+            // would be refused. A lease named twice is skipped the second time.
+            let Ok(old) = self.current(txn, *lease, Some(agent_id))? else { continue };
+            let mut t = old.task.clone();
+            t.lease = None;
+            t.state = TaskState::Queued;
+            self.write_task(txn, &old, &t);
+            handed_back.push(lease.task_id);
+        }
+        Ok(Ok(Response::HandedBack { task_ids: handed_back }))
     }
 }

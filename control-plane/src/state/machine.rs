@@ -171,6 +171,7 @@ impl StateMachine {
             Command::AppendLogs { agent_id, max_task_log_bytes, chunks } => {
                 self.append_logs(txn, ctx, agent_id, *max_task_log_bytes, chunks)
             }
+            Command::HandBack { agent_id, leases } => self.hand_back(txn, agent_id, leases),
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }

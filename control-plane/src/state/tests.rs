@@ -5,10 +5,12 @@
 //! tests cover queue validation (a refused command leaves the tables byte-identical), task
 //! ids, idempotency keys and their purge, the queued-task quota, delayed tasks, placement
 //! (priority, FIFO, per-code concurrency, tenant round-robin, constraints), lease fencing
-//! (stale epochs change nothing but `m/clock`), retries and lost leases, cancellation,
-//! retention purge, the clock clamp, and reloading from the tables. The property test
-//! drives random command sequences over two tenants, three codes and three agents, checks
-//! the invariants after every step, and replays the log to check determinism.
+//! (stale epochs change nothing but `m/clock`), term fencing of leader timer commands (an
+//! older term's are refused and change nothing), retries, lost leases and hand-backs,
+//! cancellation, retention purge, the clock clamp, and reloading from the tables. The
+//! property test drives random command sequences over two tenants, three codes, three
+//! agents and a series of terms, checks the invariants after every step, and replays the
+//! log to check determinism.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +22,7 @@ use super::leases::MAX_LOST_LEASES;
 use super::logs::{self, LogAppend, LogStream};
 use super::model::{AgentAttrs, CodeLimits, Placement, Task, TaskState, TenantLimits};
 use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
-use super::{invariants, keys, placement, views};
+use super::{invariants, keys, placement, validate, views};
 
 const CLOCK: &[u8] = b"m/clock";
 
@@ -143,6 +145,13 @@ impl Harness {
         match self.apply(self.expire_cmd(vec![LeaseRef { task_id, epoch }], reason)) {
             Response::Expired { task_ids } => task_ids,
             other => panic!("expire failed: {other:?}"),
+        }
+    }
+
+    fn hand_back(&mut self, agent_id: &str, task_id: u64, epoch: u64) -> Vec<u64> {
+        match self.apply(Command::HandBack { agent_id: agent_id.into(), leases: vec![LeaseRef { task_id, epoch }] }) {
+            Response::HandedBack { task_ids } => task_ids,
+            other => panic!("hand back failed: {other:?}"),
         }
     }
 
@@ -517,6 +526,53 @@ fn lost_leases_are_bounded_and_timeouts_finish() {
 }
 
 #[test]
+fn handed_back_tasks_keep_their_lost_leases_and_retries() {
+    let mut h = acme();
+    let id = h.queue("acme", vec![NewTask { retries: Some(2), ..task("work") }])[0];
+    for n in 1..=2 * MAX_LOST_LEASES {
+        let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
+        assert_eq!(h.hand_back("a1", id, e), vec![id]);
+        let t = h.task(id);
+        assert_eq!((t.state, t.lease, t.lost_leases, t.retries_left), (TaskState::Queued, None, 0, 2), "after {n}");
+        assert_eq!(t.attempts, n, "every grant is an attempt");
+        // The handed-back lease is dead: its holder can no longer complete it.
+        assert_eq!(h.complete("a1", id, e, Outcome::Success), Err(StateError::StaleEpoch { task_id: id, epoch: e }));
+    }
+    // Failures still count against the retries.
+    let e = h.lease("a2", &agent("", ""), 1)[0].epoch;
+    h.complete("a2", id, e, Outcome::Error).expect("current");
+    let t = h.task(id);
+    assert_eq!((t.state, t.lost_leases, t.retries_left), (TaskState::Queued, 0, 1));
+}
+
+#[test]
+fn hand_back_of_anything_but_the_holders_current_lease_changes_nothing() {
+    let mut h = acme();
+    let ids = h.queue("acme", vec![task("work"), task("work")]);
+    let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    let none = Response::HandedBack { task_ids: vec![] };
+    let hand_back = |agent_id: &str, leases: Vec<LeaseRef>| Command::HandBack { agent_id: agent_id.into(), leases };
+    let lease = |task_id, epoch| LeaseRef { task_id, epoch };
+    assert_eq!(h.apply_unchanged(hand_back("a2", vec![lease(ids[0], e)])), none, "another agent");
+    assert_eq!(h.apply_unchanged(hand_back("a1", vec![lease(ids[0], e + 1)])), none, "a stale epoch");
+    assert_eq!(h.apply_unchanged(hand_back("a1", vec![lease(ids[1], e)])), none, "a queued task");
+    assert_eq!(h.apply_unchanged(hand_back("a1", vec![lease(12345, e)])), none, "no such task");
+    let too_many = vec![lease(ids[0], e); validate::MAX_COMPLETIONS + 1];
+    let r = h.apply_unchanged(hand_back("a1", too_many));
+    let limit = format!("{} entries is over the limit of {}", validate::MAX_COMPLETIONS + 1, validate::MAX_COMPLETIONS);
+    assert_eq!(r, Response::Rejected(StateError::invalid("leases", limit)));
+    assert_eq!(h.task(ids[0]).state, TaskState::Running);
+
+    // Named twice in one command: handed back once, the second is skipped.
+    let r = h.apply(hand_back("a1", vec![lease(ids[0], e), lease(ids[0], e)]));
+    assert_eq!(r, Response::HandedBack { task_ids: vec![ids[0]] });
+    // Finished: a late hand-back changes nothing.
+    let e2 = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    h.complete("a1", ids[0], e2, Outcome::Success).expect("current");
+    assert_eq!(h.apply_unchanged(hand_back("a1", vec![lease(ids[0], e2)])), none, "a finished task");
+}
+
+#[test]
 fn cancel_rules() {
     let mut h = acme();
     h.tenant("beta", limits(100, 0), &[]);
@@ -757,7 +813,7 @@ fn fleet() -> Harness {
 /// running task, or (if `stale`) any grant ever made; `Expire` picks any grant ever made.
 /// The timer commands (`Expire`, `Promote`, `Purge`) name the current term, or (if
 /// `old_term`) the one before it, as a deposed leader's tick would; `NewTerm` is an
-/// election.
+/// election. `HandBack` picks any grant ever made.
 #[derive(Clone, Debug)]
 #[rustfmt::skip]
 enum Op {
@@ -770,6 +826,7 @@ enum Op {
     Purge { age: u64, old_term: bool },
     Log { pick: usize, len: usize },
     NewTerm,
+    HandBack { pick: usize, zombie: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -790,6 +847,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..5_000u64, old_term()).prop_map(|(age, old_term)| Op::Purge { age, old_term }),
         2 => (any::<usize>(), 0..40usize).prop_map(|(pick, len)| Op::Log { pick, len }),
         1 => Just(Op::NewTerm),
+        1 => (any::<usize>(), proptest::bool::weighted(0.3)).prop_map(|(pick, zombie)| Op::HandBack { pick, zombie }),
     ]
 }
 
@@ -957,6 +1015,28 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
             assert!(h.sm.indexes().idem_expiry.first().is_none_or(|(at, _)| *at > h.sm.clock_ms()));
         }
         Op::NewTerm => h.term += 1,
+        Op::HandBack { pick, zombie } => {
+            // Any grant ever made, handed back by its holder or (if `zombie`) another agent.
+            let Some(g) = nth(grants, pick) else { return };
+            let agent_id = if zombie { "zombie".to_string() } else { g.agent_id.clone() };
+            let current = is_current(h, &g) && !zombie;
+            let before = h.snapshot();
+            // Read only when current: a stale grant's task may have been purged.
+            let t0 = current.then(|| h.task(g.task_id));
+            let r =
+                h.apply(Command::HandBack { agent_id, leases: vec![LeaseRef { task_id: g.task_id, epoch: g.epoch }] });
+            if let Some(t0) = t0 {
+                assert_eq!(r, Response::HandedBack { task_ids: vec![g.task_id] });
+                let t = h.task(g.task_id);
+                assert_eq!(
+                    (t.state, t.lost_leases, t.retries_left),
+                    (TaskState::Queued, t0.lost_leases, t0.retries_left)
+                );
+            } else {
+                assert_eq!(r, Response::HandedBack { task_ids: vec![] });
+                h.assert_unchanged(before, &r);
+            }
+        }
     }
 }
 
