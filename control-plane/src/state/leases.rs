@@ -16,8 +16,9 @@ use super::placement;
 use super::tasks::finish;
 use super::validate;
 
-/// A task whose lease was lost this many times goes to `error` instead of being re-queued.
-/// Lost leases are counted apart from failures (`retries`).
+/// The most leases a task may lose: the fifth lost lease ends the task `error`, where the
+/// first four re-queue it. Lost leases are counted apart from failures (`retries`), and a
+/// hand-back ([`Command::HandBack`](super::command::Command)) is not a lost lease.
 pub const MAX_LOST_LEASES: u32 = 5;
 
 type Applied = Result<Result<Response, StateError>, KvError>;
@@ -159,7 +160,7 @@ impl StateMachine {
             match reason {
                 ExpireReason::LeaseLost => {
                     t.lost_leases += 1;
-                    if t.lost_leases > MAX_LOST_LEASES {
+                    if t.lost_leases >= MAX_LOST_LEASES {
                         t.state = TaskState::Error;
                         let mut r = finish(t.result.take(), ctx.now_ms);
                         r.error = format!("lease lost {} times", t.lost_leases);

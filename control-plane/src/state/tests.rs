@@ -509,15 +509,17 @@ fn errors_are_retried_then_fail() {
 fn lost_leases_are_bounded_and_timeouts_finish() {
     let mut h = acme();
     let id = h.queue("acme", vec![task("work")])[0];
-    for n in 1..=MAX_LOST_LEASES + 1 {
+    assert_eq!(MAX_LOST_LEASES, 5, "the README says five");
+    for n in 1..=MAX_LOST_LEASES {
         let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
         assert_eq!(h.expire(id, e, ExpireReason::LeaseLost), vec![id]);
         let t = h.task(id);
-        assert_eq!(t.lost_leases, n);
-        let want = if n > MAX_LOST_LEASES { TaskState::Error } else { TaskState::Queued };
+        assert_eq!((t.lost_leases, t.retries_left), (n, 0));
+        let want = if n == MAX_LOST_LEASES { TaskState::Error } else { TaskState::Queued };
         assert_eq!(t.state, want, "after {n} lost leases");
     }
-    assert!(h.task(id).result.expect("result").error.contains("lease lost"));
+    assert_eq!(h.task(id).result.expect("result").error, "lease lost 5 times");
+    assert!(h.lease("a1", &agent("", ""), 1).is_empty(), "an errored task is never leased");
     let id = h.queue("acme", vec![task("work")])[0];
     let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
     assert_eq!(h.expire(id, e, ExpireReason::TimedOut), vec![id]);
