@@ -21,7 +21,7 @@ impl Bench {
         self.index += 1;
         let req = Request::V1(Proposal { stamp_ms: 1_000 + self.index, cmd });
         let mut txn = Txn::new(&self.kv);
-        let r = self.sm.apply(&mut txn, &req, self.index).expect("in-memory apply");
+        let r = self.sm.apply(&mut txn, &req, self.index, 1).expect("in-memory apply");
         let writes = txn.into_writes();
         self.kv.commit(writes);
         r

@@ -284,7 +284,8 @@ impl Agent for AgentService {
         if leases.is_empty() {
             return Ok(Response::new(pa::ReleaseResponse { released: vec![] }));
         }
-        let cmd = Command::ExpireLeases { leases, reason: crate::state::command::ExpireReason::LeaseLost };
+        let term = self.ctx.node.current_term();
+        let cmd = Command::ExpireLeases { term, leases, reason: crate::state::command::ExpireReason::LeaseLost };
         match self.ctx.propose(cmd).await? {
             SmResponse::Expired { task_ids } => Ok(Response::new(pa::ReleaseResponse { released: task_ids })),
             other => Err(unexpected(other)),

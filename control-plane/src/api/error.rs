@@ -49,6 +49,8 @@ impl From<StateError> for ApiError {
             StateError::StaleEpoch { .. } | StateError::AlreadyFinished(_) => {
                 ApiError::FailedPrecondition(e.to_string())
             }
+            // A leadership change under the proposal: the caller may retry.
+            StateError::StaleTerm { .. } => ApiError::Unavailable(e.to_string()),
         }
     }
 }

@@ -1,11 +1,17 @@
 //! Leader-only loops: lease expiry, delayed-task promotion, the timeout backstop and
 //! retention purge. [`supervise`] watches Raft's metrics and starts the loops (with a
-//! child cancellation token) when this node becomes leader, and cancels and joins them
-//! when it stops being leader or the server shuts down.
+//! child cancellation token) for each term in which this node leads, and cancels and
+//! joins them when that leadership ends (it stops leading, or leads again in a new term
+//! between two metric observations) or the server shuts down.
 //!
-//! The loops only *propose*; every decision that changes state is made again inside
-//! `apply`, so a loop running on a deposed leader for one extra tick is harmless (its
-//! proposals fail or are no-ops).
+//! The loops only *propose*, and every decision that changes state is made again inside
+//! `apply`. But lease expiry is decided here, from a tracker fed only by the heartbeats
+//! this node received as leader; a deposed leader's tick, committed by its successor,
+//! would expire healthy leases in bulk. A loop running one extra tick on a deposed leader
+//! is harmless because its commands carry the term it leads and are proposed with
+//! [`RaftNode::propose_as_leader`]: never forwarded, refused unless this node still leads
+//! that term, and refused by `apply` (`StateError::StaleTerm`) if leadership changed
+//! between that check and the append.
 
 pub mod lease_tracker;
 pub mod quorum_clock;
@@ -43,27 +49,33 @@ pub async fn supervise(
     shutdown: CancellationToken,
 ) {
     let mut rx = node.raft.metrics();
-    let mut running: Option<(CancellationToken, JoinHandle<()>)> = None;
+    // The term the running loops lead, their token and their handle.
+    let mut running: Option<(u64, CancellationToken, JoinHandle<()>)> = None;
     loop {
-        let leader = node.is_leader();
-        if leader && running.is_none() {
-            let leases = running_leases(&node);
-            tracing::info!(leases = leases.len(), "became leader: granting every lease a full TTL");
-            tracker.reset(leases, Instant::now());
-            let token = shutdown.child_token();
-            let h = tokio::spawn(run_loops(node.clone(), tracker.clone(), cfg.clone(), metrics.clone(), token.clone()));
-            running = Some((token, h));
-        } else if !leader && let Some((token, h)) = running.take() {
-            tracing::info!("no longer leader: stopping leader loops");
+        let leading = node.leader_term();
+        // A leadership is (this node, term): losing and regaining leadership between two
+        // observations shows as a new term, and the old loops must not carry on in it.
+        if let Some((term, token, h)) = running.take_if(|(term, _, _)| leading != Some(*term)) {
+            tracing::info!(term, "no longer leader of this term: stopping leader loops");
             token.cancel();
             let _ = h.await;
+        }
+        if let Some(term) = leading
+            && running.is_none()
+        {
+            let leases = running_leases(&node);
+            tracing::info!(term, leases = leases.len(), "became leader: granting every lease a full TTL");
+            tracker.reset(leases, Instant::now());
+            let token = shutdown.child_token();
+            let loops = run_loops(node.clone(), term, tracker.clone(), cfg.clone(), metrics.clone(), token.clone());
+            running = Some((term, token, tokio::spawn(loops)));
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = rx.changed() => if r.is_err() { break },
         }
     }
-    if let Some((token, h)) = running.take() {
+    if let Some((_, token, h)) = running.take() {
         token.cancel();
         let _ = h.await;
     }
@@ -105,8 +117,11 @@ fn due(node: &RaftNode, cfg: &LeaderConfig, now_ms: u64) -> Due {
     }
 }
 
+/// The timer loops of one leadership: every command names `term` and is proposed only as
+/// its leader.
 async fn run_loops(
     node: Arc<RaftNode>,
+    term: u64,
     tracker: Arc<LeaseTracker>,
     cfg: LeaderConfig,
     metrics: Arc<Metrics>,
@@ -123,32 +138,40 @@ async fn run_loops(
         let due = due(&node, &cfg, now);
         let overdue = tracker.overdue(&due.running, Instant::now(), cfg.lease_ttl);
         if !overdue.is_empty() {
-            let n = propose(&node, Command::ExpireLeases { leases: overdue, reason: ExpireReason::LeaseLost }).await;
+            let cmd = Command::ExpireLeases { term, leases: overdue, reason: ExpireReason::LeaseLost };
+            let n = propose(&node, term, cmd).await;
             metrics.leases_expired.with_label_values(&["lease_lost"]).inc_by(n);
         }
         if !due.timed_out.is_empty() {
-            let n =
-                propose(&node, Command::ExpireLeases { leases: due.timed_out, reason: ExpireReason::TimedOut }).await;
+            let cmd = Command::ExpireLeases { term, leases: due.timed_out, reason: ExpireReason::TimedOut };
+            let n = propose(&node, term, cmd).await;
             metrics.leases_expired.with_label_values(&["timeout"]).inc_by(n);
         }
         if due.promote {
-            propose(&node, Command::PromoteDelayed { max_tasks: MAX_TASKS_PER_TIMER_COMMAND }).await;
+            propose(&node, term, Command::PromoteDelayed { term, max_tasks: MAX_TASKS_PER_TIMER_COMMAND }).await;
         }
         if due.purge {
             let before = now.saturating_sub(cfg.retention.as_millis() as u64);
-            propose(&node, Command::Purge { finished_before_ms: before, max_tasks: MAX_TASKS_PER_TIMER_COMMAND }).await;
+            let cmd = Command::Purge { term, finished_before_ms: before, max_tasks: MAX_TASKS_PER_TIMER_COMMAND };
+            propose(&node, term, cmd).await;
         }
     }
 }
 
-/// Proposes a timer command; returns how many leases it expired (for metrics).
-async fn propose(node: &RaftNode, cmd: Command) -> u64 {
-    match node.propose(cmd).await {
+/// Proposes a timer command as leader of `term`; returns how many leases it expired (for
+/// metrics).
+async fn propose(node: &RaftNode, term: u64, cmd: Command) -> u64 {
+    match node.propose_as_leader(term, cmd).await {
         Ok(Response::Expired { task_ids }) => {
             if !task_ids.is_empty() {
                 tracing::info!(tasks = ?task_ids, "expired leases");
             }
             task_ids.len() as u64
+        }
+        // This leadership ended under the proposal (StaleTerm); supervise stops the loops.
+        Ok(Response::Rejected(e)) => {
+            tracing::info!(error = %e, "leader timer command refused");
+            0
         }
         Ok(_) => 0,
         Err(e) => {

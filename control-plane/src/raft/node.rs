@@ -2,6 +2,9 @@
 //! time, forwarding to the leader from a follower), and provides linearizable read
 //! barriers (read-index, also on followers).
 //!
+//! The leader's own timer commands go through [`RaftNode::propose_as_leader`] instead:
+//! never forwarded, and only while this node leads the term they were computed in.
+//!
 //! Failure is fast and explicit: with no known leader, no recent quorum, or no commit
 //! within `propose_timeout`, a proposal fails with a [`ProposeError`] and is never
 //! acknowledged. A timed-out proposal may still commit later, which is why queue calls
@@ -31,6 +34,10 @@ const MAX_HOPS: usize = 3;
 pub enum ProposeError {
     #[error("no leader is known (an election may be under way or a quorum is lost)")]
     NoLeader,
+    /// A leader-only proposal ([`RaftNode::propose_as_leader`]) on a node that is not, or
+    /// no longer, the leader of the term it names.
+    #[error("this node is not the leader of term {term} (its current term is {current_term})")]
+    NotLeader { term: u64, current_term: u64 },
     #[error("the leader has not heard from a quorum for {0} ms")]
     NoQuorum(u64),
     #[error("not committed within {0} ms; the outcome is unknown (retry with the same idempotency key)")]
@@ -80,6 +87,18 @@ impl RaftNode {
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
+    /// This node's current term while it is the leader; `None` otherwise.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
+    /// The current term as this node knows it.
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// The current leader's id and address, as this node knows it.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics();
@@ -120,6 +139,23 @@ impl RaftNode {
             }
         }
         Err(ProposeError::NoLeader)
+    }
+
+    /// Proposes `cmd` on this node only, and only while it is the leader of `term`: never
+    /// forwarded. The leader loops use it for timer commands computed from this leader's
+    /// own view (its lease tracker above all), which must not be committed by another
+    /// leader. Leadership can still change between this check and the append; the entry
+    /// then carries a later term and `apply` refuses a timer command naming an older one.
+    pub async fn propose_as_leader(&self, term: u64, cmd: Command) -> Result<Response, ProposeError> {
+        let not_leader = || ProposeError::NotLeader { term, current_term: self.current_term() };
+        if self.leader_term() != Some(term) {
+            return Err(not_leader());
+        }
+        match self.propose_local(cmd).await {
+            Ok(r) => Ok(r),
+            Err(LocalError::NotLeader(_)) => Err(not_leader()),
+            Err(LocalError::Other(e)) => Err(e),
+        }
     }
 
     async fn wait_for_leader(&self) -> Result<(NodeId, String), ProposeError> {

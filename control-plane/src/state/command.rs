@@ -119,7 +119,12 @@ pub enum Command {
     Complete {
         completions: Vec<Completion>,
     },
+    /// The leader's lease-expiry and timeout-backstop tick. `term` is the Raft term in
+    /// which the proposing leader computed it: a deposed leader's tracker no longer hears
+    /// heartbeats and would call healthy leases lost, so `apply` refuses the command from
+    /// an entry of a later term (see [`Command::timer_term`]).
     ExpireLeases {
+        term: u64,
         leases: Vec<LeaseRef>,
         reason: ExpireReason,
     },
@@ -128,12 +133,16 @@ pub enum Command {
         task_id: u64,
     },
     /// Moves every delayed task whose time has come (by the stamp) to its ready queue.
+    /// `term`: the proposing leader's term (see [`Command::timer_term`]).
     PromoteDelayed {
+        term: u64,
         max_tasks: u32,
     },
     /// Deletes finished tasks (and payloads) finished before the given time, and
-    /// idempotency records that have expired.
+    /// idempotency records that have expired. `term`: the proposing leader's term (see
+    /// [`Command::timer_term`]).
     Purge {
+        term: u64,
         finished_before_ms: u64,
         max_tasks: u32,
     },
@@ -147,6 +156,38 @@ pub enum Command {
     /// Several clients' commands in one log entry (the proposal batcher's hot path). Each
     /// is applied, or refused, on its own.
     Batch(Vec<Command>),
+    /// An agent gives back leases it holds but did not finish: a draining agent's
+    /// unfinished work, or a task it could not run because its container engine or the
+    /// agent itself failed. Neither is the task's fault, so unlike a lost lease
+    /// ([`Command::ExpireLeases`]) or a failure ([`Command::Complete`]) a hand-back consumes
+    /// neither `lost_leases` nor the tenant's `retries_left`: each named lease that is the
+    /// current lease of a task `agent_id` runs re-queues the task; any other lease (stale
+    /// epoch, another agent's, finished task) is skipped. At most
+    /// [`MAX_COMPLETIONS`](super::validate::MAX_COMPLETIONS) leases. Answered with
+    /// [`Response::HandedBack`]. (Appended last so the other variants keep their tags.)
+    HandBack {
+        agent_id: String,
+        leases: Vec<LeaseRef>,
+    },
+}
+
+impl Command {
+    /// The term a leader timer command was proposed in; `None` for every other command.
+    ///
+    /// Timer commands are computed from the proposing leader's own view: lease expiry
+    /// from a tracker fed only by the heartbeats that leader received. A deposed leader's
+    /// tick, if committed by its successor, would expire leases that are being heartbeated
+    /// elsewhere. So the leader proposes them only locally, as leader of the term named
+    /// here, and `apply` refuses one whose term is older than the entry's
+    /// ([`StateError::StaleTerm`]).
+    pub fn timer_term(&self) -> Option<u64> {
+        match self {
+            Command::ExpireLeases { term, .. } | Command::PromoteDelayed { term, .. } | Command::Purge { term, .. } => {
+                Some(*term)
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -190,4 +231,8 @@ pub enum Response {
     },
     Rejected(StateError),
     Batch(Vec<Response>),
+    /// The tasks a [`Command::HandBack`] re-queued, in the order named.
+    HandedBack {
+        task_ids: Vec<u64>,
+    },
 }

@@ -1,5 +1,6 @@
-//! Lease commands: grant (placement inside apply), complete/fail with the epoch check, and
-//! expiry (lost holder or control-plane timeout backstop).
+//! Lease commands: grant (placement inside apply), complete/fail with the epoch check,
+//! expiry (lost holder or control-plane timeout backstop), and hand-back (the holder gives
+//! a task back unfinished, at no cost to the task).
 //!
 //! Invariants: a running task has exactly one lease; its epoch is the log index of the
 //! grant; a completion or expiry naming any other (agent, epoch) is refused and changes
@@ -15,8 +16,9 @@ use super::placement;
 use super::tasks::finish;
 use super::validate;
 
-/// A task whose lease was lost this many times goes to `error` instead of being re-queued.
-/// Lost leases are counted apart from failures (`retries`).
+/// The most leases a task may lose: the fifth lost lease ends the task `error`, where the
+/// first four re-queue it. Lost leases are counted apart from failures (`retries`), and a
+/// hand-back ([`Command::HandBack`](super::command::Command)) is not a lost lease.
 pub const MAX_LOST_LEASES: u32 = 5;
 
 type Applied = Result<Result<Response, StateError>, KvError>;
@@ -158,7 +160,7 @@ impl StateMachine {
             match reason {
                 ExpireReason::LeaseLost => {
                     t.lost_leases += 1;
-                    if t.lost_leases > MAX_LOST_LEASES {
+                    if t.lost_leases >= MAX_LOST_LEASES {
                         t.state = TaskState::Error;
                         let mut r = finish(t.result.take(), ctx.now_ms);
                         r.error = format!("lease lost {} times", t.lost_leases);
@@ -178,5 +180,28 @@ impl StateMachine {
             expired.push(lease.task_id);
         }
         Ok(Ok(Response::Expired { task_ids: expired }))
+    }
+
+    /// Re-queues each task whose current lease `agent_id` hands back; `lost_leases` and
+    /// `retries_left` stay as they are (see [`Command::HandBack`](super::command::Command)).
+    pub(super) fn hand_back(&mut self, txn: &mut Txn<'_>, agent_id: &str, leases: &[LeaseRef]) -> Applied {
+        if leases.len() > validate::MAX_COMPLETIONS {
+            return Ok(Err(StateError::invalid(
+                "leases",
+                format!("{} entries is over the limit of {}", leases.len(), validate::MAX_COMPLETIONS),
+            )));
+        }
+        let mut handed_back = Vec::new();
+        for lease in leases {
+            // Not (or no longer) this agent's current lease: skipped, as a completion of it
+            // would be refused. A lease named twice is skipped the second time.
+            let Ok(old) = self.current(txn, *lease, Some(agent_id))? else { continue };
+            let mut t = old.task.clone();
+            t.lease = None;
+            t.state = TaskState::Queued;
+            self.write_task(txn, &old, &t);
+            handed_back.push(lease.task_id);
+        }
+        Ok(Ok(Response::HandedBack { task_ids: handed_back }))
     }
 }

@@ -1,7 +1,7 @@
 //! [`StateMachine`]: the replicated state and its `apply`.
 //!
-//! `apply(txn, request, log_index)` is a pure function of the current tables, the
-//! in-memory indexes derived from them, the command and the log index: no clock, no
+//! `apply(txn, request, log_index, term)` is a pure function of the current tables, the
+//! in-memory indexes derived from them, the command and the entry's log id: no clock, no
 //! randomness, no I/O beyond the [`Txn`] it is handed. Time is the leader's stamp on the
 //! entry, clamped so it never runs backwards across leader changes (the clamp is itself
 //! replicated, in `m/clock`).
@@ -27,6 +27,9 @@ const META_CLOCK: &[u8] = b"m/clock";
 pub struct ApplyCtx {
     /// Raft log index of the entry: the source of task ids and lease epochs.
     pub index: u64,
+    /// Raft term of the entry (the term of the leader that appended it): leader timer
+    /// commands from an older term are refused against it.
+    pub term: u64,
     /// Leader-stamped time, never earlier than any entry before it.
     pub now_ms: u64,
     /// Tasks already queued by earlier commands of the same entry (a batch): task ids
@@ -92,10 +95,11 @@ impl StateMachine {
     /// Applies one command. `Err` only for a storage failure underneath (fatal for the
     /// replica); a refused command is `Ok(Response::Rejected(..))` and writes nothing.
     /// A [`Command::Batch`] applies its commands in order, each refused or applied on its
-    /// own, and answers [`Response::Batch`] with one response each.
-    pub fn apply(&mut self, txn: &mut Txn<'_>, req: &Request, index: u64) -> Result<Response, KvError> {
+    /// own, and answers [`Response::Batch`] with one response each. `index` and `term` are
+    /// the entry's log id.
+    pub fn apply(&mut self, txn: &mut Txn<'_>, req: &Request, index: u64, term: u64) -> Result<Response, KvError> {
         let Request::V1(p) = req;
-        let mut ctx = ApplyCtx { index, now_ms: p.stamp_ms.max(self.clock_ms), first_task_seq: 0 };
+        let mut ctx = ApplyCtx { index, term, now_ms: p.stamp_ms.max(self.clock_ms), first_task_seq: 0 };
         let mut took_effect = false;
         let out = match &p.cmd {
             Command::Batch(cmds) => {
@@ -141,6 +145,12 @@ impl StateMachine {
         ctx: ApplyCtx,
         cmd: &Command,
     ) -> Result<Result<Response, StateError>, KvError> {
+        // A deposed leader's tick committed by its successor: see `Command::timer_term`.
+        if let Some(proposed) = cmd.timer_term()
+            && proposed < ctx.term
+        {
+            return Ok(Err(StateError::StaleTerm { proposed, entry: ctx.term }));
+        }
         match cmd {
             Command::UpsertTenant { id, limits, allowed_cidrs } => {
                 self.upsert_tenant(txn, ctx, id, limits, allowed_cidrs)
@@ -152,13 +162,16 @@ impl StateMachine {
             }
             Command::Lease { requests } => self.lease(txn, ctx, requests),
             Command::Complete { completions } => self.complete(txn, ctx, completions),
-            Command::ExpireLeases { leases, reason } => self.expire_leases(txn, ctx, leases, *reason),
+            Command::ExpireLeases { term: _, leases, reason } => self.expire_leases(txn, ctx, leases, *reason),
             Command::Cancel { tenant, task_id } => self.cancel(txn, ctx, tenant, *task_id),
-            Command::PromoteDelayed { max_tasks } => self.promote_delayed(txn, ctx, *max_tasks),
-            Command::Purge { finished_before_ms, max_tasks } => self.purge(txn, ctx, *finished_before_ms, *max_tasks),
+            Command::PromoteDelayed { term: _, max_tasks } => self.promote_delayed(txn, ctx, *max_tasks),
+            Command::Purge { term: _, finished_before_ms, max_tasks } => {
+                self.purge(txn, ctx, *finished_before_ms, *max_tasks)
+            }
             Command::AppendLogs { agent_id, max_task_log_bytes, chunks } => {
                 self.append_logs(txn, ctx, agent_id, *max_task_log_bytes, chunks)
             }
+            Command::HandBack { agent_id, leases } => self.hand_back(txn, agent_id, leases),
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }

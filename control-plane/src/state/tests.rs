@@ -5,10 +5,12 @@
 //! tests cover queue validation (a refused command leaves the tables byte-identical), task
 //! ids, idempotency keys and their purge, the queued-task quota, delayed tasks, placement
 //! (priority, FIFO, per-code concurrency, tenant round-robin, constraints), lease fencing
-//! (stale epochs change nothing but `m/clock`), retries and lost leases, cancellation,
-//! retention purge, the clock clamp, and reloading from the tables. The property test
-//! drives random command sequences over two tenants, three codes and three agents, checks
-//! the invariants after every step, and replays the log to check determinism.
+//! (stale epochs change nothing but `m/clock`), term fencing of leader timer commands (an
+//! older term's are refused and change nothing), retries, lost leases and hand-backs,
+//! cancellation, retention purge, the clock clamp, and reloading from the tables. The
+//! property test drives random command sequences over two tenants, three codes, three
+//! agents and a series of terms, checks the invariants after every step, and replays the
+//! log to check determinism.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +22,7 @@ use super::leases::MAX_LOST_LEASES;
 use super::logs::{self, LogAppend, LogStream};
 use super::model::{AgentAttrs, CodeLimits, Placement, Task, TaskState, TenantLimits};
 use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
-use super::{invariants, keys, placement, views};
+use super::{invariants, keys, placement, validate, views};
 
 const CLOCK: &[u8] = b"m/clock";
 
@@ -30,16 +32,20 @@ struct Harness {
     sm: StateMachine,
     kv: MemKv,
     index: u64,
+    /// The Raft term of the next entries (as if one leader appended them).
+    term: u64,
     now_ms: u64,
-    log: Vec<Request>,
+    /// Every entry applied, with its term.
+    log: Vec<(Request, u64)>,
 }
 
 impl Harness {
     fn new() -> Self {
-        Harness { sm: StateMachine::default(), kv: MemKv::default(), index: 0, now_ms: 1_000, log: Vec::new() }
+        Harness { sm: StateMachine::default(), kv: MemKv::default(), index: 0, term: 1, now_ms: 1_000, log: Vec::new() }
     }
 
-    /// Applies one command at the next log index, stamped `now_ms`, then checks invariants.
+    /// Applies one command at the next log index in `term`, stamped `now_ms`, then checks
+    /// invariants.
     fn apply(&mut self, cmd: Command) -> Response {
         self.apply_request(Request::V1(Proposal { stamp_ms: self.now_ms, cmd }))
     }
@@ -47,14 +53,27 @@ impl Harness {
     fn apply_request(&mut self, req: Request) -> Response {
         self.index += 1;
         let mut txn = Txn::new(&self.kv);
-        let resp = self.sm.apply(&mut txn, &req, self.index).expect("MemKv never fails");
+        let resp = self.sm.apply(&mut txn, &req, self.index, self.term).expect("MemKv never fails");
         let writes = txn.into_writes();
         self.kv.commit(writes);
         if let Err(e) = invariants::check(&self.sm, &self.kv) {
-            panic!("invariants broken after entry {} {req:?}:\n{e}", self.index);
+            panic!("invariants broken after entry {} (term {}) {req:?}:\n{e}", self.index, self.term);
         }
-        self.log.push(req);
+        self.log.push((req, self.term));
         resp
+    }
+
+    /// The leader's timer commands, proposed in the current term.
+    fn expire_cmd(&self, leases: Vec<LeaseRef>, reason: ExpireReason) -> Command {
+        Command::ExpireLeases { term: self.term, leases, reason }
+    }
+
+    fn promote_cmd(&self, max_tasks: u32) -> Command {
+        Command::PromoteDelayed { term: self.term, max_tasks }
+    }
+
+    fn purge_cmd(&self, finished_before_ms: u64, max_tasks: u32) -> Command {
+        Command::Purge { term: self.term, finished_before_ms, max_tasks }
     }
 
     /// The tables and the indexes, to compare before/after a command.
@@ -123,9 +142,16 @@ impl Harness {
     }
 
     fn expire(&mut self, task_id: u64, epoch: u64, reason: ExpireReason) -> Vec<u64> {
-        match self.apply(Command::ExpireLeases { leases: vec![LeaseRef { task_id, epoch }], reason }) {
+        match self.apply(self.expire_cmd(vec![LeaseRef { task_id, epoch }], reason)) {
             Response::Expired { task_ids } => task_ids,
             other => panic!("expire failed: {other:?}"),
+        }
+    }
+
+    fn hand_back(&mut self, agent_id: &str, task_id: u64, epoch: u64) -> Vec<u64> {
+        match self.apply(Command::HandBack { agent_id: agent_id.into(), leases: vec![LeaseRef { task_id, epoch }] }) {
+            Response::HandedBack { task_ids } => task_ids,
+            other => panic!("hand back failed: {other:?}"),
         }
     }
 
@@ -293,7 +319,7 @@ fn idempotency_key_dedups_until_ttl_and_purge() {
 
     // The TTL (1000 ms) passes; a purge drops both keys.
     h.now_ms += 1_000;
-    let r = h.apply(Command::Purge { finished_before_ms: 0, max_tasks: 100 });
+    let r = h.apply(h.purge_cmd(0, 100));
     assert_eq!(r, Response::Purged { tasks: 0, idempotency_keys: 2 });
     assert!(!h.kv.map.contains_key(&keys::idem("acme", "k")));
     assert!(h.sm.indexes().idem_expiry.is_empty());
@@ -338,10 +364,10 @@ fn delayed_tasks_wait_for_promotion() {
     assert_eq!(h.task(ids[0]).state, TaskState::Delayed);
     assert!(h.lease("a1", &agent("", ""), 5).is_empty());
     h.now_ms += 499;
-    assert_eq!(h.apply(Command::PromoteDelayed { max_tasks: 10 }), Response::Promoted { count: 0 });
+    assert_eq!(h.apply(h.promote_cmd(10)), Response::Promoted { count: 0 });
     assert!(h.lease("a1", &agent("", ""), 5).is_empty());
     h.now_ms += 1;
-    assert_eq!(h.apply(Command::PromoteDelayed { max_tasks: 10 }), Response::Promoted { count: 1 });
+    assert_eq!(h.apply(h.promote_cmd(10)), Response::Promoted { count: 1 });
     let grants = h.lease("a1", &agent("", ""), 5);
     assert_eq!(grants.iter().map(|g| g.task_id).collect::<Vec<_>>(), ids);
 }
@@ -429,6 +455,42 @@ fn stale_epochs_are_fenced() {
 }
 
 #[test]
+fn timer_commands_from_an_older_term_are_refused_and_change_nothing() {
+    let mut h = acme();
+    let ids = h.queue("acme", vec![task("work"), NewTask { delay_ms: 10, ..task("work") }, task("work")]);
+    let g = h.lease("a1", &agent("", ""), 2);
+    assert_eq!(g.iter().map(|g| g.task_id).collect::<Vec<_>>(), [ids[0], ids[2]]);
+    h.complete("a1", ids[2], g[1].epoch, Outcome::Success).expect("current");
+    h.now_ms += 100;
+    // The leader of term 2 was deposed; its ticks reach the log in term 3.
+    h.term = 3;
+    let stale = Response::Rejected(StateError::StaleTerm { proposed: 2, entry: 3 });
+    let running = vec![LeaseRef { task_id: ids[0], epoch: g[0].epoch }];
+    for cmd in [
+        Command::ExpireLeases { term: 2, leases: running.clone(), reason: ExpireReason::LeaseLost },
+        Command::ExpireLeases { term: 2, leases: running.clone(), reason: ExpireReason::TimedOut },
+        Command::PromoteDelayed { term: 2, max_tasks: 10 },
+        Command::Purge { term: 2, finished_before_ms: h.now_ms, max_tasks: 10 },
+    ] {
+        assert_eq!(h.apply_unchanged(cmd), stale);
+    }
+    // Inside a batch too.
+    let before = h.snapshot();
+    let r = h.apply(Command::Batch(vec![Command::PromoteDelayed { term: 1, max_tasks: 10 }]));
+    let refused = Response::Rejected(StateError::StaleTerm { proposed: 1, entry: 3 });
+    assert_eq!(r, Response::Batch(vec![refused.clone()]));
+    h.assert_unchanged(before, &refused);
+    let msg = StateError::StaleTerm { proposed: 2, entry: 3 }.to_string();
+    assert_eq!(msg, "stale timer command: proposed by the leader of term 2, committed in term 3");
+
+    // The current leader's ticks apply.
+    assert_eq!(h.apply(h.promote_cmd(10)), Response::Promoted { count: 1 });
+    assert_eq!(h.expire(ids[0], g[0].epoch, ExpireReason::LeaseLost), vec![ids[0]]);
+    let bound = h.now_ms;
+    assert_eq!(h.apply(h.purge_cmd(bound, 10)), Response::Purged { tasks: 1, idempotency_keys: 0 });
+}
+
+#[test]
 fn errors_are_retried_then_fail() {
     let mut h = acme();
     let id = h.queue("acme", vec![NewTask { retries: Some(1), ..task("work") }])[0];
@@ -447,20 +509,69 @@ fn errors_are_retried_then_fail() {
 fn lost_leases_are_bounded_and_timeouts_finish() {
     let mut h = acme();
     let id = h.queue("acme", vec![task("work")])[0];
-    for n in 1..=MAX_LOST_LEASES + 1 {
+    assert_eq!(MAX_LOST_LEASES, 5, "the README says five");
+    for n in 1..=MAX_LOST_LEASES {
         let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
         assert_eq!(h.expire(id, e, ExpireReason::LeaseLost), vec![id]);
         let t = h.task(id);
-        assert_eq!(t.lost_leases, n);
-        let want = if n > MAX_LOST_LEASES { TaskState::Error } else { TaskState::Queued };
+        assert_eq!((t.lost_leases, t.retries_left), (n, 0));
+        let want = if n == MAX_LOST_LEASES { TaskState::Error } else { TaskState::Queued };
         assert_eq!(t.state, want, "after {n} lost leases");
     }
-    assert!(h.task(id).result.expect("result").error.contains("lease lost"));
+    assert_eq!(h.task(id).result.expect("result").error, "lease lost 5 times");
+    assert!(h.lease("a1", &agent("", ""), 1).is_empty(), "an errored task is never leased");
     let id = h.queue("acme", vec![task("work")])[0];
     let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
     assert_eq!(h.expire(id, e, ExpireReason::TimedOut), vec![id]);
     assert_eq!(h.task(id).state, TaskState::Timeout);
     assert!(h.expire(id, e, ExpireReason::TimedOut).is_empty(), "a second expiry is a no-op");
+}
+
+#[test]
+fn handed_back_tasks_keep_their_lost_leases_and_retries() {
+    let mut h = acme();
+    let id = h.queue("acme", vec![NewTask { retries: Some(2), ..task("work") }])[0];
+    for n in 1..=2 * MAX_LOST_LEASES {
+        let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
+        assert_eq!(h.hand_back("a1", id, e), vec![id]);
+        let t = h.task(id);
+        assert_eq!((t.state, t.lease, t.lost_leases, t.retries_left), (TaskState::Queued, None, 0, 2), "after {n}");
+        assert_eq!(t.attempts, n, "every grant is an attempt");
+        // The handed-back lease is dead: its holder can no longer complete it.
+        assert_eq!(h.complete("a1", id, e, Outcome::Success), Err(StateError::StaleEpoch { task_id: id, epoch: e }));
+    }
+    // Failures still count against the retries.
+    let e = h.lease("a2", &agent("", ""), 1)[0].epoch;
+    h.complete("a2", id, e, Outcome::Error).expect("current");
+    let t = h.task(id);
+    assert_eq!((t.state, t.lost_leases, t.retries_left), (TaskState::Queued, 0, 1));
+}
+
+#[test]
+fn hand_back_of_anything_but_the_holders_current_lease_changes_nothing() {
+    let mut h = acme();
+    let ids = h.queue("acme", vec![task("work"), task("work")]);
+    let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    let none = Response::HandedBack { task_ids: vec![] };
+    let hand_back = |agent_id: &str, leases: Vec<LeaseRef>| Command::HandBack { agent_id: agent_id.into(), leases };
+    let lease = |task_id, epoch| LeaseRef { task_id, epoch };
+    assert_eq!(h.apply_unchanged(hand_back("a2", vec![lease(ids[0], e)])), none, "another agent");
+    assert_eq!(h.apply_unchanged(hand_back("a1", vec![lease(ids[0], e + 1)])), none, "a stale epoch");
+    assert_eq!(h.apply_unchanged(hand_back("a1", vec![lease(ids[1], e)])), none, "a queued task");
+    assert_eq!(h.apply_unchanged(hand_back("a1", vec![lease(12345, e)])), none, "no such task");
+    let too_many = vec![lease(ids[0], e); validate::MAX_COMPLETIONS + 1];
+    let r = h.apply_unchanged(hand_back("a1", too_many));
+    let limit = format!("{} entries is over the limit of {}", validate::MAX_COMPLETIONS + 1, validate::MAX_COMPLETIONS);
+    assert_eq!(r, Response::Rejected(StateError::invalid("leases", limit)));
+    assert_eq!(h.task(ids[0]).state, TaskState::Running);
+
+    // Named twice in one command: handed back once, the second is skipped.
+    let r = h.apply(hand_back("a1", vec![lease(ids[0], e), lease(ids[0], e)]));
+    assert_eq!(r, Response::HandedBack { task_ids: vec![ids[0]] });
+    // Finished: a late hand-back changes nothing.
+    let e2 = h.lease("a1", &agent("", ""), 1)[0].epoch;
+    h.complete("a1", ids[0], e2, Outcome::Success).expect("current");
+    assert_eq!(h.apply_unchanged(hand_back("a1", vec![lease(ids[0], e2)])), none, "a finished task");
 }
 
 #[test]
@@ -532,7 +643,7 @@ fn logs_are_fenced_deduplicated_and_capped() {
     h.complete("a1", id, e1, Outcome::Success).expect("current");
     assert_eq!(h.apply_unchanged(append("a1", 10, vec![chunk(id, e1, 8, b"late")])), stale(e1));
     h.now_ms += 10;
-    h.apply(Command::Purge { finished_before_ms: h.now_ms, max_tasks: 10 });
+    h.apply(h.purge_cmd(h.now_ms, 10));
     assert!(log_of(&h, id).is_empty());
     assert!(!h.kv.map.keys().any(|k| k.starts_with(logs::META) || k.starts_with(logs::CHUNK)));
 }
@@ -596,7 +707,8 @@ fn purge_removes_old_finished_tasks_and_their_keys() {
     h.now_ms = 3_000;
     h.complete("a1", ids[1], g[1].epoch, Outcome::Killed).expect("current");
     let keys_of = |id| [keys::task(id)];
-    let purge = |before| Command::Purge { finished_before_ms: before, max_tasks: 100 };
+    let term = h.term;
+    let purge = |before| Command::Purge { term, finished_before_ms: before, max_tasks: 100 };
     assert_eq!(h.apply(purge(2_000)), Response::Purged { tasks: 0, idempotency_keys: 0 }, "the bound is strict");
     assert_eq!(h.apply(purge(2_500)), Response::Purged { tasks: 1, idempotency_keys: 0 });
     assert!(keys_of(ids[0]).iter().all(|k| !h.kv.map.contains_key(k)));
@@ -640,7 +752,7 @@ fn reload_rebuilds_the_same_state_and_behaviour() {
     h.complete("a1", g[0].task_id, g[0].epoch, Outcome::Error).expect("current");
     h.expire(g[1].task_id, g[1].epoch, ExpireReason::LeaseLost);
     h.now_ms += 400;
-    h.apply(Command::PromoteDelayed { max_tasks: 10 });
+    h.apply(h.promote_cmd(10));
     let tenant = h.task(g[2].task_id).tenant;
     h.apply(Command::Cancel { tenant, task_id: g[2].task_id });
 
@@ -649,7 +761,8 @@ fn reload_rebuilds_the_same_state_and_behaviour() {
     assert_eq!((loaded.tenants(), loaded.codes(), loaded.agents()), (h.sm.tenants(), h.sm.codes(), h.sm.agents()));
     assert_eq!((&loaded.rr_cursor, loaded.clock_ms()), (&h.sm.rr_cursor, h.sm.clock_ms()));
 
-    let mut twin = Harness { sm: loaded, kv: h.kv.clone(), index: h.index, now_ms: h.now_ms, log: Vec::new() };
+    let mut twin =
+        Harness { sm: loaded, kv: h.kv.clone(), index: h.index, term: h.term, now_ms: h.now_ms, log: Vec::new() };
     let running: Vec<(u64, u64, String)> =
         h.sm.indexes().running.iter().map(|(id, r)| (*id, r.epoch, r.agent_id.clone())).collect();
     let mut next = vec![
@@ -658,7 +771,7 @@ fn reload_rebuilds_the_same_state_and_behaviour() {
         (0, Harness::queue_cmd("acme", Some("k"), vec![task("work")])),
         (500, Harness::queue_cmd("beta", None, vec![prio("work", 2); 2])),
         (10, lease("a1", agent("", "us"), 8)),
-        (1_000, Command::Purge { finished_before_ms: 10_000, max_tasks: 100 }),
+        (1_000, h.purge_cmd(10_000, 100)),
         (0, Harness::queue_cmd("acme", Some("k"), vec![task("pair")])),
     ];
     for (id, epoch, agent_id) in running {
@@ -700,17 +813,22 @@ fn fleet() -> Harness {
 
 /// One random step. `Queue` tasks are (code, priority, delay, placement); `Complete` picks a
 /// running task, or (if `stale`) any grant ever made; `Expire` picks any grant ever made.
+/// The timer commands (`Expire`, `Promote`, `Purge`) name the current term, or (if
+/// `old_term`) the one before it, as a deposed leader's tick would; `NewTerm` is an
+/// election. `HandBack` picks any grant ever made.
 #[derive(Clone, Debug)]
 #[rustfmt::skip]
 enum Op {
     Queue { tenant: usize, key: Option<u8>, tasks: Vec<(usize, u8, u64, usize)> },
     Lease { agent: usize, max: u32 },
     Complete { pick: usize, outcome: Outcome, stale: bool },
-    Expire { pick: usize, lost: bool },
+    Expire { pick: usize, lost: bool, old_term: bool },
     Cancel { tenant: usize, pick: usize },
-    Promote,
-    Purge { age: u64 },
+    Promote { old_term: bool },
+    Purge { age: u64, old_term: bool },
     Log { pick: usize, len: usize },
+    NewTerm,
+    HandBack { pick: usize, zombie: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -724,12 +842,33 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..3usize, 1..4u32).prop_map(|(agent, max)| Op::Lease { agent, max }),
         4 => (any::<usize>(), outcome, proptest::bool::weighted(0.3))
             .prop_map(|(pick, outcome, stale)| Op::Complete { pick, outcome, stale }),
-        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, lost)| Op::Expire { pick, lost }),
+        1 => (any::<usize>(), any::<bool>(), old_term())
+            .prop_map(|(pick, lost, old_term)| Op::Expire { pick, lost, old_term }),
         1 => (0..2usize, any::<usize>()).prop_map(|(tenant, pick)| Op::Cancel { tenant, pick }),
-        1 => Just(Op::Promote),
-        1 => (0..5_000u64).prop_map(|age| Op::Purge { age }),
+        1 => old_term().prop_map(|old_term| Op::Promote { old_term }),
+        1 => (0..5_000u64, old_term()).prop_map(|(age, old_term)| Op::Purge { age, old_term }),
         2 => (any::<usize>(), 0..40usize).prop_map(|(pick, len)| Op::Log { pick, len }),
+        1 => Just(Op::NewTerm),
+        1 => (any::<usize>(), proptest::bool::weighted(0.3)).prop_map(|(pick, zombie)| Op::HandBack { pick, zombie }),
     ]
+}
+
+fn old_term() -> impl Strategy<Value = bool> {
+    proptest::bool::weighted(0.2)
+}
+
+/// The term a timer command names: the current one, or the one before it.
+fn timer_term(h: &Harness, old_term: bool) -> u64 {
+    if old_term { h.term - 1 } else { h.term }
+}
+
+/// Applies a timer command from an older term and asserts it was refused, naming both
+/// terms, and changed nothing (not even the clock).
+fn assert_stale_term_refused(h: &mut Harness, cmd: Command) {
+    let before = h.snapshot();
+    let r = h.apply(cmd);
+    assert_eq!(r, Response::Rejected(StateError::StaleTerm { proposed: h.term - 1, entry: h.term }));
+    h.assert_unchanged(before, &r);
 }
 
 /// The `pick`-th element (modulo the length), if any.
@@ -809,13 +948,17 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
             assert!(matches!(results[..], [Err(StateError::StaleEpoch { .. } | StateError::TaskNotFound(_))]), "{r:?}");
             h.assert_unchanged(before, &r);
         }
-        Op::Expire { pick, lost } => {
+        Op::Expire { pick, lost, old_term } => {
             let Some(g) = nth(grants, pick) else { return };
             let current = is_current(h, &g);
-            let before = h.snapshot();
             let reason = if lost { ExpireReason::LeaseLost } else { ExpireReason::TimedOut };
-            let r = h
-                .apply(Command::ExpireLeases { leases: vec![LeaseRef { task_id: g.task_id, epoch: g.epoch }], reason });
+            let leases = vec![LeaseRef { task_id: g.task_id, epoch: g.epoch }];
+            let cmd = Command::ExpireLeases { term: timer_term(h, old_term), leases, reason };
+            if old_term {
+                return assert_stale_term_refused(h, cmd);
+            }
+            let before = h.snapshot();
+            let r = h.apply(cmd);
             if current {
                 assert_eq!(r, Response::Expired { task_ids: vec![g.task_id] });
                 assert_ne!(h.task(g.task_id).state, TaskState::Running);
@@ -855,15 +998,46 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
                 h.assert_unchanged(before, &r);
             }
         }
-        Op::Promote => {
-            h.apply(Command::PromoteDelayed { max_tasks: 1_000 });
+        Op::Promote { old_term } => {
+            let cmd = Command::PromoteDelayed { term: timer_term(h, old_term), max_tasks: 1_000 };
+            if old_term {
+                return assert_stale_term_refused(h, cmd);
+            }
+            h.apply(cmd);
             assert!(h.sm.indexes().delayed.first().is_none_or(|(at, _)| *at > h.sm.clock_ms()));
         }
-        Op::Purge { age } => {
+        Op::Purge { age, old_term } => {
             let bound = h.sm.clock_ms().saturating_sub(age);
-            h.apply(Command::Purge { finished_before_ms: bound, max_tasks: 1_000 });
+            let cmd = Command::Purge { term: timer_term(h, old_term), finished_before_ms: bound, max_tasks: 1_000 };
+            if old_term {
+                return assert_stale_term_refused(h, cmd);
+            }
+            h.apply(cmd);
             assert!(h.sm.indexes().finished.first().is_none_or(|(at, _)| *at >= bound));
             assert!(h.sm.indexes().idem_expiry.first().is_none_or(|(at, _)| *at > h.sm.clock_ms()));
+        }
+        Op::NewTerm => h.term += 1,
+        Op::HandBack { pick, zombie } => {
+            // Any grant ever made, handed back by its holder or (if `zombie`) another agent.
+            let Some(g) = nth(grants, pick) else { return };
+            let agent_id = if zombie { "zombie".to_string() } else { g.agent_id.clone() };
+            let current = is_current(h, &g) && !zombie;
+            let before = h.snapshot();
+            // Read only when current: a stale grant's task may have been purged.
+            let t0 = current.then(|| h.task(g.task_id));
+            let r =
+                h.apply(Command::HandBack { agent_id, leases: vec![LeaseRef { task_id: g.task_id, epoch: g.epoch }] });
+            if let Some(t0) = t0 {
+                assert_eq!(r, Response::HandedBack { task_ids: vec![g.task_id] });
+                let t = h.task(g.task_id);
+                assert_eq!(
+                    (t.state, t.lost_leases, t.retries_left),
+                    (TaskState::Queued, t0.lost_leases, t0.retries_left)
+                );
+            } else {
+                assert_eq!(r, Response::HandedBack { task_ids: vec![] });
+                h.assert_unchanged(before, &r);
+            }
         }
     }
 }
@@ -918,7 +1092,8 @@ proptest! {
 
         // Replaying the log into a fresh replica gives byte-identical tables.
         let mut replica = Harness::new();
-        for req in h.log.clone() {
+        for (req, term) in h.log.clone() {
+            replica.term = term;
             replica.apply_request(req);
         }
         prop_assert!(replica.kv == h.kv, "replay diverged");

@@ -243,7 +243,8 @@ impl SmStore {
             out.push(match &e.payload {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Normal(req) => {
-                    machine.apply(&mut txn, req, e.log_id.index).map_err(|e| sm_err(ErrorVerb::Write, e))?
+                    let (index, term) = (e.log_id.index, e.log_id.leader_id.term);
+                    machine.apply(&mut txn, req, index, term).map_err(|e| sm_err(ErrorVerb::Write, e))?
                 }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(e.log_id), m.clone());
