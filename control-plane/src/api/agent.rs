@@ -1,6 +1,10 @@
-//! `drover.agent.v1.Agent`: leasing (long-poll), heartbeats and completion. Lease and
-//! heartbeat are served by the leader only (the lease tracker lives there); a follower
-//! answers `Unavailable` with the leader's address in metadata.
+//! `drover.agent.v1.Agent`: leasing (long-poll), heartbeats, completion, hand-backs and
+//! log shipping. Lease and heartbeat are served by the leader only (the lease tracker
+//! lives there; a follower answers `Unavailable` with the leader's address in metadata),
+//! and only while [`super::ApiCtx::lease_validity`] allows: once the leader has applied
+//! an entry of its own term, and within the TTL of its last quorum confirmation. Every
+//! answer says how long its leases are valid counted from the agent's send time
+//! (`lease_valid_ms`), so a grant late in a long poll keeps its full TTL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -268,26 +272,10 @@ impl Agent for AgentService {
         let leases: Vec<LeaseRef> =
             r.leases.iter().map(|l| LeaseRef { task_id: l.task_id, epoch: l.lease_epoch }).collect();
         self.check_owned(&agent_id, leases.iter().map(|l| (l.task_id, l.epoch)))?;
-        // Only this agent's current leases: a stale one names nobody's task any more.
-        let leases: Vec<LeaseRef> = {
-            let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
-            leases
-                .into_iter()
-                .filter(|l| {
-                    sm.indexes()
-                        .running
-                        .get(&l.task_id)
-                        .is_some_and(|run| run.epoch == l.epoch && run.agent_id == agent_id)
-                })
-                .collect()
-        };
-        if leases.is_empty() {
-            return Ok(Response::new(pa::ReleaseResponse { released: vec![] }));
-        }
-        let term = self.ctx.node.current_term();
-        let cmd = Command::ExpireLeases { term, leases, reason: crate::state::command::ExpireReason::LeaseLost };
-        match self.ctx.propose(cmd).await? {
-            SmResponse::Expired { task_ids } => Ok(Response::new(pa::ReleaseResponse { released: task_ids })),
+        // The state machine re-queues only this agent's current leases (a stale one names
+        // nobody's task any more), without counting a lost lease or consuming a retry.
+        match self.ctx.propose(Command::HandBack { agent_id, leases }).await? {
+            SmResponse::HandedBack { task_ids } => Ok(Response::new(pa::ReleaseResponse { released: task_ids })),
             other => Err(unexpected(other)),
         }
     }
