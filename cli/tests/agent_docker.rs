@@ -7,23 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use drover_chaos::{AgentOptions, AgentProc, Cluster, ClusterOptions, clients, eventually};
-use drover_proto::admin as pa;
+use common::agent_tasks::*;
+use drover_chaos::{AgentOptions, Cluster, ClusterOptions, eventually};
 use drover_proto::v1 as pv;
-
-const IMAGE: &str = "drover-test/busybox:1";
-
-/// Connects to the engine and imports the test image; fails (never skips) without Docker.
-async fn docker() -> bollard::Docker {
-    let how = "this test needs a running Docker engine: run `bash .ci/run` (installs docker.io and busybox-static \
-               and starts dockerd), or as root `apt-get install -y docker.io busybox-static && dockerd &`";
-    let d = bollard::Docker::connect_with_local_defaults().unwrap_or_else(|e| panic!("{how}: {e}"));
-    let d = d.negotiate_version().await.unwrap_or_else(|e| panic!("{how}: {e}"));
-    drover_runner_agent::executor::import::ensure_busybox_image(&d, IMAGE)
-        .await
-        .unwrap_or_else(|e| panic!("importing {IMAGE} from /bin/busybox: {e}"));
-    d
-}
 
 async fn cluster(nodes: u64, ttl: &str, tls: bool) -> Cluster {
     cluster_with(nodes, ttl, tls, "").await
@@ -32,95 +18,6 @@ async fn cluster(nodes: u64, ttl: &str, tls: bool) -> Cluster {
 async fn cluster_with(nodes: u64, ttl: &str, tls: bool, extra_config: &str) -> Cluster {
     let extra_config = extra_config.to_string();
     common::cluster(ClusterOptions { nodes, lease_ttl: Some(ttl.into()), tls, extra_config }).await
-}
-
-fn tenant(c: &Cluster) -> clients::Tenant {
-    c.tenant(c.ids()[0], "acme").expect("tenant client")
-}
-
-async fn create_tenant(c: &Cluster) {
-    let mut admin = c.admin(c.ids()[0]).expect("admin client");
-    admin.upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), ..Default::default() }).await.expect("tenant");
-}
-
-fn sh(name: &str, script: &str) -> pv::RegisterCodeRequest {
-    pv::RegisterCodeRequest {
-        name: name.into(),
-        image: IMAGE.into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    }
-}
-
-async fn register(c: &Cluster, code: pv::RegisterCodeRequest) {
-    tenant(c).register_code(code).await.expect("register code");
-}
-
-async fn queue(c: &Cluster, code: &str, payload: &[u8], n: usize) -> Vec<u64> {
-    let tasks = (0..n).map(|_| pv::NewTask { code: code.into(), payload: payload.to_vec(), ..Default::default() });
-    let r = tenant(c)
-        .queue_tasks(pv::QueueTasksRequest { tasks: tasks.collect(), idempotency_key: String::new() })
-        .await
-        .expect("queue");
-    r.into_inner().task_ids
-}
-
-async fn get(c: &Cluster, id: u64) -> pv::Task {
-    tenant(c).get_task(pv::GetTaskRequest { id, include_payload: false }).await.expect("get task").into_inner()
-}
-
-fn finished(t: &pv::Task) -> bool {
-    !matches!(
-        pv::TaskState::try_from(t.state),
-        Ok(pv::TaskState::Queued | pv::TaskState::Delayed | pv::TaskState::Running)
-    )
-}
-
-async fn wait_finished(c: &Cluster, id: u64, within: Duration, agents: &[&AgentProc]) -> pv::Task {
-    let r = eventually(within, &format!("task {id} to finish"), || async {
-        let t = get(c, id).await;
-        finished(&t).then_some(t)
-    })
-    .await;
-    match r {
-        Ok(t) => t,
-        Err(e) => {
-            let logs: Vec<String> = agents.iter().map(|a| format!("--- {} ---\n{}", a.id, a.log_tail(30))).collect();
-            panic!("{e}\n{}", logs.join("\n"))
-        }
-    }
-}
-
-/// A task's whole log: (stdout, stderr, system) bytes.
-async fn log(c: &Cluster, id: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let mut s = tenant(c)
-        .get_task_log(pv::GetTaskLogRequest { id, from_index: 0, follow: false })
-        .await
-        .expect("get log")
-        .into_inner();
-    let (mut out, mut err, mut sys) = (Vec::new(), Vec::new(), Vec::new());
-    while let Some(batch) = s.message().await.expect("log stream") {
-        for ch in batch.chunks {
-            match pv::LogStream::try_from(ch.stream) {
-                Ok(pv::LogStream::Stdout) => out.extend(ch.data),
-                Ok(pv::LogStream::Stderr) => err.extend(ch.data),
-                _ => sys.extend(ch.data),
-            }
-        }
-    }
-    (out, err, sys)
-}
-
-fn state(t: &pv::Task) -> pv::TaskState {
-    pv::TaskState::try_from(t.state).expect("known state")
-}
-
-async fn no_containers_left(a: &AgentProc) {
-    eventually(Duration::from_secs(10), "the agent's containers to be removed", || async {
-        a.containers().ok().filter(|c| c.is_empty())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", a.containers(), a.log_tail(30)));
 }
 
 #[tokio::test]
@@ -172,21 +69,6 @@ async fn results_exit_codes_oom_and_timeouts_come_back_from_real_containers() {
     assert_eq!(out, b"drover\n".repeat(200)[..1024].to_vec());
     assert!(String::from_utf8_lossy(&sys).contains("log truncated at 1024 bytes"), "{sys:?}");
     no_containers_left(&a).await;
-}
-
-/// `drover agent status` through the control socket, as an operator on the host runs it.
-/// None while the agent's socket is not up yet.
-fn agent_status(a: &AgentProc) -> Option<serde_json::Value> {
-    let out = std::process::Command::new(common::bin())
-        .args(["agent", "status", "--output", "json", "--socket"])
-        .arg(&a.socket)
-        .output()
-        .expect("run drover agent status");
-    if !out.status.success() {
-        assert!(String::from_utf8_lossy(&out.stderr).contains("is an agent running"), "{out:?}");
-        return None;
-    }
-    Some(serde_json::from_slice(&out.stdout).expect("status JSON"))
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Shared setup for the integration tests: a real cluster of `drover` processes.
 #![allow(dead_code)]
 
+pub mod agent_tasks;
+
 use std::path::Path;
 
 use drover_chaos::{Cluster, ClusterOptions, clients};
