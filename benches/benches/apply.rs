@@ -69,6 +69,7 @@ fn queue_cmd(n: usize) -> Command {
 
 fn lease_cmd(agents: usize, per_agent: u32) -> Command {
     Command::Lease {
+        term: 1,
         requests: (0..agents)
             .map(|i| LeaseRequest {
                 agent_id: format!("agent-{i}"),

@@ -124,27 +124,41 @@ async fn logs_follow_live_status_shows_leases_and_sigterm_drains() {
     no_containers_left(&a).await;
 }
 
+/// A drain hands back what does not finish in its grace: re-queued at once, not a lost
+/// lease, no retry consumed. Five hand-backs in a row (more than the lost-lease bound)
+/// and the task still runs.
 #[tokio::test]
-async fn drain_hands_back_what_does_not_finish_in_its_grace() {
+async fn a_task_drained_and_handed_back_five_times_still_runs_once_more() {
+    const HAND_BACKS: u32 = 5;
     let _d = docker().await;
     let c = cluster(1, "5s", false).await;
     create_tenant(&c).await;
-    register(&c, sh("long", "echo attempt=$TASK_ATTEMPT; if [ \"$TASK_ATTEMPT\" = 1 ]; then sleep 60; fi")).await;
+    let script = format!("echo attempt=$TASK_ATTEMPT; if [ \"$TASK_ATTEMPT\" -le {HAND_BACKS} ]; then sleep 60; fi");
+    register(&c, sh("long", &script)).await;
     let id = queue(&c, "long", b"", 1).await[0];
-    let opts = AgentOptions { slots: 1, extra_config: "drain_grace = \"1s\"\nstop_grace = \"1s\"".into() };
-    let mut a = c.start_agent("impatient", opts).expect("start agent");
-    eventually(Duration::from_secs(30), "the task's first output", || async {
-        (log(&c, id).await.0 == b"attempt=1\n").then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
-    a.stop(Duration::from_secs(30)).expect("SIGTERM drains and exits cleanly");
-    let t = get(&c, id).await;
-    assert_eq!((state(&t), t.lost_leases), (pv::TaskState::Queued, 1), "handed back for another agent: {t:?}");
-    no_containers_left(&a).await;
+    let mut expected_log = String::new();
+    for attempt in 1..=HAND_BACKS {
+        let opts = AgentOptions { slots: 1, extra_config: "drain_grace = \"1s\"\nstop_grace = \"1s\"".into() };
+        let mut a = c.start_agent(&format!("impatient-{attempt}"), opts).expect("start agent");
+        expected_log.push_str(&format!("attempt={attempt}\n"));
+        eventually(Duration::from_secs(30), &format!("attempt {attempt}'s first output"), || async {
+            (log(&c, id).await.0 == expected_log.as_bytes()).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+        a.stop(Duration::from_secs(30)).expect("SIGTERM drains and exits cleanly");
+        let t = get(&c, id).await;
+        assert_eq!(
+            (state(&t), t.attempts, t.lost_leases),
+            (pv::TaskState::Queued, attempt, 0),
+            "handed back for another agent, not a lost lease: {t:?}"
+        );
+        assert!(a.log().contains("handed back"), "{}", a.log_tail(30));
+        no_containers_left(&a).await;
+    }
     let b = c.start_agent("next", AgentOptions::default()).expect("start agent");
-    let t = wait_finished(&c, id, Duration::from_secs(60), &[&a, &b]).await;
-    assert_eq!((state(&t), t.attempts), (pv::TaskState::Complete, 2), "{t:?}");
+    let t = wait_finished(&c, id, Duration::from_secs(60), &[&b]).await;
+    assert_eq!((state(&t), t.attempts, t.lost_leases), (pv::TaskState::Complete, HAND_BACKS + 1, 0), "{t:?}");
 }
 
 #[tokio::test]

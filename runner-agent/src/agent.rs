@@ -105,6 +105,8 @@ pub struct Agent {
     pub(crate) state: Mutex<Book>,
     /// A lease was added or a deadline moved: the deadline timer looks again.
     pub(crate) book_changed: Notify,
+    /// The control plane's TTL changed: the heartbeat loop re-plans its next beat.
+    pub(crate) ttl_changed: Notify,
     pub(crate) slot_freed: Notify,
     pub(crate) ship_tx: mpsc::Sender<ShipMsg>,
     ship_rx: Mutex<Option<mpsc::Receiver<ShipMsg>>>,
@@ -170,6 +172,7 @@ impl Agent {
             deadlines,
             state: Mutex::new(Book { book, runs: BTreeMap::new() }),
             book_changed: Notify::new(),
+            ttl_changed: Notify::new(),
             slot_freed: Notify::new(),
             ship_tx,
             ship_rx: Mutex::new(Some(ship_rx)),
@@ -201,6 +204,7 @@ impl Agent {
         if ms > 0 && self.lease_ttl_ms.swap(ms, Ordering::Relaxed) != ms {
             let margin = margin_for(Duration::from_millis(ms), watchdog::TICK);
             lock(&self.state).book.set_margin(margin);
+            self.ttl_changed.notify_one();
         }
     }
 

@@ -150,7 +150,18 @@ impl Uplink {
     }
 
     /// One call, following a leader hint once. `f` gets a client and makes the call.
-    pub async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, UplinkError>
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, UplinkError>
+    where
+        F: FnMut(AgentClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_timed(f).await.map(|(r, _)| r)
+    }
+
+    /// [`Uplink::call`], also returning when the attempt that was answered was sent: the
+    /// moment lease clocks count from (an earlier attempt, refused by a node that is not
+    /// the leader, may have taken seconds).
+    pub async fn call_timed<T, F, Fut>(&self, mut f: F) -> Result<(T, std::time::Instant), UplinkError>
     where
         F: FnMut(AgentClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -159,8 +170,9 @@ impl Uplink {
         loop {
             let (addr, ch) = self.pick()?;
             let client = AgentClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
+            let sent = std::time::Instant::now();
             match f(client).await {
-                Ok(r) => return Ok(r.into_inner()),
+                Ok(r) => return Ok((r.into_inner(), sent)),
                 Err(status) => {
                     let hint = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
                     match hint {

@@ -59,6 +59,12 @@ pub async fn get(c: &Cluster, id: u64) -> pv::Task {
     tenant(c).get_task(pv::GetTaskRequest { id, include_payload: false }).await.expect("get task").into_inner()
 }
 
+/// The task, or None while the cluster cannot answer (an election under way).
+pub async fn try_get(c: &Cluster, id: u64) -> Option<pv::Task> {
+    let mut t = tenant(c);
+    t.get_task(pv::GetTaskRequest { id, include_payload: false }).await.ok().map(|r| r.into_inner())
+}
+
 pub fn state(t: &pv::Task) -> pv::TaskState {
     pv::TaskState::try_from(t.state).expect("known state")
 }
@@ -73,7 +79,7 @@ pub fn finished(t: &pv::Task) -> bool {
 /// Waits for task `id` to end; on timeout, fails with the agents' log tails.
 pub async fn wait_finished(c: &Cluster, id: u64, within: Duration, agents: &[&AgentProc]) -> pv::Task {
     let r = eventually(within, &format!("task {id} to finish"), || async {
-        let t = get(c, id).await;
+        let t = try_get(c, id).await?;
         finished(&t).then_some(t)
     })
     .await;

@@ -149,8 +149,13 @@ impl Agent for AgentService {
             notified.as_mut().enable();
             // Propose only when something could be granted: idle agents must not fill the
             // log with empty lease entries.
+            // Checked again before every grant: leadership can move while a poll waits, and
+            // a grant proposed here must be one this node can vouch for (the command
+            // carries the term; a successor refuses it).
+            let window = self.ctx.lease_validity(Instant::now())?;
             if r.max_tasks > 0 && self.has_work(&attrs)? {
                 let cmd = Command::Lease {
+                    term: window.term,
                     requests: vec![LeaseRequest {
                         agent_id: agent_id.clone(),
                         attrs: attrs.clone(),
@@ -158,6 +163,7 @@ impl Agent for AgentService {
                         max_tasks: r.max_tasks,
                     }],
                 };
+                let proposed = Instant::now();
                 let grants = match self.ctx.propose(cmd).await? {
                     SmResponse::Leased { grants } => grants,
                     other => return Err(unexpected(other)),
@@ -167,13 +173,24 @@ impl Agent for AgentService {
                     // long poll is valid for the time it was held plus what is left of
                     // the TTL, counted from the agent's send time.
                     let now = Instant::now();
-                    let valid = self.ctx.lease_validity(now)?;
+                    let window = self.ctx.lease_validity(now).inspect_err(|e| {
+                        // The grants are committed but cannot be vouched for: they expire
+                        // after the TTL and are re-queued.
+                        tracing::warn!(agent = %agent_id, grants = grants.len(), error = %e, "granted leases not answered");
+                    })?;
                     let mut tasks = Vec::with_capacity(grants.len());
                     for g in grants {
                         self.ctx.tracker.touch(LeaseRef { task_id: g.task_id, epoch: g.epoch }, now);
                         tasks.push(self.granted(g.task_id, g.epoch)?);
                     }
-                    let lease_valid_ms = valid_ms(received, now, valid);
+                    let lease_valid_ms = valid_ms(received, now, window.valid);
+                    tracing::debug!(
+                        agent = %agent_id,
+                        held_ms = proposed.duration_since(received).as_millis() as u64,
+                        propose_ms = now.duration_since(proposed).as_millis() as u64,
+                        lease_valid_ms,
+                        "granted"
+                    );
                     return Ok(Response::new(pa::LeaseResponse { tasks, lease_ttl_ms, lease_valid_ms }));
                 }
             }
@@ -194,7 +211,7 @@ impl Agent for AgentService {
         at_most("leases", r.leases.len(), validate::MAX_COMPLETIONS)?;
         self.check_owned(&agent_id, r.leases.iter().map(|l| (l.task_id, l.lease_epoch)))?;
         let now = Instant::now();
-        let valid = self.ctx.lease_validity(now)?;
+        let window = self.ctx.lease_validity(now)?;
         let mut revoked = Vec::new();
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
         for l in r.leases {
@@ -212,7 +229,7 @@ impl Agent for AgentService {
         Ok(Response::new(pa::HeartbeatResponse {
             revoked,
             lease_ttl_ms: self.ctx.cfg.lease_ttl.as_millis() as u64,
-            lease_valid_ms: valid_ms(received, now, valid),
+            lease_valid_ms: valid_ms(received, now, window.valid),
         }))
     }
 

@@ -31,6 +31,14 @@ pub struct ApiConfig {
     pub max_task_log_bytes: u64,
 }
 
+/// What [`ApiCtx::lease_validity`] allows: leases granted or renewed now, by the leader of
+/// `term`, are valid for `valid`.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseWindow {
+    pub term: u64,
+    pub valid: Duration,
+}
+
 /// What every handler shares.
 pub struct ApiCtx {
     pub node: Arc<RaftNode>,
@@ -68,7 +76,7 @@ impl ApiCtx {
     /// only the leader, once it has applied an entry of its own term (so its state holds
     /// every lease the previous term granted), and only for what is left of the TTL since
     /// a quorum last confirmed it.
-    pub fn lease_validity(&self, now: std::time::Instant) -> Result<Duration, ApiError> {
+    pub fn lease_validity(&self, now: std::time::Instant) -> Result<LeaseWindow, ApiError> {
         self.require_leader()?;
         let (term, applied_term) = {
             let m = self.node.raft.metrics();
@@ -83,7 +91,7 @@ impl ApiCtx {
         }
         let ttl = self.cfg.lease_ttl;
         match self.quorum.since(term, now) {
-            Some(since) if since < ttl => Ok(ttl - since),
+            Some(since) if since < ttl => Ok(LeaseWindow { term, valid: ttl - since }),
             Some(since) => Err(ApiError::Unavailable(format!(
                 "this leader has not confirmed a quorum for {} ms (the lease TTL is {} ms); it renews no lease",
                 since.as_millis(),

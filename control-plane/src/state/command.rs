@@ -113,7 +113,12 @@ pub enum Command {
         idempotency_ttl_ms: u64,
         tasks: Vec<NewTask>,
     },
+    /// Grants leases to the agents whose long polls the leader is serving. `term`: the
+    /// term in which that leader checked it may grant (see [`Command::leader_term`]): a
+    /// long poll held on a node that has since lost leadership must not grant through
+    /// its successor, since the node could not vouch for the lease it would answer with.
     Lease {
+        term: u64,
         requests: Vec<LeaseRequest>,
     },
     Complete {
@@ -122,7 +127,7 @@ pub enum Command {
     /// The leader's lease-expiry and timeout-backstop tick. `term` is the Raft term in
     /// which the proposing leader computed it: a deposed leader's tracker no longer hears
     /// heartbeats and would call healthy leases lost, so `apply` refuses the command from
-    /// an entry of a later term (see [`Command::timer_term`]).
+    /// an entry of a later term (see [`Command::leader_term`]).
     ExpireLeases {
         term: u64,
         leases: Vec<LeaseRef>,
@@ -133,14 +138,14 @@ pub enum Command {
         task_id: u64,
     },
     /// Moves every delayed task whose time has come (by the stamp) to its ready queue.
-    /// `term`: the proposing leader's term (see [`Command::timer_term`]).
+    /// `term`: the proposing leader's term (see [`Command::leader_term`]).
     PromoteDelayed {
         term: u64,
         max_tasks: u32,
     },
     /// Deletes finished tasks (and payloads) finished before the given time, and
     /// idempotency records that have expired. `term`: the proposing leader's term (see
-    /// [`Command::timer_term`]).
+    /// [`Command::leader_term`]).
     Purge {
         term: u64,
         finished_before_ms: u64,
@@ -172,19 +177,21 @@ pub enum Command {
 }
 
 impl Command {
-    /// The term a leader timer command was proposed in; `None` for every other command.
+    /// The term a leader command was proposed in; `None` for every other command.
     ///
-    /// Timer commands are computed from the proposing leader's own view: lease expiry
-    /// from a tracker fed only by the heartbeats that leader received. A deposed leader's
-    /// tick, if committed by its successor, would expire leases that are being heartbeated
-    /// elsewhere. So the leader proposes them only locally, as leader of the term named
-    /// here, and `apply` refuses one whose term is older than the entry's
-    /// ([`StateError::StaleTerm`]).
-    pub fn timer_term(&self) -> Option<u64> {
+    /// Leader commands are computed from the proposing leader's own view: lease expiry
+    /// from a tracker fed only by the heartbeats that leader received, grants from the
+    /// long polls it holds and vouches for. A deposed leader's command, if committed by
+    /// its successor, would expire leases that are being heartbeated elsewhere, or grant
+    /// leases nobody can answer for. So `apply` refuses one whose term is older than the
+    /// entry's ([`StateError::StaleTerm`]); timer commands are moreover proposed only
+    /// locally.
+    pub fn leader_term(&self) -> Option<u64> {
         match self {
-            Command::ExpireLeases { term, .. } | Command::PromoteDelayed { term, .. } | Command::Purge { term, .. } => {
-                Some(*term)
-            }
+            Command::ExpireLeases { term, .. }
+            | Command::PromoteDelayed { term, .. }
+            | Command::Purge { term, .. }
+            | Command::Lease { term, .. } => Some(*term),
             _ => None,
         }
     }

@@ -19,10 +19,10 @@ pub enum StateError {
     StaleEpoch { task_id: u64, epoch: u64 },
     #[error("task {0} has already finished")]
     AlreadyFinished(u64),
-    /// A leader timer command proposed in term `proposed` reached the log in a later term
-    /// `entry`: its proposer was deposed, so its view (lease expiry above all) is not the
-    /// current leader's. Refused; nothing changes.
-    #[error("stale timer command: proposed by the leader of term {proposed}, committed in term {entry}")]
+    /// A leader command (a timer tick, a lease grant) proposed in term `proposed` reached
+    /// the log in a later term `entry`: its proposer was deposed, so its view (lease expiry
+    /// above all) is not the current leader's. Refused; nothing changes.
+    #[error("stale leader command: proposed by the leader of term {proposed}, committed in term {entry}")]
     StaleTerm { proposed: u64, entry: u64 },
 }
 

@@ -145,8 +145,8 @@ impl StateMachine {
         ctx: ApplyCtx,
         cmd: &Command,
     ) -> Result<Result<Response, StateError>, KvError> {
-        // A deposed leader's tick committed by its successor: see `Command::timer_term`.
-        if let Some(proposed) = cmd.timer_term()
+        // A deposed leader's tick committed by its successor: see `Command::leader_term`.
+        if let Some(proposed) = cmd.leader_term()
             && proposed < ctx.term
         {
             return Ok(Err(StateError::StaleTerm { proposed, entry: ctx.term }));
@@ -160,7 +160,7 @@ impl StateMachine {
             Command::QueueTasks { tenant, idempotency_key, idempotency_ttl_ms, tasks } => {
                 self.queue_tasks(txn, ctx, tenant, idempotency_key.as_deref(), *idempotency_ttl_ms, tasks)
             }
-            Command::Lease { requests } => self.lease(txn, ctx, requests),
+            Command::Lease { requests, .. } => self.lease(txn, ctx, requests),
             Command::Complete { completions } => self.complete(txn, ctx, completions),
             Command::ExpireLeases { term: _, leases, reason } => self.expire_leases(txn, ctx, leases, *reason),
             Command::Cancel { tenant, task_id } => self.cancel(txn, ctx, tenant, *task_id),

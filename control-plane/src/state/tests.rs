@@ -127,7 +127,7 @@ impl Harness {
 
     fn lease(&mut self, agent_id: &str, attrs: &AgentAttrs, max_tasks: u32) -> Vec<Grant> {
         let req = LeaseRequest { agent_id: agent_id.into(), attrs: attrs.clone(), slots: max_tasks, max_tasks };
-        match self.apply(Command::Lease { requests: vec![req] }) {
+        match self.apply(Command::Lease { term: self.term, requests: vec![req] }) {
             Response::Leased { grants } => grants,
             other => panic!("lease failed: {other:?}"),
         }
@@ -481,7 +481,7 @@ fn timer_commands_from_an_older_term_are_refused_and_change_nothing() {
     assert_eq!(r, Response::Batch(vec![refused.clone()]));
     h.assert_unchanged(before, &refused);
     let msg = StateError::StaleTerm { proposed: 2, entry: 3 }.to_string();
-    assert_eq!(msg, "stale timer command: proposed by the leader of term 2, committed in term 3");
+    assert_eq!(msg, "stale leader command: proposed by the leader of term 2, committed in term 3");
 
     // The current leader's ticks apply.
     assert_eq!(h.apply(h.promote_cmd(10)), Response::Promoted { count: 1 });
@@ -742,7 +742,9 @@ fn the_clock_never_runs_backwards() {
 fn reload_rebuilds_the_same_state_and_behaviour() {
     let mut h = acme();
     h.tenant("beta", limits(100, 2), &[spec("work", 0, 1)]);
+    let term = h.term;
     let lease = |agent_id: &str, a: AgentAttrs, max_tasks| Command::Lease {
+        term,
         requests: vec![LeaseRequest { agent_id: agent_id.into(), attrs: a, slots: 4, max_tasks }],
     };
     h.queue("acme", vec![prio("pair", 1), placed("work", "", "eu"), task("pair"), task("work")]);
