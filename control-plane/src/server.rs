@@ -25,7 +25,7 @@ use crate::api::tenant::TenantService;
 use crate::api::{ApiConfig, ApiCtx};
 use crate::config::{ConfigError, ServerConfig};
 use crate::leader::lease_tracker::LeaseTracker;
-use crate::leader::quorum_clock::{self, QuorumClock, confirm_interval};
+use crate::leader::quorum_clock::{self, QuorumClock};
 use crate::leader::{LeaderConfig, supervise};
 use crate::metrics::{Metrics, MetricsError};
 use crate::raft::batcher::Batcher;
@@ -166,7 +166,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         timeout_grace: cfg.timeout_grace,
         retention: cfg.retention,
     };
-    tasks.spawn(quorum_clock::run(node.clone(), quorum, confirm_interval(cfg.lease_ttl), shutdown.clone()));
+    tasks.spawn(quorum_clock::run(node.clone(), quorum, shutdown.clone()));
     tasks.spawn(supervise(node.clone(), tracker, leader_cfg, metrics, shutdown.clone()));
     tasks.close();
     tracing::info!(node_id = cfg.node_id, listen = %cfg.listen, http = %cfg.http_listen, "drover server started");

@@ -17,16 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
 use crate::executor::{Executor, ExecutorConfig, ImageCache};
-use crate::lease_book::{Action, LeaseBook, Phase, StopReason, margin_for};
+use crate::lease_book::{Action, LeaseBook, StopReason, margin_for};
 use crate::metrics::AgentMetrics;
 use crate::shipper::{Lease, ShipMsg, Shipper, ShipperHost};
+use crate::status::{ControlTarget, RunningView, StatusView};
 use crate::uplink::{Uplink, UplinkError};
 use crate::watchdog::{self, Deadlines};
 
@@ -63,36 +63,6 @@ pub(crate) struct RunInfo {
 pub(crate) struct Book {
     pub book: LeaseBook,
     pub runs: BTreeMap<u64, RunInfo>,
-}
-
-/// A running task as the status page shows it.
-#[derive(Serialize, Debug, Clone)]
-pub struct RunningView {
-    pub task_id: u64,
-    pub lease_epoch: u64,
-    pub attempt: u32,
-    pub tenant: String,
-    pub code: String,
-    pub image: String,
-    pub container_id: Option<String>,
-    pub phase: Phase,
-    pub running_for_ms: u64,
-    /// How long the lease has left before it must be renewed.
-    pub lease_left_ms: u64,
-    pub stopping: Option<StopReason>,
-}
-
-#[derive(Serialize, Debug, Clone)]
-pub struct StatusView {
-    pub agent_id: String,
-    pub slots: u32,
-    pub busy: usize,
-    pub draining: bool,
-    pub lease_ttl_ms: u64,
-    /// The container engine failed and leasing waits for it to answer again.
-    pub engine_down: bool,
-    pub running: Vec<RunningView>,
-    pub images: Vec<crate::executor::image_cache::CachedImage>,
 }
 
 pub struct Agent {
@@ -360,7 +330,7 @@ impl Agent {
     }
 }
 
-impl crate::socket::ControlTarget for Agent {
+impl ControlTarget for Agent {
     fn status(&self) -> StatusView {
         Agent::status(self)
     }

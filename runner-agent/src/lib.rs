@@ -16,7 +16,8 @@
 //! * [`executor`] — one task in one Docker container (bollard), and the image cache.
 //! * [`shipper`] — batched, ordered, fenced log shipping.
 //! * [`watchdog`] — the out-of-process lease-deadline enforcer.
-//! * [`socket`] — the local control socket; [`metrics`] — Prometheus metrics.
+//! * [`socket`] — the local control socket, serving the [`status`] view; [`metrics`] —
+//!   Prometheus metrics.
 
 pub mod agent;
 pub mod config;
@@ -29,5 +30,6 @@ pub mod serve;
 pub mod session;
 pub mod shipper;
 pub mod socket;
+pub mod status;
 pub mod uplink;
 pub mod watchdog;

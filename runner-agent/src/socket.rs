@@ -15,16 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::StatusView;
-
-/// What the socket serves: a status view, a drain switch and the metrics text. The
-/// agent implements it; the socket never reaches into the agent itself.
-pub trait ControlTarget: Send + Sync + 'static {
-    fn status(&self) -> StatusView;
-    /// Starts draining; returns how many tasks are still held.
-    fn drain(&self) -> usize;
-    fn metrics_text(&self) -> String;
-}
+use crate::status::ControlTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {

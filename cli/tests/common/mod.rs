@@ -77,20 +77,26 @@ pub async fn assert_replicas_identical(c: &Cluster, expect_tasks: u64) -> u64 {
 }
 
 /// Leases one task as `agent` through node `id`, waiting up to 5 s for one.
+/// Leases one task as `agent` through node `id`, as an agent does: a leader that has just
+/// been elected answers `Unavailable` until it has applied an entry of its term and
+/// heard from a quorum, and the agent asks again.
 pub async fn lease_one(c: &Cluster, id: u64, agent: &str) -> (pg::GrantedTask, u64) {
     let mut a = clients::agent(c.addr(id), agent).expect("agent client");
-    let r = a
-        .lease(pg::LeaseRequest {
-            agent_id: agent.into(),
-            slots: 1,
-            max_tasks: 1,
-            wait_ms: 5_000,
-            ..Default::default()
-        })
-        .await
-        .expect("lease")
-        .into_inner();
-    (r.tasks.into_iter().next().expect("a task was granted"), r.lease_ttl_ms)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let req =
+            pg::LeaseRequest { agent_id: agent.into(), slots: 1, max_tasks: 1, wait_ms: 5_000, ..Default::default() };
+        match a.lease(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                return (r.tasks.into_iter().next().expect("a task was granted"), r.lease_ttl_ms);
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("lease: {s:?}"),
+        }
+    }
 }
 
 /// Reports one completion as `agent`; returns whether the control plane accepted it.

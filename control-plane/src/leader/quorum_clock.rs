@@ -1,21 +1,29 @@
 //! When this node, as leader of a term, last *confirmed* that a quorum still follows it:
 //! the clock that bounds every lease it grants or renews.
 //!
-//! The argument. A lease renewed by this leader at time `r` is valid on the agent until
-//! `sent + (r - received) + ttl - (r - c)` at the latest, where `c` is the start of the
-//! last successful quorum confirmation (a read-index round, [`run`]) and `sent ≤ received`
-//! is when the agent sent the request. That is at most `c + ttl`. A quorum answered that
-//! round *after* `c` and had not voted in a newer term when it answered, so any newer
-//! leader won a vote from one of those nodes after `c`, and only then resets its lease
-//! tracker, giving every lease a full TTL: it cannot expire (and re-grant) the task
-//! before `c + ttl`. Within one term the leader itself expires a lease only a TTL after
-//! it last touched it, which is no earlier than `r`. So the agent's deadline never
-//! passes the earliest moment the control plane may hand its task to someone else. A
-//! leader cut off from its followers stops confirming, its `c` ages, and once `ttl` has
-//! passed since `c` it renews nothing (the agent's watchdog then stops the container).
+//! The source is openraft's own leader clock: for each follower, the *send* time of the
+//! latest replication request (append or heartbeat) it acknowledged; the quorum-th
+//! latest of those is reported as `millis_since_quorum_ack` in every metrics update.
+//! [`run`] turns each update into an instant, `c = seen - millis - METRICS_LAG`, where
+//! `seen` is when this task saw the update (the update was made no later, usually
+//! microseconds before; `METRICS_LAG` allows for a slow wake-up).
 //!
-//! Confirmations run every [`confirm_interval`] while this node leads; a confirmation is
-//! recorded only if the term did not change while it ran.
+//! The argument. A lease renewed by this leader at time `r` is valid on the agent until
+//! `sent + (r - received) + ttl - (r - c)` at the latest, where `sent ≤ received` is when
+//! the agent sent the request. That is at most `c + ttl`. A quorum acknowledged a request
+//! sent *after* `c`, and had not voted in a newer term when it did, so any newer leader
+//! won a vote from one of those nodes after `c`, and only then resets its lease tracker,
+//! giving every lease a full TTL: it cannot expire (and re-grant) the task before
+//! `c + ttl`. Within one term the leader itself expires a lease only a TTL after it last
+//! touched it, which is no earlier than `r`. So the agent's deadline never passes the
+//! earliest moment the control plane may hand its task to someone else. A leader cut off
+//! from its followers stops being acknowledged, its `c` ages (whether or not metrics keep
+//! coming), and once `ttl` has passed since `c` it renews nothing (the agent's watchdog
+//! then stops the container).
+//!
+//! (Confirming with read-index rounds of our own was tried first: openraft bounds each
+//! such round's RPCs by the heartbeat interval, and under load on a small machine most
+//! rounds failed, so healthy leaders refused leases.)
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,37 +62,27 @@ impl QuorumClock {
     }
 }
 
-/// How often a leader confirms its quorum: often enough that a renewal keeps nearly a
-/// full TTL, rarely enough to cost nothing (one heartbeat round).
-pub fn confirm_interval(lease_ttl: Duration) -> Duration {
-    (lease_ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
-}
+/// Allowance for the time between openraft publishing a metrics update and [`run`]
+/// seeing it; taken off every confirmation so the clock errs on the old side.
+pub const METRICS_LAG: Duration = Duration::from_millis(50);
 
-/// Confirms leadership with a quorum every `interval` while this node leads.
-pub async fn run(node: Arc<RaftNode>, clock: Arc<QuorumClock>, interval: Duration, token: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Feeds the clock from every metrics update while this node leads.
+pub async fn run(node: Arc<RaftNode>, clock: Arc<QuorumClock>, token: CancellationToken) {
+    let mut rx = node.raft.metrics();
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tick.tick() => {}
+            r = rx.changed() => if r.is_err() { return },
         }
-        let term = {
-            let m = node.raft.metrics();
-            let m = m.borrow();
-            if m.state != ServerState::Leader || m.current_leader != Some(node.id) {
-                continue;
-            }
-            m.current_term
-        };
-        let started = Instant::now();
-        let round = tokio::time::timeout(node.quorum_timeout, node.raft.ensure_linearizable());
-        let ok = tokio::select! {
-            _ = token.cancelled() => return,
-            r = round => matches!(r, Ok(Ok(_))),
-        };
-        if ok && node.raft.metrics().borrow().current_term == term {
-            clock.confirmed(term, started);
+        let seen = Instant::now();
+        let m = rx.borrow_and_update();
+        if m.state != ServerState::Leader || m.current_leader != Some(node.id) {
+            continue;
+        }
+        if let Some(ms) = m.millis_since_quorum_ack
+            && let Some(at) = seen.checked_sub(Duration::from_millis(ms) + METRICS_LAG)
+        {
+            clock.confirmed(m.current_term, at);
         }
     }
 }

@@ -6,11 +6,14 @@
 //! the others find the image present when they get the lock); an image is pinned (in
 //! use) from the moment `ensure` is called, before it is even looked up, so an eviction
 //! running concurrently can never delete an image a task was just handed; eviction only
-//! removes images this cache pulled itself (never one that was on the engine before, which
-//! may belong to the operator or to another agent sharing the engine), and never forces
-//! (the engine refuses to remove an image a container uses). A reference without a tag
-//! or digest means `:latest`, as the docker CLI reads it (the engine itself would pull
-//! every tag).
+//! touches images this cache has used, and never forces (the engine refuses to remove an
+//! image a container uses, created or running). A reference without a tag or digest
+//! means `:latest`, as the docker CLI reads it (the engine itself would pull every tag).
+//!
+//! Not yet covered: two agents sharing one engine do not see each other's pins, so one
+//! may remove an image the other has looked up but not yet created a container from
+//! (the other's create then fails and the task is retried). Give each agent its own
+//! engine, or a disk budget large enough that nothing is evicted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,7 +37,7 @@ struct Entry {
     size_bytes: u64,
     in_use: u32,
     last_used: SystemTime,
-    /// Pulled by this cache (only such images are evicted).
+    /// Pulled by this cache (shown in the status; a failed lookup leaves no entry).
     pulled: bool,
 }
 
@@ -179,7 +182,7 @@ impl ImageCache {
         if total <= self.inner.budget {
             return Vec::new();
         }
-        let mut idle: Vec<(&String, &Entry)> = e.iter().filter(|(_, x)| x.in_use == 0 && x.pulled).collect();
+        let mut idle: Vec<(&String, &Entry)> = e.iter().filter(|(_, x)| x.in_use == 0 && x.size_bytes > 0).collect();
         idle.sort_by_key(|(_, x)| x.last_used);
         let mut out = Vec::new();
         for (name, x) in idle {
@@ -198,7 +201,7 @@ impl ImageCache {
             let idle = {
                 let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
                 match e.get(&image) {
-                    Some(x) if x.in_use == 0 && x.pulled => {
+                    Some(x) if x.in_use == 0 && x.size_bytes > 0 => {
                         e.remove(&image);
                         true
                     }
