@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
-use crate::executor::{Executor, ExecutorConfig, ImageCache};
+use crate::executor::{DockerExecutor, Executor, ExecutorConfig, ImageCache};
 use crate::lease_book::{Action, LeaseBook, StopReason, margin_for};
 use crate::metrics::AgentMetrics;
 use crate::shipper::{Lease, ShipMsg, Shipper, ShipperHost};
 use crate::status::{ControlTarget, RunningView, StatusView};
-use crate::uplink::{Uplink, UplinkError};
+use crate::uplink::{ControlPlane, Uplink, UplinkError};
 use crate::watchdog::{self, Deadlines};
 
 /// Lease TTL assumed until the control plane says otherwise.
@@ -67,9 +67,8 @@ pub(crate) struct Book {
 
 pub struct Agent {
     pub(crate) cfg: AgentConfig,
-    pub(crate) uplink: Arc<Uplink>,
-    pub(crate) exec: Arc<Executor>,
-    pub(crate) cache: Arc<ImageCache>,
+    pub(crate) uplink: Arc<dyn ControlPlane>,
+    pub(crate) exec: Arc<dyn Executor>,
     pub metrics: AgentMetrics,
     pub(crate) deadlines: Option<Deadlines>,
     pub(crate) state: Mutex<Book>,
@@ -97,9 +96,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The agent's monotonic clock: tokio's, so that tests with paused time simulate it.
+/// Every lease deadline is on this clock.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// The wall-clock time of a monotonic deadline, for the watchdog (another process).
 pub(crate) fn wall(deadline: Instant) -> SystemTime {
-    let now = Instant::now();
+    let now = now();
     let wall_now = SystemTime::now();
     if deadline >= now { wall_now + (deadline - now) } else { wall_now - (now - deadline) }
 }
@@ -117,7 +122,7 @@ impl Agent {
             .map_err(|e| crate::executor::ExecError::Unreachable { endpoint: docker_endpoint(), source: e })?;
         let cache = Arc::new(ImageCache::new(docker, cfg.images.disk_budget.as_u64(), metrics.exec.clone()));
         let exec = Arc::new(
-            Executor::connect(
+            DockerExecutor::connect(
                 ExecutorConfig {
                     default_memory_bytes: cfg.limits.memory.as_u64(),
                     default_cpu_millis: cfg.limits.cpu_millis,
@@ -130,14 +135,25 @@ impl Agent {
             )
             .await?,
         );
+        Ok(Self::with_parts(cfg, uplink, exec, metrics))
+    }
+
+    /// An agent over any control plane and executor: the gRPC uplink and Docker in
+    /// production ([`Agent::new`]); a simulated control plane and the in-memory executor
+    /// in the agent's logic tests and simulated fleets.
+    pub fn with_parts(
+        cfg: AgentConfig,
+        uplink: Arc<dyn ControlPlane>,
+        exec: Arc<dyn Executor>,
+        metrics: AgentMetrics,
+    ) -> Arc<Self> {
         let deadlines = cfg.watchdog.then(|| Deadlines::new(cfg.data_dir.join("watchdog")));
         let (ship_tx, ship_rx) = mpsc::channel(1024);
         metrics.slots_free.set(cfg.slots as i64);
         let book = LeaseBook::new(cfg.slots, margin_for(DEFAULT_TTL, watchdog::TICK));
-        Ok(Arc::new(Agent {
+        Arc::new(Agent {
             uplink,
             exec,
-            cache,
             metrics,
             deadlines,
             state: Mutex::new(Book { book, runs: BTreeMap::new() }),
@@ -154,7 +170,7 @@ impl Agent {
             tasks: TaskTracker::new(),
             adopt_seq_base: watchdog::unix_ms(SystemTime::now()) << 20,
             cfg,
-        }))
+        })
     }
 
     pub fn agent_id(&self) -> &str {
@@ -195,7 +211,7 @@ impl Agent {
         }
         self.reconcile_at_start().await?;
         if !self.cfg.images.prepull.is_empty() {
-            self.cache.prepull(&self.cfg.images.prepull).await;
+            self.exec.prepull(&self.cfg.images.prepull).await;
         }
         if let Some(rx) = lock(&self.ship_rx).take() {
             let shipper = Shipper {
@@ -264,7 +280,7 @@ impl Agent {
     }
 
     pub fn status(&self) -> StatusView {
-        let now = Instant::now();
+        let now = now();
         let running = {
             let s = lock(&self.state);
             s.book
@@ -295,7 +311,7 @@ impl Agent {
             lease_ttl_ms: self.ttl().as_millis() as u64,
             engine_down: self.engine_down.load(Ordering::Relaxed),
             running,
-            images: self.cache.snapshot(),
+            images: self.exec.images(),
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use drover_proto::agent as pa;
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::agent::{Agent, lock, wall};
+use crate::agent::{Agent, lock, now, wall};
 use crate::executor::{ContainerSpec, OutputChunk, RunOutcome, RunReport};
 use crate::lease_book::{AfterExit, CreatedDecision, Exit, Lease};
 use crate::shipper::{MAX_CHUNK_BYTES, ShipMsg};
@@ -95,7 +95,7 @@ impl Agent {
             let _ = acked.await;
         }
         let exit = if report.infrastructure { Exit::Infrastructure } else { Exit::Ended };
-        let after = lock(&self.state).book.exited(lease, exit, Instant::now());
+        let after = lock(&self.state).book.exited(lease, exit, now());
         match after {
             AfterExit::Report => self.complete(lease, &report).await,
             AfterExit::HandBack => {
@@ -130,7 +130,7 @@ impl Agent {
     /// The container exists: start it only if the book still holds the lease, with the
     /// watchdog armed at the lease's deadline first.
     async fn created(&self, lease: Lease, container: &str) -> bool {
-        let decision = lock(&self.state).book.created(lease, container, Instant::now());
+        let decision = lock(&self.state).book.created(lease, container, now());
         match decision {
             CreatedDecision::Start { deadline } => {
                 if let Some(d) = &self.deadlines
@@ -171,14 +171,7 @@ impl Agent {
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self
-                .uplink
-                .call(|mut c| {
-                    let r = self.uplink.request(req.clone(), None);
-                    async move { c.complete(r).await }
-                })
-                .await
-            {
+            match self.uplink.complete(req.clone()).await {
                 Ok(resp) => {
                     for r in resp.results {
                         if r.accepted {
@@ -196,7 +189,7 @@ impl Agent {
                     return;
                 }
                 Err(e) => {
-                    let may = lock(&self.state).book.may_report(lease, Instant::now());
+                    let may = lock(&self.state).book.may_report(lease, now());
                     if !may || self.shutdown.is_cancelled() {
                         tracing::warn!(error = %e, "giving up reporting: lease no longer held");
                         return;

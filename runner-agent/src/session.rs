@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use drover_proto::agent as pa;
 
-use crate::agent::{Agent, AgentError, RunInfo, lock, wall};
+use crate::agent::{Agent, AgentError, RunInfo, lock, now, wall};
 use crate::executor::Labelled;
 use crate::lease_book::{GrantDecision, Lease};
 use crate::reconcile::{self, Confirmation, Decision};
@@ -79,10 +79,7 @@ impl Agent {
                 wait_ms: LEASE_WAIT.as_millis() as u64,
             };
             // The answered attempt's send time: no lease clock can start earlier.
-            let call = self.uplink.call_timed(|mut c| {
-                let r = self.uplink.request(req.clone(), Some(LEASE_WAIT * 2));
-                async move { c.lease(r).await }
-            });
+            let call = self.uplink.lease(req, LEASE_WAIT * 2);
             let resp = tokio::select! {
                 r = call => r,
                 // A grant racing with the drain is not lost: the control plane re-queues it
@@ -111,7 +108,7 @@ impl Agent {
 
     fn take_grant(self: &Arc<Self>, g: pa::GrantedTask, sent: Instant, valid: Duration) {
         let lease = Lease { task_id: g.task_id, epoch: g.lease_epoch };
-        let now = Instant::now();
+        let now = now();
         let cancel = self.shutdown.child_token();
         let decision = {
             let mut s = lock(&self.state);
@@ -190,15 +187,11 @@ impl Agent {
         let req =
             pa::HeartbeatRequest { agent_id: String::new(), leases: held.iter().copied().map(lease_ref).collect() };
         let ttl = self.ttl();
-        let call = self.uplink.call_timed(|mut c| {
-            let r = self.uplink.request(req.clone(), Some(ttl / 2));
-            async move { c.heartbeat(r).await }
-        });
-        match call.await {
+        match self.uplink.heartbeat(req, ttl / 2).await {
             Ok((resp, sent)) => {
                 let valid = self.validity(resp.lease_ttl_ms, resp.lease_valid_ms);
                 let revoked: Vec<Lease> = resp.revoked.iter().map(lease_of).collect();
-                let actions = lock(&self.state).book.renewed(&held, &revoked, sent, valid, Instant::now());
+                let actions = lock(&self.state).book.renewed(&held, &revoked, sent, valid, now());
                 self.book_changed.notify_one();
                 self.carry_out(actions).await;
             }
@@ -227,7 +220,7 @@ impl Agent {
                 _ = &mut changed => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            let actions = lock(&self.state).book.tick(Instant::now());
+            let actions = lock(&self.state).book.tick(now());
             if !actions.is_empty() {
                 self.carry_out(actions).await;
             }
@@ -239,14 +232,7 @@ impl Agent {
     pub(crate) async fn hand_back(&self, lease: Lease) {
         let req = pa::ReleaseRequest { agent_id: String::new(), leases: vec![lease_ref(lease)] };
         for _ in 0..HAND_BACK_ATTEMPTS {
-            match self
-                .uplink
-                .call(|mut c| {
-                    let r = self.uplink.request(req.clone(), None);
-                    async move { c.release(r).await }
-                })
-                .await
-            {
+            match self.uplink.release(req.clone()).await {
                 Ok(_) => {
                     self.metrics.tasks.with_label_values(&["handed_back"]).inc();
                     tracing::info!(task_id = lease.task_id, "handed back");
@@ -266,7 +252,7 @@ impl Agent {
     async fn wait_for_engine(&self) {
         tracing::warn!("the container engine failed; leasing waits until it answers again");
         loop {
-            if self.exec.docker().ping().await.is_ok() {
+            if self.exec.ping().await.is_ok() {
                 break;
             }
             tokio::select! {
@@ -314,18 +300,14 @@ impl Agent {
         let found = self.exec.labelled(self.agent_id()).await?;
         let running: Vec<&Labelled> = found.iter().filter(|c| c.running).collect();
         let mut confirmation = Confirmation::Unknown;
-        let mut sent = Instant::now();
+        let mut sent = now();
         let mut valid = Duration::ZERO;
         if !running.is_empty() {
             let req = pa::HeartbeatRequest {
                 agent_id: String::new(),
                 leases: running.iter().map(|c| pa::LeaseRef { task_id: c.task_id, lease_epoch: c.epoch }).collect(),
             };
-            let call = self.uplink.call_timed(|mut c| {
-                let r = self.uplink.request(req.clone(), None);
-                async move { c.heartbeat(r).await }
-            });
-            match call.await {
+            match self.uplink.heartbeat(req, self.ttl()).await {
                 Ok((resp, answered_sent)) => {
                     sent = answered_sent;
                     valid = self.validity(resp.lease_ttl_ms, resp.lease_valid_ms);
@@ -360,7 +342,7 @@ impl Agent {
         }
         for c in adopt {
             let lease = Lease { task_id: c.task_id, epoch: c.epoch };
-            let now = Instant::now();
+            let now = now();
             let cancel = self.shutdown.child_token();
             let deadline = {
                 let mut s = lock(&self.state);

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::LogStream;
-use crate::uplink::Uplink;
+use crate::uplink::ControlPlane;
 
 /// Largest chunk sent (the control plane refuses more than 256 KiB).
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -49,7 +49,7 @@ pub trait ShipperHost: Send + Sync + 'static {
 }
 
 pub struct Shipper<H: ShipperHost> {
-    pub uplink: std::sync::Arc<Uplink>,
+    pub uplink: std::sync::Arc<dyn ControlPlane>,
     pub host: std::sync::Arc<H>,
     pub batch_bytes: usize,
     pub flush_interval: Duration,
@@ -135,14 +135,7 @@ impl<H: ShipperHost> Shipper<H> {
                     .collect(),
             };
             let bytes: u64 = chunks.iter().map(|c| c.3.len() as u64).sum();
-            match self
-                .uplink
-                .call(|mut c| {
-                    let r = self.uplink.request(req.clone(), None);
-                    async move { c.append_logs(r).await }
-                })
-                .await
-            {
+            match self.uplink.append_logs(req.clone()).await {
                 Ok(resp) => {
                     let mut stale_bytes = 0;
                     for s in &resp.stale {

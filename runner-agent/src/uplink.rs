@@ -1,13 +1,20 @@
 //! The agent's connection to the control plane: the only traffic it has, always dialled
 //! out (the agent listens on no network port for control).
 //!
+//! [`ControlPlane`] is what the rest of the agent calls: one method per RPC, lease and
+//! heartbeat answers paired with the send time of the attempt that was answered. The
+//! gRPC [`Uplink`] implements it; tests put a simulated control plane in its place.
+//!
 //! Owns one lazily connected gRPC channel to the node believed to be the leader. A
 //! `NotLeader` answer carries the leader's address (`x-drover-leader`): the uplink
 //! switches to it and retries once at once. A transport failure or an `Unavailable`
 //! without a hint moves on to the next configured address; the caller retries later.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use drover_proto::agent as pa;
+use futures::future::BoxFuture;
 
 use drover_proto::agent::agent_client::AgentClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -161,7 +168,7 @@ impl Uplink {
     /// [`Uplink::call`], also returning when the attempt that was answered was sent: the
     /// moment lease clocks count from (an earlier attempt, refused by a node that is not
     /// the leader, may have taken seconds).
-    pub async fn call_timed<T, F, Fut>(&self, mut f: F) -> Result<(T, std::time::Instant), UplinkError>
+    pub async fn call_timed<T, F, Fut>(&self, mut f: F) -> Result<(T, Instant), UplinkError>
     where
         F: FnMut(AgentClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -170,7 +177,7 @@ impl Uplink {
         loop {
             let (addr, ch) = self.pick()?;
             let client = AgentClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
-            let sent = std::time::Instant::now();
+            let sent = crate::agent::now();
             match f(client).await {
                 Ok(r) => return Ok((r.into_inner(), sent)),
                 Err(status) => {
@@ -190,5 +197,61 @@ impl Uplink {
                 }
             }
         }
+    }
+}
+
+/// The control plane as the agent uses it. Lease and heartbeat answers come with the
+/// send time of the attempt that was answered, read on the agent's clock
+/// ([`crate::agent::now`]): lease clocks count from it.
+pub trait ControlPlane: Send + Sync + 'static {
+    /// This agent's id (from its certificate, or the development id).
+    fn agent_id(&self) -> &str;
+    fn lease(&self, req: pa::LeaseRequest, timeout: Duration) -> Reply<'_, (pa::LeaseResponse, Instant)>;
+    fn heartbeat(&self, req: pa::HeartbeatRequest, timeout: Duration) -> Reply<'_, (pa::HeartbeatResponse, Instant)>;
+    fn complete(&self, req: pa::CompleteRequest) -> Reply<'_, pa::CompleteResponse>;
+    fn release(&self, req: pa::ReleaseRequest) -> Reply<'_, pa::ReleaseResponse>;
+    fn append_logs(&self, req: pa::AppendLogsRequest) -> Reply<'_, pa::AppendLogsResponse>;
+}
+
+pub type Reply<'a, T> = BoxFuture<'a, Result<T, UplinkError>>;
+
+impl ControlPlane for Uplink {
+    fn agent_id(&self) -> &str {
+        Uplink::agent_id(self)
+    }
+
+    fn lease(&self, req: pa::LeaseRequest, timeout: Duration) -> Reply<'_, (pa::LeaseResponse, Instant)> {
+        Box::pin(self.call_timed(move |mut c| {
+            let r = self.request(req.clone(), Some(timeout));
+            async move { c.lease(r).await }
+        }))
+    }
+
+    fn heartbeat(&self, req: pa::HeartbeatRequest, timeout: Duration) -> Reply<'_, (pa::HeartbeatResponse, Instant)> {
+        Box::pin(self.call_timed(move |mut c| {
+            let r = self.request(req.clone(), Some(timeout));
+            async move { c.heartbeat(r).await }
+        }))
+    }
+
+    fn complete(&self, req: pa::CompleteRequest) -> Reply<'_, pa::CompleteResponse> {
+        Box::pin(self.call(move |mut c| {
+            let r = self.request(req.clone(), None);
+            async move { c.complete(r).await }
+        }))
+    }
+
+    fn release(&self, req: pa::ReleaseRequest) -> Reply<'_, pa::ReleaseResponse> {
+        Box::pin(self.call(move |mut c| {
+            let r = self.request(req.clone(), None);
+            async move { c.release(r).await }
+        }))
+    }
+
+    fn append_logs(&self, req: pa::AppendLogsRequest) -> Reply<'_, pa::AppendLogsResponse> {
+        Box::pin(self.call(move |mut c| {
+            let r = self.request(req.clone(), None);
+            async move { c.append_logs(r).await }
+        }))
     }
 }

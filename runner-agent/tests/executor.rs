@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_runner_agent::executor::{
-    ContainerSpec, ExecMetrics, Executor, ExecutorConfig, ImageCache, RunOutcome, container, import,
+    ContainerSpec, DockerExecutor, ExecMetrics, ExecutorConfig, ImageCache, RunOutcome, container, import,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const IMAGE: &str = "drover-test/busybox:1";
 
-async fn executor(work: &std::path::Path) -> (Executor, ExecMetrics) {
+async fn executor(work: &std::path::Path) -> (DockerExecutor, ExecMetrics) {
     let docker = container::connect()
         .await
         .unwrap_or_else(|e| panic!("needs a running Docker engine (run `bash .ci/run`, or as root `dockerd &`): {e}"));
@@ -26,7 +26,7 @@ async fn executor(work: &std::path::Path) -> (Executor, ExecMetrics) {
         stop_grace: Duration::from_secs(1),
         work_dir: work.to_path_buf(),
     };
-    (Executor::connect(cfg, cache, metrics.clone()).await.expect("connect"), metrics)
+    (DockerExecutor::connect(cfg, cache, metrics.clone()).await.expect("connect"), metrics)
 }
 
 fn spec(agent: &str, image: &str, script: &str) -> ContainerSpec {

@@ -18,6 +18,7 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters as q;
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,7 @@ pub struct ExecutorConfig {
     pub work_dir: PathBuf,
 }
 
-pub struct Executor {
+pub struct DockerExecutor {
     docker: Docker,
     cfg: ExecutorConfig,
     cache: Arc<ImageCache>,
@@ -93,16 +94,21 @@ fn container_name(agent: &str, task: u64, epoch: u64) -> String {
 
 const DROVER_ENV: [&str; 5] = ["TASK_ID", "TASK_ATTEMPT", "LEASE_EPOCH", "PAYLOAD_FILE", "CONFIG_FILE"];
 
-impl Executor {
+impl DockerExecutor {
     /// Connects to the engine (`DOCKER_HOST`, else the local socket) and negotiates the API
     /// version.
     pub async fn connect(cfg: ExecutorConfig, cache: Arc<ImageCache>, metrics: ExecMetrics) -> Result<Self, ExecError> {
         let docker = connect().await?;
-        Ok(Executor { docker, cfg, cache, metrics })
+        Ok(DockerExecutor { docker, cfg, cache, metrics })
     }
 
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Whether the engine answers.
+    pub async fn ping(&self) -> Result<(), ExecError> {
+        self.docker.ping().await.map(|_| ()).map_err(ExecError::from)
     }
 
     /// Runs one attempt. Never fails: problems become `RunOutcome::Error` with `error` set
@@ -418,6 +424,49 @@ fn create_body(cfg: &ExecutorConfig, spec: &ContainerSpec, dir: &std::path::Path
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+impl super::Executor for DockerExecutor {
+    fn run<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+        on_created: OnCreated<'a>,
+    ) -> BoxFuture<'a, RunReport> {
+        Box::pin(DockerExecutor::run(self, spec, output, cancel, on_created))
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        container_id: &'a str,
+        timeout_left: Duration,
+        logs_since: SystemTime,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, RunReport> {
+        Box::pin(DockerExecutor::adopt(self, container_id, timeout_left, logs_since, output, cancel))
+    }
+
+    fn labelled<'a>(&'a self, agent_id: &'a str) -> BoxFuture<'a, Result<Vec<Labelled>, ExecError>> {
+        Box::pin(DockerExecutor::labelled(self, agent_id))
+    }
+
+    fn remove<'a>(&'a self, container_id: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
+        Box::pin(DockerExecutor::remove(self, container_id))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>> {
+        Box::pin(DockerExecutor::ping(self))
+    }
+
+    fn prepull<'a>(&'a self, images: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(self.cache.prepull(images))
+    }
+
+    fn images(&self) -> Vec<super::image_cache::CachedImage> {
+        self.cache.snapshot()
     }
 }
 

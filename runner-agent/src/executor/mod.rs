@@ -1,5 +1,8 @@
-//! The executor: runs one leased task in a fresh Docker container through the Engine API
-//! (bollard, local unix socket, `DOCKER_HOST` honoured) and reports how it ended.
+//! The executor: runs one leased task in a fresh container and reports how it ended.
+//! [`Executor`] is the narrow trait the agent drives (run, re-adopt, list labelled,
+//! remove, ping); [`DockerExecutor`] implements it on the Docker Engine API (bollard,
+//! local unix socket, `DOCKER_HOST` honoured), [`fake::FakeExecutor`] in memory, for the
+//! agent's own logic tests and for simulated fleets (never for integration tests).
 //!
 //! Owns: the container's whole life (create → start → stream output → wait/timeout →
 //! inspect → remove) and the hardening applied to it. Invariants:
@@ -10,16 +13,20 @@
 //! * output is forwarded in the order the engine delivers it, per stream.
 
 pub mod container;
+pub mod fake;
 pub mod image_cache;
 pub mod import;
 pub mod metrics;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-pub use container::{Executor, ExecutorConfig, Labelled, OnCreated};
+pub use container::{DockerExecutor, ExecutorConfig, Labelled, OnCreated};
 pub use image_cache::ImageCache;
 pub use metrics::ExecMetrics;
 
@@ -137,4 +144,39 @@ impl ExecError {
             ExecError::Image { .. } | ExecError::Io(_) => false,
         }
     }
+}
+
+/// What the agent needs from a container engine. Every container the executor makes for
+/// a task carries the task, epoch, agent and attempt labels; [`Executor::run`] and
+/// [`Executor::adopt`] never fail (problems are in the report) and remove the container
+/// before returning whenever the engine lets them.
+pub trait Executor: Send + Sync + 'static {
+    /// One attempt: image, container, start (if `on_created` says so), output, wait,
+    /// timeout and cancellation, result.
+    fn run<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+        on_created: OnCreated<'a>,
+    ) -> BoxFuture<'a, RunReport>;
+    /// Supervises a container found running at start, as `run` would.
+    fn adopt<'a>(
+        &'a self,
+        container_id: &'a str,
+        timeout_left: Duration,
+        logs_since: SystemTime,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, RunReport>;
+    /// Containers (running or not) labelled with `agent_id`.
+    fn labelled<'a>(&'a self, agent_id: &'a str) -> BoxFuture<'a, Result<Vec<Labelled>, ExecError>>;
+    /// Removes a container, killing it if it runs; a missing one is fine.
+    fn remove<'a>(&'a self, container_id: &'a str) -> BoxFuture<'a, Result<(), ExecError>>;
+    /// Whether the engine answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), ExecError>>;
+    /// Makes these images local now, so the first task using each does not wait.
+    fn prepull<'a>(&'a self, images: &'a [String]) -> BoxFuture<'a, ()>;
+    /// The image cache, for the status view.
+    fn images(&self) -> Vec<image_cache::CachedImage>;
 }
