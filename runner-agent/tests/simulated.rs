@@ -79,6 +79,7 @@ struct State {
     expired: BTreeMap<(u64, u64), Instant>,
     completed: BTreeMap<u64, u32>,
     lost: u32,
+    handed_back: u32,
     /// Completions sent for a lease the control plane had already expired.
     late_reports: Vec<(u64, u64)>,
     run_ms: BTreeMap<u64, u64>,
@@ -296,6 +297,7 @@ impl ControlPlane for SimControlPlane {
                 if Self::current(&s, l.task_id, l.lease_epoch, at) {
                     s.held.remove(&l.task_id);
                     s.queued.push_back(l.task_id);
+                    s.handed_back += 1;
                     released.push(l.task_id);
                 }
             }
@@ -315,6 +317,7 @@ impl ControlPlane for SimControlPlane {
 
 struct Outcome {
     completed: BTreeMap<u64, u32>,
+    handed_back: u32,
     lost: u32,
     late_reports: Vec<(u64, u64)>,
     /// Containers that ran after the control plane expired their lease: (task, epoch, by).
@@ -322,8 +325,19 @@ struct Outcome {
     runs: usize,
 }
 
+/// An engine outage: from `at` after the first task is queued, for `lasting`.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    at: Duration,
+    lasting: Duration,
+}
+
 /// Runs one simulated agent for `tasks` tasks queued at random moments, then drains it.
 fn simulate(seed: u64, weather: Weather, tasks: u64, slots: u32) -> Outcome {
+    simulate_with(seed, weather, tasks, slots, None)
+}
+
+fn simulate_with(seed: u64, weather: Weather, tasks: u64, slots: u32, outage: Option<Outage>) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
     rt.block_on(async move {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -361,6 +375,15 @@ fn simulate(seed: u64, weather: Weather, tasks: u64, slots: u32) -> Outcome {
         // Work arrives later, at random moments: the agent idles past the TTL first.
         let mut rng = Rng(seed.rotate_left(17) | 1);
         tokio::time::sleep(TTL * 2).await;
+        let outage_task = outage.map(|o| {
+            let exec = exec.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(o.at).await;
+                exec.set_down(true);
+                tokio::time::sleep(o.lasting).await;
+                exec.set_down(false);
+            })
+        });
         for t in 1..=tasks {
             tokio::time::sleep(Duration::from_millis(rng.below(LONG_POLL.as_millis() as u64 + 3_000))).await;
             // Runs of up to four TTLs: they must be renewed many times.
@@ -392,6 +415,9 @@ fn simulate(seed: u64, weather: Weather, tasks: u64, slots: u32) -> Outcome {
         agent.draining().cancel();
         running.await.expect("join").expect("agent run");
         ticker.abort();
+        if let Some(t) = outage_task {
+            t.abort();
+        }
         let s = cp.state.lock().expect("state");
         let runs = exec.runs();
         let mut overran = Vec::new();
@@ -405,6 +431,7 @@ fn simulate(seed: u64, weather: Weather, tasks: u64, slots: u32) -> Outcome {
         }
         Outcome {
             completed: s.completed.clone(),
+            handed_back: s.handed_back,
             lost: s.lost,
             late_reports: s.late_reports.clone(),
             overran,
@@ -447,5 +474,27 @@ proptest! {
         }
         prop_assert!(o.overran.is_empty(), "containers ran past their lease: {:?}", o.overran);
         prop_assert!(o.late_reports.is_empty(), "reports for expired leases: {:?}", o.late_reports);
+    }
+
+    /// The container engine fails for a while under running tasks (a restart): that is
+    /// the agent's failure, not the tasks'. The tasks are handed back (not lost, no
+    /// retry consumed), leasing waits for the engine, and every task still runs to its
+    /// end exactly once.
+    #[test]
+    fn an_engine_outage_hands_tasks_back_and_every_task_still_completes(
+        seed in any::<u64>(),
+        slots in 1..4u32,
+        at_ms in 0..20_000u64,
+        lasting_ms in 100..10_000u64,
+    ) {
+        let outage = Outage { at: Duration::from_millis(at_ms), lasting: Duration::from_millis(lasting_ms) };
+        let o = simulate_with(seed, CALM, 6, slots, Some(outage));
+        prop_assert_eq!(o.completed.len(), 6, "completed {:?}", o.completed);
+        prop_assert!(o.completed.values().all(|n| *n == 1));
+        prop_assert_eq!(o.lost, 0, "an engine failure is not a lost lease");
+        prop_assert!(o.overran.is_empty());
+        prop_assert!(o.late_reports.is_empty());
+        // Each hand-back reruns its task once (some were handed back before they started).
+        prop_assert!(o.runs >= 6 && o.runs as u32 <= 6 + o.handed_back, "runs {} hand-backs {}", o.runs, o.handed_back);
     }
 }

@@ -51,6 +51,8 @@ pub struct FakeExecutor {
     behaviour: FakeBehaviour,
     next_id: AtomicU64,
     down: AtomicBool,
+    /// Wakes running containers when the engine goes down (they fail with it).
+    went_down: tokio::sync::Notify,
     /// Every container ever made, by id.
     runs: Mutex<BTreeMap<String, FakeRun>>,
 }
@@ -71,6 +73,9 @@ impl FakeExecutor {
     /// Makes the engine unreachable (or reachable again).
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::Relaxed);
+        if down {
+            self.went_down.notify_waiters();
+        }
     }
 
     /// Every container made so far.
@@ -126,7 +131,27 @@ impl FakeExecutor {
         let run_time = env("FAKE_RUN_MS").map(Duration::from_millis).unwrap_or(self.behaviour.run_time);
         let exit_code = env("FAKE_EXIT_CODE").unwrap_or(0) as i32;
         let timeout = if spec.timeout.is_zero() { Duration::MAX } else { spec.timeout };
+        let went_down = self.went_down.notified();
+        tokio::pin!(went_down);
+        went_down.as_mut().enable();
+        if self.down.load(Ordering::Relaxed) {
+            // The engine failed between the create and the start.
+            report.infrastructure = true;
+            report.error = engine_down().to_string();
+            let ended = now();
+            self.update(&id, |r| {
+                r.ended = Some(ended);
+                r.outcome = Some(RunOutcome::Error);
+            });
+            return report;
+        }
         let outcome = tokio::select! {
+            _ = &mut went_down => {
+                // The engine failed under the container: its fate is unknown.
+                report.infrastructure = true;
+                report.error = engine_down().to_string();
+                Some(RunOutcome::Error)
+            }
             _ = tokio::time::sleep(run_time) => None,
             _ = tokio::time::sleep(timeout.min(Duration::from_secs(365 * 86_400))) => Some(RunOutcome::Timeout),
             _ = cancel.cancelled() => Some(RunOutcome::Killed),
