@@ -27,8 +27,29 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "error: the Docker engine is not running; run: sudo systemctl start docker (or: sudo dockerd &)" >&2
   exit 1
 fi
+# An engine still starting or shutting down holds its pid file: wait for it to settle
+# instead of starting a second one (which would fail on that pid file).
+pidfile=/var/run/docker.pid
+for _ in $(seq 1 150); do
+  if docker version >/dev/null 2>&1; then
+    exit 0
+  fi
+  pid=$(cat "$pidfile" 2>/dev/null || true)
+  if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+    break
+  fi
+  sleep 0.2
+done
+pid=$(cat "$pidfile" 2>/dev/null || true)
+if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  echo "error: dockerd (pid $pid) is running but has not answered for 30 s; see /var/log/drover-dockerd.log" >&2
+  exit 1
+fi
 echo "starting dockerd" >&2
-nohup dockerd >/var/log/drover-dockerd.log 2>&1 &
+rm -f "$pidfile"
+# Its own session: a signal to the caller's process group (a supervisor stopping
+# deploy/dev.sh) does not stop the engine.
+setsid nohup dockerd >/var/log/drover-dockerd.log 2>&1 < /dev/null &
 for _ in $(seq 1 150); do
   if [ -S "$sock" ] && docker version >/dev/null 2>&1; then
     exit 0

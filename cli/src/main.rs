@@ -1,6 +1,13 @@
 //! `drover`: one binary for every role. This file only parses arguments and dispatches
 //! to the command modules; the logic lives in the libraries.
 
+/// `println!` for command output: a closed pipe (`drover ... | head`) ends the command
+/// quietly, as Unix tools do, instead of a panic.
+macro_rules! outln {
+    () => { $crate::commands::output::emit(format_args!(""), true) };
+    ($($t:tt)*) => { $crate::commands::output::emit(format_args!($($t)*), true) };
+}
+
 mod commands;
 
 use std::process::ExitCode;
@@ -75,6 +82,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`| head`): not an error worth a word.
+        Err(e) if commands::output::broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

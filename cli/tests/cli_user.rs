@@ -99,6 +99,19 @@ fn drover(dev: &Dev, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) 
     child.wait_with_output().expect("drover output")
 }
 
+/// Runs a command whose stdout reader has gone before it writes (`drover ... | head -0`).
+fn drover_closed_stdout(dev: &Dev, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(common::bin());
+    cmd.args(args).current_dir(dev.dir.path()).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in dev.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(env.iter().copied()) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run drover");
+    // The command connects to the control plane first: its output comes long after this.
+    drop(child.stdout.take());
+    child.wait_with_output().expect("drover output")
+}
+
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", o.status, text(&o.stdout), text(&o.stderr));
     text(&o.stdout)
@@ -207,6 +220,26 @@ fn a_user_session_against_drover_dev() {
     let ops: Vec<(&str, &str)> = ops.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let agents = ok(&drover(&dev, &["agents", "list"], &ops, None));
     assert!(agents.lines().any(|l| l.starts_with("dev-agent ") && l.contains(" 4 ")), "{agents}");
+    // Tables for people, JSON for scripts, on every listing and status.
+    let tenants: serde_json::Value =
+        serde_json::from_str(&ok(&drover(&dev, &["tenant", "list", "-o", "json"], &ops, None))).expect("JSON");
+    assert!(tenants.as_array().is_some_and(|a| a.iter().any(|t| t["id"] == "dev")), "{tenants}");
+    let raft: serde_json::Value =
+        serde_json::from_str(&ok(&drover(&dev, &["operator", "raft", "status", "-o", "json"], &ops, None)))
+            .expect("JSON");
+    assert_eq!((raft["state"].as_str(), raft["nodes"].as_array().map(Vec::len)), (Some("Leader"), Some(1)), "{raft}");
+    // `| head`: a reader that goes away ends the command quietly, with no panic.
+    let tenant: &[(&str, &str)] = &[];
+    for (args, env) in [
+        (&["operator", "raft", "status"][..], &ops[..]),
+        (&["tenant", "list"], &ops),
+        (&["agents", "list"], &ops),
+        (&["task", "list"], tenant),
+    ] {
+        let o = drover_closed_stdout(&dev, args, env);
+        assert!(o.status.success(), "{args:?}: exit {:?}, stderr {}", o.status, text(&o.stderr));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", text(&o.stderr));
+    }
 
     // Named contexts in ~/.config/drover/config.toml; flags and DROVER_* win over them.
     let home = dev.dir.path().join("home");

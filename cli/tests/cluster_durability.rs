@@ -11,6 +11,9 @@ use common::*;
 use drover_chaos::{ClusterOptions, clients};
 use tokio::sync::Mutex;
 
+/// A batch number and the task ids its acknowledged call returned.
+type AckedBatch = (usize, Vec<u64>);
+
 /// 10,000 tasks in batches of 100 through a follower by four concurrent clients, with the
 /// leader killed (-9) midway and restarted: every acknowledged task exists exactly once on
 /// all three nodes and nothing else does; batches whose calls failed were retried with
@@ -24,7 +27,7 @@ async fn queue_through_follower_survives_leader_kill() {
 
     const BATCHES: usize = 100;
     const PER_BATCH: usize = 100;
-    let acked: Arc<Mutex<Vec<(usize, Vec<u64>)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<AckedBatch>>> = Arc::default();
     let failed_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let half_done = Arc::new(tokio::sync::Notify::new());

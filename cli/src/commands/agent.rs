@@ -160,7 +160,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 bail!("agent answered {code}: {body}");
             }
             if s.output == "json" {
-                println!("{body}");
+                outln!("{body}");
                 return Ok(());
             }
             print_status(&body)
@@ -188,7 +188,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 fn print_status(body: &str) -> anyhow::Result<()> {
     let v: serde_json::Value = serde_json::from_str(body).context("agent status is not JSON")?;
     let get = |k: &str| v.get(k).cloned().unwrap_or_default();
-    println!(
+    outln!(
         "agent {}  slots {}/{} busy{}  lease ttl {} ms",
         get("agent_id").as_str().unwrap_or("?"),
         get("busy"),
@@ -196,14 +196,19 @@ fn print_status(body: &str) -> anyhow::Result<()> {
         if get("draining").as_bool() == Some(true) { "  DRAINING" } else { "" },
         get("lease_ttl_ms"),
     );
-    println!(
+    outln!(
         "{:<22} {:>8} {:>7} {:<16} {:<20} {:>10}  CONTAINER",
-        "TASK", "EPOCH", "ATTEMPT", "TENANT", "CODE", "RUNNING"
+        "TASK",
+        "EPOCH",
+        "ATTEMPT",
+        "TENANT",
+        "CODE",
+        "RUNNING"
     );
     for r in get("running").as_array().cloned().unwrap_or_default() {
         let f = |k: &str| r.get(k).cloned().unwrap_or_default();
         let cid = f("container_id").as_str().map(|s| s.chars().take(12).collect::<String>()).unwrap_or_default();
-        println!(
+        outln!(
             "{:<22} {:>8} {:>7} {:<16} {:<20} {:>9}s  {}",
             f("task_id"),
             f("lease_epoch"),
@@ -214,9 +219,9 @@ fn print_status(body: &str) -> anyhow::Result<()> {
             cid
         );
     }
-    println!("images:");
+    outln!("images:");
     for i in get("images").as_array().cloned().unwrap_or_default() {
-        println!(
+        outln!(
             "  {} {} bytes{}",
             i.get("image").and_then(|x| x.as_str()).unwrap_or("?"),
             i.get("size_bytes").cloned().unwrap_or_default(),

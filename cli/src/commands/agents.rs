@@ -42,11 +42,11 @@ pub async fn run(a: AgentsArgs) -> anyhow::Result<()> {
                 .collect(),
         )),
         Format::Table => {
-            println!("{:<24} {:<12} {:<12} {:>6} {:>8}  LABELS", "AGENT", "REGION", "CLUSTER", "SLOTS", "RUNNING");
+            outln!("{:<24} {:<12} {:<12} {:>6} {:>8}  LABELS", "AGENT", "REGION", "CLUSTER", "SLOTS", "RUNNING");
             for g in r.agents {
                 let mut labels: Vec<String> = g.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 labels.sort();
-                println!(
+                outln!(
                     "{:<24} {:<12} {:<12} {:>6} {:>8}  {}",
                     g.id,
                     g.region,

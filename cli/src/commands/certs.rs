@@ -56,7 +56,7 @@ pub fn run(a: CertsArgs) -> anyhow::Result<()> {
             let ca = certs::new_ca(&name, days)?;
             certs::write_file(&key, &ca.key, true)?;
             certs::write_file(&cert, &ca.cert, false)?;
-            println!("wrote {} and {}", cert.display(), key.display());
+            outln!("wrote {} and {}", cert.display(), key.display());
         }
         CertsCmd::Issue { dir, role, id, dns, ip, days } => {
             let ca = Pem {
@@ -70,7 +70,7 @@ pub fn run(a: CertsArgs) -> anyhow::Result<()> {
             let (cert, key) = (dir.join(format!("{base}.pem")), dir.join(format!("{base}.key")));
             certs::write_file(&key, &leaf.key, true)?;
             certs::write_file(&cert, &leaf.cert, false)?;
-            println!("wrote {} and {} for {}", cert.display(), key.display(), spec.id);
+            outln!("wrote {} and {} for {}", cert.display(), key.display(), spec.id);
         }
     }
     Ok(())

@@ -65,7 +65,7 @@ enum CodeCmd {
 }
 
 fn print_codes(codes: &[pv::Code]) {
-    println!("{:<24} {:<40} {:>10} {:>6} {:>9}", "NAME", "IMAGE", "MEMORY", "CPUS", "TIMEOUT");
+    outln!("{:<24} {:<40} {:>10} {:>6} {:>9}", "NAME", "IMAGE", "MEMORY", "CPUS", "TIMEOUT");
     for c in codes {
         let l = c.limits.unwrap_or_default();
         let mem = if l.memory_bytes > 0 { bytesize::ByteSize(l.memory_bytes).to_string() } else { "-".into() };
@@ -75,7 +75,7 @@ fn print_codes(codes: &[pv::Code]) {
         } else {
             "-".into()
         };
-        println!("{:<24} {:<40} {:>10} {:>6} {:>9}", c.name, c.image, mem, cpus, timeout);
+        outln!("{:<24} {:<40} {:>10} {:>6} {:>9}", c.name, c.image, mem, cpus, timeout);
     }
 }
 
@@ -115,7 +115,7 @@ pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
             let c = t.register_code(req).await.map_err(|s| explain(&s))?.into_inner();
             match a.output {
                 Format::Json => print_json(&code_json(&c)),
-                Format::Table => println!("code {} registered ({})", c.name, c.image),
+                Format::Table => outln!("code {} registered ({})", c.name, c.image),
             }
         }
         CodeCmd::List => {
@@ -135,7 +135,7 @@ pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
         CodeCmd::Delete { name } => {
             t.delete_code(pv::DeleteCodeRequest { name: name.clone() }).await.map_err(|s| explain(&s))?;
             if a.output == Format::Table {
-                println!("code {name} deleted");
+                outln!("code {name} deleted");
             }
         }
     }

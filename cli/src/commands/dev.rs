@@ -188,8 +188,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     );
     let env_path = dir.join("env");
     std::fs::write(&env_path, &env).with_context(|| format!("writing {}", env_path.display()))?;
-    println!("drover dev: control plane on {addr} (mTLS), agent with {} slots, data in {}", a.slots, dir.display());
-    println!("Use the CLI from another shell with `source {}`, or:\n\n{env}", env_path.display());
+    outln!("drover dev: control plane on {addr} (mTLS), agent with {} slots, data in {}", a.slots, dir.display());
+    outln!("Use the CLI from another shell with `source {}`, or:\n\n{env}", env_path.display());
 
     if a.demo {
         let tenant = pki.conn(&addr_s, Role::Tenant, TENANT);
@@ -197,7 +197,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             eprintln!("error: the demo failed: {e:#}");
         }
     }
-    println!("Serving. Ctrl-C stops the agent (running tasks finish first) and the control plane.");
+    outln!("Serving. Ctrl-C stops the agent (running tasks finish first) and the control plane.");
     let r = agent.await;
     shutdown.cancel();
     let s = server.await;
@@ -233,7 +233,7 @@ async fn demo(docker: &bollard::Docker, tenant: &Conn) -> anyhow::Result<()> {
         .map_err(|s| client::explain(&s))?
         .into_inner()
         .task_ids;
-    println!("demo: registered code `hello` ({DEMO_IMAGE}) and queued {} tasks\n", ids.len());
+    outln!("demo: registered code `hello` ({DEMO_IMAGE}) and queued {} tasks\n", ids.len());
     for id in &ids {
         let mut s = t
             .get_task_log(pv::GetTaskLogRequest { id: *id, from_index: 0, follow: true })
@@ -243,7 +243,7 @@ async fn demo(docker: &bollard::Docker, tenant: &Conn) -> anyhow::Result<()> {
         while let Some(batch) = s.message().await.map_err(|s| client::explain(&s))? {
             for c in batch.chunks {
                 for line in String::from_utf8_lossy(&c.data).lines() {
-                    println!("  [{id}] {line}");
+                    outln!("  [{id}] {line}");
                 }
             }
         }
@@ -252,8 +252,8 @@ async fn demo(docker: &bollard::Docker, tenant: &Conn) -> anyhow::Result<()> {
     for id in &ids {
         tasks.push(t.get_task(pv::GetTaskRequest { id: *id, include_payload: false }).await?.into_inner());
     }
-    println!();
+    outln!();
     super::output::task_table(&tasks);
-    println!("\ndemo done: try `drover task list`, `drover task logs {}`\n", ids[0]);
+    outln!("\ndemo done: try `drover task list`, `drover task logs {}`\n", ids[0]);
     Ok(())
 }

@@ -5,11 +5,15 @@ use drover_proto::admin as pa;
 use drover_proto::admin::admin_client::AdminClient;
 
 use super::client::{Conn, with_leader};
+use super::output::{Format, print_json};
 
 #[derive(Args)]
 pub struct OperatorArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Output format: aligned tables for people, or JSON for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    output: Format,
     #[command(subcommand)]
     cmd: OperatorCmd,
 }
@@ -37,6 +41,7 @@ enum RaftCmd {
 
 pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
     let OperatorCmd::Raft(cmd) = a.cmd;
+    let format = a.output;
     let conn = a.conn.resolve()?;
     match cmd {
         RaftCmd::Status => {
@@ -46,13 +51,30 @@ pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
             )
             .await?;
             let s = AdminClient::new(ch).raft_status(pa::RaftStatusRequest {}).await?.into_inner();
-            println!("node {}  state {}  term {}", s.node_id, s.state, s.term);
-            println!("leader {}", if s.has_leader { s.leader_id.to_string() } else { "none".into() });
-            println!(
+            if format == Format::Json {
+                print_json(&serde_json::json!({
+                    "node_id": s.node_id,
+                    "state": s.state,
+                    "term": s.term,
+                    "leader_id": s.has_leader.then_some(s.leader_id),
+                    "last_log_index": s.last_log_index,
+                    "last_applied_index": s.last_applied_index,
+                    "snapshot_index": s.snapshot_index,
+                    "purged_index": s.purged_index,
+                    "nodes": nodes_json(&s.nodes),
+                }));
+                return Ok(());
+            }
+            outln!("node {}  state {}  term {}", s.node_id, s.state, s.term);
+            outln!("leader {}", if s.has_leader { s.leader_id.to_string() } else { "none".into() });
+            outln!(
                 "log last {}  applied {}  snapshot {}  purged {}",
-                s.last_log_index, s.last_applied_index, s.snapshot_index, s.purged_index
+                s.last_log_index,
+                s.last_applied_index,
+                s.snapshot_index,
+                s.purged_index
             );
-            print_nodes(&s.nodes);
+            print_nodes(Format::Table, &s.nodes);
         }
         RaftCmd::AddLearner { node_id, addr } => {
             let r = with_leader(&conn, |ch| {
@@ -65,7 +87,7 @@ pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
                 }
             })
             .await?;
-            print_nodes(&r.nodes);
+            print_nodes(format, &r.nodes);
         }
         RaftCmd::Promote { node_ids } => {
             let r =
@@ -76,14 +98,14 @@ pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
                     }
                 })
                 .await?;
-            print_nodes(&r.nodes);
+            print_nodes(format, &r.nodes);
         }
         RaftCmd::Remove { node_id } => {
             let r = with_leader(&conn, |ch| async move {
                 AdminClient::new(ch).remove_node(pa::RemoveNodeRequest { node_id }).await.map(|r| r.into_inner())
             })
             .await?;
-            print_nodes(&r.nodes);
+            print_nodes(format, &r.nodes);
         }
         RaftCmd::Snapshot => {
             let ch = super::client::connect(
@@ -92,15 +114,31 @@ pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
             )
             .await?;
             let r = AdminClient::new(ch).snapshot(pa::SnapshotRequest {}).await?.into_inner();
-            println!("snapshot at index {}, log purged up to {}", r.snapshot_index, r.purged_index);
+            match format {
+                Format::Json => print_json(&serde_json::json!({
+                    "snapshot_index": r.snapshot_index,
+                    "purged_index": r.purged_index,
+                })),
+                Format::Table => {
+                    outln!("snapshot at index {}, log purged up to {}", r.snapshot_index, r.purged_index)
+                }
+            }
         }
     }
     Ok(())
 }
 
-fn print_nodes(nodes: &[pa::NodeInfo]) {
-    println!("{:<6} {:<24} ROLE", "ID", "ADDRESS");
+fn nodes_json(nodes: &[pa::NodeInfo]) -> serde_json::Value {
+    nodes.iter().map(|n| serde_json::json!({ "id": n.id, "addr": n.addr, "voter": n.voter })).collect()
+}
+
+fn print_nodes(format: Format, nodes: &[pa::NodeInfo]) {
+    if format == Format::Json {
+        print_json(&serde_json::json!({ "nodes": nodes_json(nodes) }));
+        return;
+    }
+    outln!("{:<6} {:<24} ROLE", "ID", "ADDRESS");
     for n in nodes {
-        println!("{:<6} {:<24} {}", n.id, n.addr, if n.voter { "voter" } else { "learner" });
+        outln!("{:<6} {:<24} {}", n.id, n.addr, if n.voter { "voter" } else { "learner" });
     }
 }

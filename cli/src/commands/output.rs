@@ -1,8 +1,29 @@
 //! Output for the client commands: aligned tables for people, JSON (`--output json`) for
 //! scripts, and the JSON shapes of tenant objects.
 
+use std::io::Write;
+
 use drover_proto::v1 as pv;
 use serde_json::{Value, json};
+
+/// Writes command output to stdout. When the reader has gone (a closed pipe) the process
+/// ends at once with status 0: there is nobody left to tell.
+pub fn emit(args: std::fmt::Arguments<'_>, newline: bool) {
+    let mut out = std::io::stdout().lock();
+    let r = out.write_fmt(args).and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) });
+    if let Err(e) = r.and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Whether an error comes from writing to a closed pipe.
+pub fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Format {
@@ -88,16 +109,16 @@ pub fn code_json(c: &pv::Code) -> Value {
 }
 
 pub fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }
 
 pub fn task_table(tasks: &[pv::Task]) {
-    println!("{:<22} {:<20} {:<10} {:>4} {:>8} {:>5}  RESULT", "ID", "CODE", "STATE", "PRIO", "ATTEMPTS", "EXIT");
+    outln!("{:<22} {:<20} {:<10} {:>4} {:>8} {:>5}  RESULT", "ID", "CODE", "STATE", "PRIO", "ATTEMPTS", "EXIT");
     for t in tasks {
         let r = t.result.clone().unwrap_or_default();
         let exit = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
         let note = if r.oom_killed { "out of memory".to_string() } else { r.error.clone() };
-        println!(
+        outln!(
             "{:<22} {:<20} {:<10} {:>4} {:>8} {:>5}  {}",
             t.id,
             t.code,

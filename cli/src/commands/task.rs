@@ -186,7 +186,7 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
             }
             match a.output {
                 Format::Json => print_json(&serde_json::json!({ "task_ids": ids })),
-                Format::Table => ids.iter().for_each(|id| println!("{id}")),
+                Format::Table => ids.iter().for_each(|id| outln!("{id}")),
             }
         }
         TaskCmd::Get { id } => {
@@ -212,7 +212,7 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
             let task = t.cancel_task(pv::CancelTaskRequest { id }).await.map_err(|s| explain(&s))?.into_inner();
             match a.output {
                 Format::Json => print_json(&task_json(&task)),
-                Format::Table => println!("task {id} cancelled"),
+                Format::Table => outln!("task {id} cancelled"),
             }
         }
         TaskCmd::Retry { id } => {
@@ -236,7 +236,7 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
                     .await?;
             match a.output {
                 Format::Json => print_json(&serde_json::json!({ "task_ids": ids })),
-                Format::Table => ids.iter().for_each(|id| println!("{id}")),
+                Format::Table => ids.iter().for_each(|id| outln!("{id}")),
             }
         }
         TaskCmd::Logs { id, follow } => {

@@ -5,11 +5,15 @@ use drover_proto::admin as pa;
 use drover_proto::admin::admin_client::AdminClient;
 
 use super::client::{Conn, with_leader};
+use super::output::{Format, print_json};
 
 #[derive(Args)]
 pub struct TenantArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Output format: aligned tables for people, or JSON for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    output: Format,
     #[command(subcommand)]
     cmd: TenantCmd,
 }
@@ -33,6 +37,7 @@ enum TenantCmd {
         #[arg(long = "allow-cidr")]
         allowed_cidrs: Vec<String>,
     },
+    /// Tenants with their queued and running counts and limits.
     List,
 }
 
@@ -58,22 +63,49 @@ pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
                 }
             })
             .await?;
-            println!("tenant {} saved", t.id);
+            match a.output {
+                Format::Json => print_json(&serde_json::json!({ "id": t.id, "saved": true })),
+                Format::Table => outln!("tenant {} saved", t.id),
+            }
         }
         TenantCmd::List => {
             let r = with_leader(&a.conn, |ch| async move {
                 AdminClient::new(ch).list_tenants(pa::ListTenantsRequest {}).await.map(|r| r.into_inner())
             })
             .await?;
-            println!(
+            if a.output == Format::Json {
+                let tenants = r.tenants.iter().map(|t| {
+                    let l = t.limits.clone().unwrap_or_default();
+                    serde_json::json!({
+                        "id": t.id,
+                        "queued_tasks": t.queued_tasks,
+                        "running_tasks": t.running_tasks,
+                        "max_queued_tasks": l.max_queued_tasks,
+                        "max_concurrency": l.max_concurrency,
+                        "max_payload_bytes": l.max_payload_bytes,
+                        "allowed_cidrs": t.allowed_cidrs,
+                    })
+                });
+                print_json(&serde_json::Value::Array(tenants.collect()));
+                return Ok(());
+            }
+            outln!(
                 "{:<24} {:>10} {:>10} {:>12} {:>14}",
-                "TENANT", "QUEUED", "RUNNING", "MAX_QUEUED", "MAX_CONCURRENCY"
+                "TENANT",
+                "QUEUED",
+                "RUNNING",
+                "MAX_QUEUED",
+                "MAX_CONCURRENCY"
             );
             for t in r.tenants {
                 let l = t.limits.unwrap_or_default();
-                println!(
+                outln!(
                     "{:<24} {:>10} {:>10} {:>12} {:>14}",
-                    t.id, t.queued_tasks, t.running_tasks, l.max_queued_tasks, l.max_concurrency
+                    t.id,
+                    t.queued_tasks,
+                    t.running_tasks,
+                    l.max_queued_tasks,
+                    l.max_concurrency
                 );
             }
         }

@@ -9,6 +9,8 @@
 
 pub mod batcher;
 pub mod codec;
+// openraft's RaftNetwork trait returns its RPCError by value (see `storage`).
+#[allow(clippy::result_large_err)]
 pub mod network;
 pub mod node;
 pub mod service;
