@@ -75,7 +75,7 @@ pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
             .await?;
             if a.output == Format::Json {
                 let tenants = r.tenants.iter().map(|t| {
-                    let l = t.limits.clone().unwrap_or_default();
+                    let l = t.limits.unwrap_or_default();
                     serde_json::json!({
                         "id": t.id,
                         "queued_tasks": t.queued_tasks,
