@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::clock::now;
 use crate::config::AgentConfig;
 use crate::executor::{DockerExecutor, Executor, ExecutorConfig, ImageCache};
 use crate::lease_book::{Action, LeaseBook, StopReason, margin_for};
@@ -94,12 +95,6 @@ pub struct Agent {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The agent's monotonic clock: tokio's, so that tests with paused time simulate it.
-/// Every lease deadline is on this clock.
-pub fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// The wall-clock time of a monotonic deadline, for the watchdog (another process).

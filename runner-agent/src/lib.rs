@@ -4,7 +4,7 @@
 //! It never listens on a network port for control; operators reach it through a unix
 //! socket.
 //!
-//! * [`config`] — the agent's TOML configuration.
+//! * [`config`] — the agent's TOML configuration; [`clock`] — the agent's clock.
 //! * [`uplink`] — the one outbound gRPC connection, following leader hints.
 //! * [`lease_book`] — pure: held leases, deadlines, renewals, stop reasons, slots.
 //! * [`reconcile`] — pure: labelled containers + confirmed leases → adopt / remove.
@@ -20,6 +20,7 @@
 //!   Prometheus metrics.
 
 pub mod agent;
+pub mod clock;
 pub mod config;
 pub mod executor;
 pub mod lease_book;

@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::agent::{Agent, lock, now, wall};
+use crate::agent::{Agent, lock, wall};
+use crate::clock::now;
 use crate::executor::{ContainerSpec, OutputChunk, RunOutcome, RunReport};
 use crate::lease_book::{AfterExit, CreatedDecision, Exit, Lease};
 use crate::shipper::{MAX_CHUNK_BYTES, ShipMsg};

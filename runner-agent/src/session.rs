@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use drover_proto::agent as pa;
 
-use crate::agent::{Agent, AgentError, RunInfo, lock, now, wall};
+use crate::agent::{Agent, AgentError, RunInfo, lock, wall};
+use crate::clock::now;
 use crate::executor::Labelled;
 use crate::lease_book::{GrantDecision, Lease};
 use crate::reconcile::{self, Confirmation, Decision};

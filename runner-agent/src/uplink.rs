@@ -177,7 +177,7 @@ impl Uplink {
         loop {
             let (addr, ch) = self.pick()?;
             let client = AgentClient::new(ch).max_decoding_message_size(64 * 1024 * 1024);
-            let sent = crate::agent::now();
+            let sent = crate::clock::now();
             match f(client).await {
                 Ok(r) => return Ok((r.into_inner(), sent)),
                 Err(status) => {
@@ -202,7 +202,7 @@ impl Uplink {
 
 /// The control plane as the agent uses it. Lease and heartbeat answers come with the
 /// send time of the attempt that was answered, read on the agent's clock
-/// ([`crate::agent::now`]): lease clocks count from it.
+/// ([`crate::clock::now`]): lease clocks count from it.
 pub trait ControlPlane: Send + Sync + 'static {
     /// This agent's id (from its certificate, or the development id).
     fn agent_id(&self) -> &str;

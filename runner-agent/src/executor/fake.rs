@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::image_cache::CachedImage;
 use super::{ContainerSpec, ExecError, Executor, Labelled, LogStream, OnCreated, OutputChunk, RunOutcome, RunReport};
+use crate::clock::now;
 
 #[derive(Clone, Debug)]
 pub struct FakeBehaviour {
@@ -55,10 +56,6 @@ pub struct FakeExecutor {
     went_down: tokio::sync::Notify,
     /// Every container ever made, by id.
     runs: Mutex<BTreeMap<String, FakeRun>>,
-}
-
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 fn engine_down() -> ExecError {
