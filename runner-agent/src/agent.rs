@@ -84,7 +84,6 @@ pub struct Agent {
     /// Set when a run failed because of the engine; leasing waits until it answers again
     /// and what the failed runs left behind has been removed.
     pub(crate) engine_down: AtomicBool,
-    pub(crate) engine_back: Notify,
     pub(crate) draining: CancellationToken,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -159,7 +158,6 @@ impl Agent {
             ship_rx: Mutex::new(Some(ship_rx)),
             lease_ttl_ms: AtomicU64::new(DEFAULT_TTL.as_millis() as u64),
             engine_down: AtomicBool::new(false),
-            engine_back: Notify::new(),
             draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

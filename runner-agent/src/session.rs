@@ -277,7 +277,6 @@ impl Agent {
         }
         tracing::info!("the container engine answers again; leasing resumes");
         self.engine_down.store(false, Ordering::Relaxed);
-        self.engine_back.notify_waiters();
     }
 
     async fn remove_all(&self, decisions: Vec<Decision>) {
