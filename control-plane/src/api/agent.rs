@@ -130,7 +130,6 @@ impl Agent for AgentService {
     async fn lease(&self, req: Request<pa::LeaseRequest>) -> ApiResult<pa::LeaseResponse> {
         let agent_id = caller::agent(&req)?;
         let received = Instant::now();
-        self.ctx.lease_validity(received)?;
         let r = req.into_inner();
         if r.max_tasks > validate::MAX_TASKS_PER_LEASE_REQUEST {
             return Err(ApiError::invalid(
@@ -149,9 +148,9 @@ impl Agent for AgentService {
             notified.as_mut().enable();
             // Propose only when something could be granted: idle agents must not fill the
             // log with empty lease entries.
-            // Checked again before every grant: leadership can move while a poll waits, and
-            // a grant proposed here must be one this node can vouch for (the command
-            // carries the term; a successor refuses it).
+            // Checked before every grant, the first at once: leadership can move while a
+            // poll waits, and a grant proposed here must be one this node can vouch for
+            // (the command carries the term; a successor refuses it).
             let window = self.ctx.lease_validity(Instant::now())?;
             if r.max_tasks > 0 && self.has_work(&attrs)? {
                 let cmd = Command::Lease {
@@ -205,13 +204,13 @@ impl Agent for AgentService {
 
     async fn heartbeat(&self, req: Request<pa::HeartbeatRequest>) -> ApiResult<pa::HeartbeatResponse> {
         let agent_id = caller::agent(&req)?;
-        let received = Instant::now();
-        self.ctx.lease_validity(received)?;
+        // Measured on receipt and counted from the agent's send time, which was earlier;
+        // the renewals below happen later still, so the leader's own expiry is later too.
+        let now = Instant::now();
+        let window = self.ctx.lease_validity(now)?;
         let r = req.into_inner();
         at_most("leases", r.leases.len(), validate::MAX_COMPLETIONS)?;
         self.check_owned(&agent_id, r.leases.iter().map(|l| (l.task_id, l.lease_epoch)))?;
-        let now = Instant::now();
-        let window = self.ctx.lease_validity(now)?;
         let mut revoked = Vec::new();
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
         for l in r.leases {
@@ -229,7 +228,7 @@ impl Agent for AgentService {
         Ok(Response::new(pa::HeartbeatResponse {
             revoked,
             lease_ttl_ms: self.ctx.cfg.lease_ttl.as_millis() as u64,
-            lease_valid_ms: valid_ms(received, now, window.valid),
+            lease_valid_ms: window.valid.as_millis() as u64,
         }))
     }
 

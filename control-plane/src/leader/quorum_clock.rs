@@ -43,12 +43,12 @@ impl QuorumClock {
         f(&mut self.confirmed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Records that a quorum confirmed this node as leader of `term` in a round that
-    /// started at `started`. Keeps the latest.
-    pub fn confirmed(&self, term: u64, started: Instant) {
+    /// Records that a quorum acknowledged this node as leader of `term` a request sent at
+    /// `at`. Keeps the latest.
+    pub fn confirmed(&self, term: u64, at: Instant) {
         self.with(|c| match c {
-            Some((t, at)) if *t == term && *at >= started => {}
-            _ => *c = Some((term, started)),
+            Some((t, latest)) if *t == term && *latest >= at => {}
+            _ => *c = Some((term, at)),
         })
     }
 
@@ -97,7 +97,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(c.since(3, t0), None);
         c.confirmed(3, t0 + Duration::from_millis(100));
-        // An older round finishing late does not move the clock back.
+        // An older acknowledgement reported late does not move the clock back.
         c.confirmed(3, t0);
         assert_eq!(c.since(3, t0 + Duration::from_millis(600)), Some(Duration::from_millis(500)));
         // Another term's confirmation says nothing about this one.

@@ -82,9 +82,7 @@ impl RaftNode {
     }
 
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        self.leader_term().is_some()
     }
 
     /// This node's current term while it is the leader; `None` otherwise.

@@ -145,7 +145,7 @@ impl StateMachine {
         ctx: ApplyCtx,
         cmd: &Command,
     ) -> Result<Result<Response, StateError>, KvError> {
-        // A deposed leader's tick committed by its successor: see `Command::leader_term`.
+        // A deposed leader's command committed by its successor: see `Command::leader_term`.
         if let Some(proposed) = cmd.leader_term()
             && proposed < ctx.term
         {
