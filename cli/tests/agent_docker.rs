@@ -135,19 +135,32 @@ async fn a_task_drained_and_handed_back_five_times_still_runs_once_more() {
     create_tenant(&c).await;
     let script = format!("echo attempt=$TASK_ATTEMPT; if [ \"$TASK_ATTEMPT\" -le {HAND_BACKS} ]; then sleep 60; fi");
     register(&c, sh("long", &script)).await;
-    let id = queue(&c, "long", b"", 1).await[0];
+    let mut id = None;
     let mut expected_log = String::new();
     for attempt in 1..=HAND_BACKS {
         let opts = AgentOptions { slots: 1, extra_config: "drain_grace = \"1s\"\nstop_grace = \"1s\"".into() };
         let mut a = c.start_agent(&format!("impatient-{attempt}"), opts).expect("start agent");
+        // The first agent is up and polling before the task exists (work arrives later);
+        // each next one starts with the handed-back task waiting for it.
+        let task = match id {
+            Some(task) => task,
+            None => {
+                eventually(Duration::from_secs(30), "the first agent's control socket", || async { agent_status(&a) })
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+                let task = queue(&c, "long", b"", 1).await[0];
+                id = Some(task);
+                task
+            }
+        };
         expected_log.push_str(&format!("attempt={attempt}\n"));
         eventually(Duration::from_secs(30), &format!("attempt {attempt}'s first output"), || async {
-            (log(&c, id).await.0 == expected_log.as_bytes()).then_some(())
+            (log(&c, task).await.0 == expected_log.as_bytes()).then_some(())
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
         a.stop(Duration::from_secs(30)).expect("SIGTERM drains and exits cleanly");
-        let t = get(&c, id).await;
+        let t = get(&c, task).await;
         assert_eq!(
             (state(&t), t.attempts, t.lost_leases),
             (pv::TaskState::Queued, attempt, 0),
@@ -156,6 +169,7 @@ async fn a_task_drained_and_handed_back_five_times_still_runs_once_more() {
         assert!(a.log().contains("handed back"), "{}", a.log_tail(30));
         no_containers_left(&a).await;
     }
+    let id = id.expect("queued by the first round");
     let b = c.start_agent("next", AgentOptions::default()).expect("start agent");
     let t = wait_finished(&c, id, Duration::from_secs(60), &[&b]).await;
     assert_eq!((state(&t), t.attempts, t.lost_leases), (pv::TaskState::Complete, HAND_BACKS + 1, 0), "{t:?}");

@@ -51,7 +51,7 @@ pub enum AgentError {
 }
 
 /// What the shell keeps per held lease beside the book: the runner's cancellation and
-/// what the status page shows.
+/// what the status page shows. Entered together with the lease, removed with it.
 pub(crate) struct RunInfo {
     pub attempt: u32,
     pub tenant: String,
@@ -64,6 +64,20 @@ pub(crate) struct RunInfo {
 pub(crate) struct Book {
     pub book: LeaseBook,
     pub runs: BTreeMap<u64, RunInfo>,
+}
+
+impl Book {
+    /// Cancels the runner of a task the book has stopped: it kills the container and,
+    /// told by the book, reports nothing.
+    fn stop_runner(&self, task_id: u64, reason: StopReason, metrics: &AgentMetrics) {
+        if reason == StopReason::LeaseLost {
+            metrics.leases_lost.inc();
+        }
+        tracing::warn!(task_id, ?reason, "stopping task");
+        if let Some(info) = self.runs.get(&task_id) {
+            info.cancel.cancel();
+        }
+    }
 }
 
 pub struct Agent {
@@ -316,15 +330,7 @@ impl Agent {
             let s = lock(&self.state);
             for a in actions {
                 match a {
-                    Action::Stop { task_id, reason } => {
-                        if reason == StopReason::LeaseLost {
-                            self.metrics.leases_lost.inc();
-                        }
-                        tracing::warn!(task_id, ?reason, "stopping task");
-                        if let Some(info) = s.runs.get(&task_id) {
-                            info.cancel.cancel();
-                        }
-                    }
+                    Action::Stop { task_id, reason } => s.stop_runner(task_id, reason, &self.metrics),
                     Action::Arm { container, deadline } => arms.push((container, deadline)),
                 }
             }
@@ -359,13 +365,11 @@ impl ShipperHost for Agent {
         lock(&self.state).book.holds(lease)
     }
 
+    /// The control plane refused the lease's output as stale: it was revoked.
     fn lease_stale(&self, lease: Lease) {
-        let stopped = lock(&self.state).book.stop(lease, StopReason::Revoked);
-        if stopped {
-            tracing::warn!(task_id = lease.task_id, "stopping task: the control plane refused its output as stale");
-            if let Some(info) = lock(&self.state).runs.get(&lease.task_id) {
-                info.cancel.cancel();
-            }
+        let mut s = lock(&self.state);
+        if s.book.stop(lease, StopReason::Revoked) {
+            s.stop_runner(lease.task_id, StopReason::Revoked, &self.metrics);
         }
     }
 

@@ -30,18 +30,19 @@ pub(crate) enum Work {
 }
 
 impl Agent {
-    fn spec(&self, g: &pa::GrantedTask) -> ContainerSpec {
+    /// The grant becomes the container's spec (moved: the payload can be megabytes).
+    fn spec(&self, g: pa::GrantedTask) -> ContainerSpec {
         ContainerSpec {
             task_id: g.task_id,
             attempt: g.attempt,
             lease_epoch: g.lease_epoch,
             agent_id: self.agent_id().to_string(),
-            tenant: g.tenant.clone(),
-            code: g.code.clone(),
-            image: g.image.clone(),
-            command: g.command.clone(),
-            env: g.env.clone().into_iter().collect(),
-            payload: g.payload.clone(),
+            tenant: g.tenant,
+            code: g.code,
+            image: g.image,
+            command: g.command,
+            env: g.env.into_iter().collect(),
+            payload: g.payload,
             memory_bytes: g.memory_bytes,
             cpu_millis: g.cpu_millis,
             pids: g.pids,
@@ -76,9 +77,9 @@ impl Agent {
                 }
             }
         });
-        let report = match &work {
+        let report = match work {
             Work::Fresh(g) => {
-                let spec = self.spec(g);
+                let spec = self.spec(*g);
                 let this = self.clone();
                 let on_created = move |id: String| -> futures::future::BoxFuture<'static, bool> {
                     let this = this.clone();
@@ -87,7 +88,7 @@ impl Agent {
                 self.exec.run(&spec, out_tx, cancel.clone(), &on_created).await
             }
             Work::Adopt { container_id, timeout_left, since } => {
-                self.exec.adopt(container_id, *timeout_left, *since, out_tx, cancel.clone()).await
+                self.exec.adopt(&container_id, timeout_left, since, out_tx, cancel.clone()).await
             }
         };
         let _ = forward.await;

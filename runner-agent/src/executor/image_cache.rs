@@ -34,11 +34,11 @@ pub struct CachedImage {
 }
 
 struct Entry {
+    /// 0 until the image has been found on the engine (it is pinned before the lookup);
+    /// such an entry is never evicted, and is forgotten if the lookup fails.
     size_bytes: u64,
     in_use: u32,
     last_used: SystemTime,
-    /// Pulled by this cache (shown in the status; a failed lookup leaves no entry).
-    pulled: bool,
 }
 
 struct Inner {
@@ -67,7 +67,7 @@ impl Drop for ImageGuard {
             entry.in_use = entry.in_use.saturating_sub(1);
             entry.last_used = SystemTime::now();
             // Pinned by an `ensure` that failed before it found the image: forget it.
-            if entry.in_use == 0 && entry.size_bytes == 0 && !entry.pulled {
+            if entry.in_use == 0 && entry.size_bytes == 0 {
                 e.remove(&self.image);
             }
         }
@@ -121,19 +121,15 @@ impl ImageCache {
         // Pin first: from here on no eviction removes it, even before it is looked up.
         {
             let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = e.entry(image.clone()).or_insert(Entry {
-                size_bytes: 0,
-                in_use: 0,
-                last_used: SystemTime::now(),
-                pulled: false,
-            });
+            let entry =
+                e.entry(image.clone()).or_insert(Entry { size_bytes: 0, in_use: 0, last_used: SystemTime::now() });
             entry.in_use += 1;
         }
         let guard = ImageGuard { inner: self.inner.clone(), image: image.clone() };
-        let (size, pulled) = match self.local_size(&image).await? {
+        let size = match self.local_size(&image).await? {
             Some(size) => {
                 self.inner.metrics.image_hits.inc();
-                (size, false)
+                size
             }
             None => {
                 let lock = {
@@ -145,16 +141,15 @@ impl ImageCache {
                     // Pulled by whoever held the lock before us.
                     Some(size) => {
                         self.inner.metrics.image_hits.inc();
-                        (size, false)
+                        size
                     }
                     None => {
                         self.inner.metrics.image_misses.inc();
                         self.pull(&image).await?;
-                        let size = self.local_size(&image).await?.ok_or_else(|| ExecError::Image {
+                        self.local_size(&image).await?.ok_or_else(|| ExecError::Image {
                             image: image.clone(),
                             reason: "pulled, but the engine does not list it".into(),
-                        })?;
-                        (size, true)
+                        })?
                     }
                 }
             }
@@ -163,7 +158,6 @@ impl ImageCache {
             let mut e = self.inner.entries.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(entry) = e.get_mut(&image) {
                 entry.size_bytes = size;
-                entry.pulled |= pulled;
                 entry.last_used = SystemTime::now();
             }
         }
