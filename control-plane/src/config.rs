@@ -12,6 +12,7 @@
 //! idempotency_window = "24h"
 //! retention = "7d"
 //! cache_capacity = "64 MiB"
+//! dial = { "127.0.0.1:7410" = "127.0.0.1:9410" }  # reach a peer through a proxy
 //! ```
 
 use std::collections::BTreeMap;
@@ -78,6 +79,10 @@ pub struct ServerConfig {
     pub cache_capacity: bytesize::ByteSize,
     #[serde(default)]
     pub raft: RaftTuning,
+    /// Dial overrides: a peer's advertised `HOST:PORT` → the `HOST:PORT` to connect to
+    /// instead (a proxy or tunnel). TLS still verifies the advertised host.
+    #[serde(default)]
+    pub dial: BTreeMap<String, String>,
 }
 
 /// PEM files for mutual TLS: the CA bundle that client and peer certificates must chain

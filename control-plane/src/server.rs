@@ -29,7 +29,7 @@ use crate::leader::quorum_clock::{self, QuorumClock};
 use crate::leader::{LeaderConfig, supervise};
 use crate::metrics::{Metrics, MetricsError};
 use crate::raft::batcher::Batcher;
-use crate::raft::network::{MAX_RAFT_MESSAGE_BYTES, NetworkFactory};
+use crate::raft::network::{Dialer, MAX_RAFT_MESSAGE_BYTES, NetworkFactory};
 use crate::raft::node::RaftNode;
 use crate::raft::service::RaftService;
 use crate::raft::types::{Node, Raft};
@@ -80,14 +80,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     .validate()
     .map_err(|e| ServerError::Raft(e.to_string()))?;
     let tls = cfg.tls.as_ref().map(NodeTls::load).transpose()?.map(Arc::new);
-    let peer_tls = tls.as_ref().map(|t| t.client.clone());
-    let network = NetworkFactory { tls: peer_tls.clone(), splits: metrics.append_splits.clone() };
+    let dialer = Dialer { tls: tls.as_ref().map(|t| t.client.clone()), overrides: Arc::new(cfg.dial.clone()) };
+    let network = NetworkFactory { dialer: dialer.clone(), splits: metrics.append_splits.clone() };
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm_store)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
     let quorum_timeout = Duration::from_millis(cfg.raft.election_max_ms * 2);
-    let node = Arc::new(RaftNode::new(cfg.node_id, raft.clone(), sm, peer_tls, cfg.propose_timeout, quorum_timeout));
+    let node = Arc::new(RaftNode::new(cfg.node_id, raft.clone(), sm, dialer, cfg.propose_timeout, quorum_timeout));
     let tracker = Arc::new(LeaseTracker::default());
     let quorum = Arc::new(QuorumClock::default());
     let tasks = tokio_util::task::TaskTracker::new();

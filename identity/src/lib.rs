@@ -6,6 +6,7 @@
 //! there is exactly one definition of who may be named what.
 
 pub mod certs;
+pub mod dial;
 
 use std::fmt;
 use std::str::FromStr;

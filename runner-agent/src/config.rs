@@ -87,6 +87,11 @@ pub struct AgentConfig {
     /// Docker network mode for task containers ("none" isolates them).
     #[serde(default = "d_network")]
     pub network_mode: String,
+    /// Dial overrides: a control-plane node's advertised `HOST:PORT` (as configured or
+    /// as a leader hint names it) → the `HOST:PORT` to connect to instead (a proxy or
+    /// tunnel). TLS still verifies the advertised host.
+    #[serde(default)]
+    pub dial: BTreeMap<String, String>,
 }
 
 /// Limits for tasks whose code sets none.

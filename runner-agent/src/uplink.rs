@@ -48,6 +48,8 @@ impl UplinkError {
 
 pub struct Uplink {
     addrs: Vec<String>,
+    /// `[dial]` overrides: advertised address → address to connect to.
+    dial: std::collections::BTreeMap<String, String>,
     tls: Option<ClientTlsConfig>,
     /// Sent as metadata in development mode (no certificate).
     dev_agent_id: Option<String>,
@@ -92,6 +94,7 @@ impl Uplink {
         };
         Ok(Uplink {
             addrs: cfg.control_plane.clone(),
+            dial: cfg.dial.clone(),
             tls,
             dev_agent_id: cfg.dev_agent_id.clone(),
             agent_id,
@@ -107,15 +110,20 @@ impl Uplink {
 
     fn channel(&self, addr: &str) -> Result<Channel, UplinkError> {
         let bad = |reason: String| UplinkError::Address { addr: addr.to_string(), reason };
+        let target = drover_identity::dial::resolve(&self.dial, addr);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{}", target.connect))
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         if let Some(tls) = &self.tls {
-            ep = ep.tls_config(tls.clone()).map_err(|e| bad(e.to_string()))?;
+            let tls = match target.server_name {
+                Some(name) => tls.clone().domain_name(name),
+                None => tls.clone(),
+            };
+            ep = ep.tls_config(tls).map_err(|e| bad(e.to_string()))?;
         }
         Ok(ep.connect_lazy())
     }

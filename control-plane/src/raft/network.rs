@@ -34,6 +34,13 @@ pub const APPEND_TARGET_BYTES: usize = 8 * 1024 * 1024;
 /// server certificate.
 pub type PeerTls = Option<ClientTlsConfig>;
 
+/// How this node reaches its peers: TLS settings and the `[dial]` overrides.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    pub tls: PeerTls,
+    pub overrides: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+}
+
 /// For an AppendEntries of `entries` entries encoded in `bytes`: None when it may be
 /// sent, or how many entries to send instead (at least one, fewer than now).
 fn entries_that_fit(entries: usize, bytes: usize) -> Option<usize> {
@@ -41,15 +48,21 @@ fn entries_that_fit(entries: usize, bytes: usize) -> Option<usize> {
         .then(|| (entries.saturating_mul(APPEND_TARGET_BYTES) / bytes).clamp(1, entries - 1))
 }
 
-/// A lazily connecting channel to a peer's gRPC listener.
-pub fn channel(addr: &str, tls: &PeerTls) -> Result<Channel, tonic::transport::Error> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?
+/// A lazily connecting channel to the peer advertised at `addr` (through its dial
+/// override, if any).
+pub fn channel(addr: &str, dialer: &Dialer) -> Result<Channel, tonic::transport::Error> {
+    let target = drover_identity::dial::resolve(&dialer.overrides, addr);
+    let scheme = if dialer.tls.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{}", target.connect))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10));
-    if let Some(tls) = tls {
-        ep = ep.tls_config(tls.clone())?;
+    if let Some(tls) = &dialer.tls {
+        let tls = match target.server_name {
+            Some(name) => tls.clone().domain_name(name),
+            None => tls.clone(),
+        };
+        ep = ep.tls_config(tls)?;
     }
     Ok(ep.connect_lazy())
 }
@@ -62,7 +75,7 @@ pub fn raft_client(ch: Channel) -> RaftClient<Channel> {
 
 #[derive(Clone)]
 pub struct NetworkFactory {
-    pub tls: PeerTls,
+    pub dialer: Dialer,
     /// Counts AppendEntries split for size.
     pub splits: prometheus::IntCounter,
 }
@@ -71,14 +84,20 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), tls: self.tls.clone(), client: None, splits: self.splits.clone() }
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            dialer: self.dialer.clone(),
+            client: None,
+            splits: self.splits.clone(),
+        }
     }
 }
 
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-    tls: PeerTls,
+    dialer: Dialer,
     client: Option<RaftClient<Channel>>,
     splits: prometheus::IntCounter,
 }
@@ -90,7 +109,7 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ch = channel(&self.addr, &self.tls).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let ch = channel(&self.addr, &self.dialer).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let c = raft_client(ch);
         self.client = Some(c.clone());
         Ok(c)

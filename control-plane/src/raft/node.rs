@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use super::codec;
-use super::network::{PeerTls, channel, raft_client};
+use super::network::{Dialer, channel, raft_client};
 use super::types::{Node, NodeId, Raft};
 use crate::state::{Command, Proposal, Request, Response};
 use crate::storage::sm_store::SmShared;
@@ -61,7 +61,7 @@ pub struct RaftNode {
     pub propose_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses proposals.
     pub quorum_timeout: Duration,
-    tls: PeerTls,
+    dialer: Dialer,
     peers: Mutex<HashMap<String, RaftClient<Channel>>>,
 }
 
@@ -70,11 +70,11 @@ impl RaftNode {
         id: NodeId,
         raft: Raft,
         sm: Arc<SmShared>,
-        tls: PeerTls,
+        dialer: Dialer,
         propose_timeout: Duration,
         quorum_timeout: Duration,
     ) -> Self {
-        Self { id, raft, sm, tls, propose_timeout, quorum_timeout, peers: Mutex::new(HashMap::new()) }
+        Self { id, raft, sm, dialer, propose_timeout, quorum_timeout, peers: Mutex::new(HashMap::new()) }
     }
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, Node> {
@@ -111,7 +111,7 @@ impl RaftNode {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ch = channel(addr, &self.tls).map_err(|e| ProposeError::Raft(e.to_string()))?;
+        let ch = channel(addr, &self.dialer).map_err(|e| ProposeError::Raft(e.to_string()))?;
         let c = raft_client(ch);
         peers.insert(addr.to_string(), c.clone());
         Ok(c)
