@@ -76,6 +76,14 @@ impl Cluster {
                 ));
             }
         }
+        if let Some(net) = self.net() {
+            let dial: Vec<String> = self
+                .ids()
+                .into_iter()
+                .map(|n| Ok(format!("{:?} = {:?}", self.addr(n), net.link(&crate::net::agent(&id), n, self.addr(n))?.addr())))
+                .collect::<std::io::Result<_>>()?;
+            toml.push_str(&format!("dial = {{ {} }}\n", dial.join(", ")));
+        }
         toml.push_str(&opts.extra_config);
         toml.push('\n');
         let config = base.join("agent.toml");

@@ -14,6 +14,7 @@ use drover_identity::certs::{self, LeafSpec, Pem};
 use drover_identity::{Role, SpiffeId};
 
 use crate::clients::{self, Creds};
+use crate::net::{self, Net};
 
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -24,11 +25,14 @@ pub struct ClusterOptions {
     pub extra_config: String,
     /// Mutual TLS with a CA made for the cluster (otherwise plaintext development mode).
     pub tls: bool,
+    /// Route every server→server, agent→server and client→server connection through a
+    /// fault proxy ([`crate::net::Net`]); the value seeds the proxies' jitter.
+    pub proxied: Option<u64>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 3, lease_ttl: None, extra_config: String::new(), tls: false }
+        Self { nodes: 3, lease_ttl: None, extra_config: String::new(), tls: false, proxied: None }
     }
 }
 
@@ -51,6 +55,8 @@ pub struct Cluster {
     opts: ClusterOptions,
     /// The cluster's CA in TLS mode.
     ca: Option<Pem>,
+    /// The fault proxies, when started with `proxied`.
+    net: Option<std::sync::Arc<Net>>,
 }
 
 /// A loopback port free at the time of the call, never handed out twice by this process
@@ -88,12 +94,21 @@ impl Cluster {
     pub async fn start(bin: &Path, opts: ClusterOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("drover-cluster-").tempdir()?;
         let ca = if opts.tls { Some(certs::new_ca("drover test CA", 30)?) } else { None };
-        let mut c = Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone(), ca };
+        let net = opts.proxied.map(|seed| std::sync::Arc::new(Net::new(seed)));
+        let mut c = Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone(), ca, net };
         let mut members = BTreeMap::new();
         for id in 1..=opts.nodes {
             let n = c.make_node(id)?;
             members.insert(id, n.addr.clone());
             c.nodes.insert(id, n);
+        }
+        if let Some(net) = &c.net {
+            for (to, addr) in &members {
+                net.link(net::CLIENT, *to, addr)?;
+                for from in members.keys().filter(|f| *f != to) {
+                    net.link(&net::server(*from), *to, addr)?;
+                }
+            }
         }
         for id in 1..=opts.nodes {
             c.write_config(id, &members)?;
@@ -148,6 +163,14 @@ impl Cluster {
         if let Some(ttl) = &self.opts.lease_ttl {
             toml.push_str(&format!("lease_ttl = \"{ttl}\"\n"));
         }
+        if let Some(net) = &self.net {
+            let dial: Vec<String> = members
+                .iter()
+                .filter(|(to, _)| **to != id)
+                .map(|(to, addr)| Ok(format!("{addr:?} = {:?}", net.link(&net::server(id), *to, addr)?.addr())))
+                .collect::<std::io::Result<_>>()?;
+            toml.push_str(&format!("dial = {{ {} }}\n", dial.join(", ")));
+        }
         toml.push_str(&self.opts.extra_config);
         toml.push('\n');
         if !members.is_empty() {
@@ -187,6 +210,16 @@ impl Cluster {
 
     pub fn addr(&self, id: u64) -> &str {
         &self.nodes[&id].addr
+    }
+
+    /// The fault proxies of a cluster started with `proxied`.
+    pub fn net(&self) -> Option<&std::sync::Arc<Net>> {
+        self.net.as_ref()
+    }
+
+    /// Where a test client reaches node `id`: through its client link when proxied.
+    pub fn client_addr(&self, id: u64) -> String {
+        self.net.as_ref().and_then(|n| n.client_addr(id)).unwrap_or_else(|| self.addr(id).to_string())
     }
 
     pub fn http(&self, id: u64) -> &str {

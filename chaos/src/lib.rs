@@ -13,6 +13,8 @@
 pub mod agents;
 pub mod clients;
 pub mod cluster;
+pub mod net;
+pub mod proxy;
 
 pub use agents::{AgentOptions, AgentProc};
 pub use cluster::{Cluster, ClusterOptions};

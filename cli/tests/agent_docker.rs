@@ -17,7 +17,7 @@ async fn cluster(nodes: u64, ttl: &str, tls: bool) -> Cluster {
 
 async fn cluster_with(nodes: u64, ttl: &str, tls: bool, extra_config: &str) -> Cluster {
     let extra_config = extra_config.to_string();
-    common::cluster(ClusterOptions { nodes, lease_ttl: Some(ttl.into()), tls, extra_config }).await
+    common::cluster(ClusterOptions { nodes, lease_ttl: Some(ttl.into()), tls, extra_config, proxied: None }).await
 }
 
 #[tokio::test]

@@ -131,6 +131,7 @@ async fn idle_cluster() -> Cluster {
         lease_ttl: Some(format!("{}ms", TTL.as_millis())),
         tls: true,
         extra_config: format!("max_lease_wait = \"{}ms\"", MAX_LEASE_WAIT.as_millis()),
+        proxied: None,
     })
     .await
 }

@@ -48,6 +48,7 @@ async fn fencing_cluster() -> Cluster {
         lease_ttl: Some(format!("{}ms", TTL.as_millis())),
         tls: true,
         extra_config,
+        proxied: None,
     })
     .await
 }
