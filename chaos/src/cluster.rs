@@ -57,6 +57,8 @@ pub struct Cluster {
     ca: Option<Pem>,
     /// The fault proxies, when started with `proxied`.
     net: Option<std::sync::Arc<Net>>,
+    /// Keep the directory (logs, data, certificates) when dropped.
+    keep: bool,
 }
 
 /// A loopback port free at the time of the call, never handed out twice by this process
@@ -95,7 +97,7 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("drover-cluster-").tempdir()?;
         let ca = if opts.tls { Some(certs::new_ca("drover test CA", 30)?) } else { None };
         let net = opts.proxied.map(|seed| std::sync::Arc::new(Net::new(seed)));
-        let mut c = Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone(), ca, net };
+        let mut c = Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone(), ca, net, keep: false };
         let mut members = BTreeMap::new();
         for id in 1..=opts.nodes {
             let n = c.make_node(id)?;
@@ -232,6 +234,18 @@ impl Cluster {
 
     pub fn running_ids(&self) -> Vec<u64> {
         self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    /// Keeps the cluster's directory (every log, data dir and certificate) after drop;
+    /// returns its path.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        self.keep = true;
+        self.dir.path().to_path_buf()
+    }
+
+    /// A node's whole server log.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default()
     }
 
     /// The server log of a node, for failure messages.
@@ -520,9 +534,11 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
-        if std::env::var_os("DROVER_KEEP_TEST_DIRS").is_some() {
+        if self.keep || std::env::var_os("DROVER_KEEP_TEST_DIRS").is_some() {
             let path = self.dir.path().to_path_buf();
-            eprintln!("keeping cluster dir {}", path.display());
+            if !self.keep {
+                eprintln!("keeping cluster dir {}", path.display());
+            }
             std::mem::forget(std::mem::replace(&mut self.dir, tempfile::TempDir::new().expect("temp dir")));
         }
     }

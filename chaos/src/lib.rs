@@ -11,10 +11,16 @@
 //! Every process is killed and reaped when the [`Cluster`] is dropped.
 
 pub mod agents;
+pub mod check;
 pub mod clients;
+pub mod history;
 pub mod cluster;
 pub mod net;
 pub mod proxy;
+pub mod run;
+pub mod scenario;
+pub mod witness;
+pub mod workload;
 
 pub use agents::{AgentOptions, AgentProc};
 pub use cluster::{Cluster, ClusterOptions};

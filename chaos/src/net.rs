@@ -96,6 +96,11 @@ impl Net {
         self.set_where(fault, |_, _| true)
     }
 
+    /// Every link.
+    pub fn all_links(&self) -> Vec<Arc<Link>> {
+        self.lock().values().cloned().collect()
+    }
+
     /// Links currently not passing traffic, as `from->to: fault`.
     pub fn faulted(&self) -> Vec<String> {
         self.lock()

@@ -1,0 +1,127 @@
+//! The recorded history of a run: every client operation (invoke, then `ok`, `fail`, or
+//! `info` when the outcome is unknown) and every fault the nemesis injects, as JSON
+//! lines with milliseconds since the run started.
+//!
+//! A `fail` means the operation certainly did not take effect (the server refused it
+//! before proposing); `info` means it may or may not have (a timeout, a lost
+//! connection). Checkers must treat `info` operations as possibly applied.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Invoke,
+    Ok,
+    Fail,
+    Info,
+}
+
+/// What was done. Completions repeat the invocation's fields, so each line stands alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// QueueTasks of one task with an idempotency key; `task` is the id acknowledged.
+    Queue {
+        key: String,
+        payload_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<u64>,
+    },
+    /// GetTask: what a client saw.
+    Get {
+        task: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<TaskView>,
+    },
+    /// A fault injected (or healed) by the nemesis.
+    Nemesis { action: String },
+}
+
+/// The parts of a task the checkers compare.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub state: String,
+    pub exit_code: i32,
+    pub attempts: u32,
+    pub lost_leases: u32,
+    pub payload_id: Option<u64>,
+}
+
+impl TaskView {
+    pub fn terminal(&self) -> bool {
+        !matches!(self.state.as_str(), "queued" | "delayed" | "running")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub t_ms: u64,
+    pub process: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    #[serde(flatten)]
+    pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Appends events to memory and to a JSON-lines file.
+#[derive(Clone)]
+pub struct History {
+    start: Instant,
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    events: Vec<Event>,
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl History {
+    pub fn create(path: &Path, start: Instant) -> std::io::Result<Self> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        Ok(History { start, inner: Arc::new(Mutex::new(Inner { events: Vec::new(), file })) })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn record(&self, process: &str, kind: Kind, op: Op, error: Option<String>) -> Event {
+        let e = Event { t_ms: self.now_ms(), process: process.to_string(), kind, op, error };
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(line) = serde_json::to_string(&e) {
+            let _ = writeln!(inner.file, "{line}");
+        }
+        inner.events.push(e.clone());
+        e
+    }
+
+    pub fn nemesis(&self, action: impl Into<String>) {
+        self.record("nemesis", Kind::Info, Op::Nemesis { action: action.into() }, None);
+    }
+
+    /// The last event `process` recorded.
+    pub fn last_of(&self, process: &str) -> Option<Event> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.events.iter().rev().find(|e| e.process == process).cloned()
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = inner.file.flush();
+        inner.events.clone()
+    }
+
+    /// Reads a history file back (for `drover-chaos check`).
+    pub fn read(path: &Path) -> anyhow::Result<Vec<Event>> {
+        let text = std::fs::read_to_string(path)?;
+        text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    }
+}

@@ -1,0 +1,548 @@
+//! One chaos run: a TLS cluster whose every link goes through a fault proxy, real agents
+//! running real containers that report to the witness, the client workload, the
+//! scenario's nemesis, then heal, settle and check.
+//!
+//! Every process is stopped when the run ends, also when it fails or is dropped
+//! (Ctrl-C): the [`Cluster`] and [`AgentProc`] values own them. A failing or invalid run
+//! keeps its folder (history, witness log, every node's and agent's log and data dir)
+//! and its report prints the command that replays its fault schedule.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use drover_proto::admin as pa;
+use drover_proto::v1 as pv;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::{self, Finding, Inputs, settle::Settled};
+use crate::history::{Event, History, Kind, Op};
+use crate::proxy::Fault;
+use crate::scenario::Scenario;
+use crate::witness::{self, Witness};
+use crate::workload::{self, WorkloadConfig};
+use crate::{AgentOptions, AgentProc, Cluster, ClusterOptions, eventually};
+
+/// The image the witness code runs in (imported from the static busybox; nothing pulled).
+pub const IMAGE: &str = "drover-test/busybox:1";
+/// Acknowledged queue calls needed before the first fault for a run to count.
+const LOAD_FLOOR: usize = 5;
+const SETTLE: Duration = Duration::from_secs(60);
+const LEASE_TTL: Duration = Duration::from_secs(3);
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub duration: Duration,
+    pub servers: u64,
+    pub agents: usize,
+    /// The `drover` binary.
+    pub drover: PathBuf,
+    /// Where run folders are made.
+    pub out: PathBuf,
+    /// Keep the folder of a passing run too.
+    pub keep: bool,
+}
+
+impl RunOptions {
+    /// The command that replays this run's fault schedule.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "drover-chaos run --scenario {} --seed {} --duration {} --servers {} --agents {}",
+            self.scenario.name(),
+            self.seed,
+            humantime::format_duration(self.duration),
+            self.servers,
+            self.agents
+        )
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub operations: usize,
+    pub queued_ok: usize,
+    pub queued_unknown: usize,
+    pub reads_ok: usize,
+    pub faults: usize,
+    pub executions: usize,
+    pub tasks: usize,
+    pub leader_changes: u64,
+    /// Per leader kill: milliseconds until the first write invoked after it succeeded.
+    pub write_recovery_ms: Vec<u64>,
+    pub converge_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub seed: u64,
+    pub duration_s: u64,
+    /// Why the run does not count (its faults did not happen, or too little load).
+    pub invalid: Option<String>,
+    pub findings: Vec<Finding>,
+    pub stats: Stats,
+    pub wall_s: f64,
+    pub replay: String,
+    /// The kept folder (failing, invalid or `--keep` runs).
+    pub kept: Option<PathBuf>,
+}
+
+impl Report {
+    pub fn violations(&self) -> usize {
+        self.findings.iter().map(|f| f.violations).sum()
+    }
+
+    pub fn passed(&self) -> bool {
+        self.invalid.is_none() && self.violations() == 0
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "{} seed {}: {} ({:.0} s; {} ops, {} tasks acknowledged, {} unknown, {} executions, {} faults, {} leader changes)\n",
+            self.scenario,
+            self.seed,
+            if self.passed() {
+                "PASS".to_string()
+            } else if let Some(why) = &self.invalid {
+                format!("INVALID: {why}")
+            } else {
+                format!("FAIL: {} violations", self.violations())
+            },
+            self.wall_s,
+            self.stats.operations,
+            self.stats.queued_ok,
+            self.stats.queued_unknown,
+            self.stats.executions,
+            self.stats.faults,
+            self.stats.leader_changes,
+        );
+        for f in &self.findings {
+            s.push_str(&format!("  {:<58} {}\n", f.invariant, f.violations));
+            for e in &f.examples {
+                s.push_str(&format!("      {e}\n"));
+            }
+        }
+        if !self.stats.write_recovery_ms.is_empty() {
+            s.push_str(&format!("  writes accepted again after leader kill (ms): {:?}\n", self.stats.write_recovery_ms));
+        }
+        if let Some(ms) = self.stats.converge_ms {
+            s.push_str(&format!("  members converged {ms} ms after heal\n"));
+        }
+        if let Some(dir) = &self.kept {
+            s.push_str(&format!("  kept: {}\n", dir.display()));
+        }
+        if !self.passed() {
+            s.push_str(&format!("  replay: {}\n", self.replay));
+        }
+        s
+    }
+}
+
+/// Where the nemesis is in its schedule (so heal knows what to undo).
+#[derive(Default)]
+struct Damage {
+    killed: Vec<u64>,
+    paused: Vec<u64>,
+    paused_agents: Vec<usize>,
+    net: bool,
+}
+
+pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
+    let began = Instant::now();
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let folder = tempfile::Builder::new()
+        .prefix(&format!("{}-{}-", opts.scenario.name(), opts.seed))
+        .tempdir_in(&opts.out)?;
+    let history = History::create(&folder.path().join("history.jsonl"), began)?;
+
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .context("this run needs a Docker engine (bash deploy/docker-up.sh)")?
+        .negotiate_version()
+        .await
+        .context("this run needs a running Docker engine (bash deploy/docker-up.sh)")?;
+    drover_runner_agent::executor::import::ensure_busybox_image(&docker, IMAGE)
+        .await
+        .with_context(|| format!("importing {IMAGE} from /bin/busybox"))?;
+
+    let witness = Witness::start(began).await?;
+    let mut cluster = Cluster::start(
+        &opts.drover,
+        ClusterOptions {
+            nodes: opts.servers,
+            lease_ttl: Some(format!("{}ms", LEASE_TTL.as_millis())),
+            extra_config: "max_lease_wait = \"2s\"\n".into(),
+            tls: true,
+            proxied: Some(opts.seed),
+        },
+    )
+    .await?;
+    let outcome = drive(opts, &history, &witness, &mut cluster, began).await;
+    witness.shutdown().await;
+    let (executions, still_running) = witness.executions();
+    write_lines(&folder.path().join("witness.jsonl"), executions.iter().chain(&still_running))?;
+
+    let (mut inputs, stats, invalid) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            let kept = keep(folder, &mut cluster)?;
+            return Err(e.context(format!("run folder kept at {}; replay: {}", kept.display(), opts.replay_command())));
+        }
+    };
+    inputs.events = history.events();
+    inputs.executions = executions;
+    inputs.still_running = still_running;
+    inputs.overlap_allowance_ms = u64::try_from((STOP_GRACE + Duration::from_millis(700)).as_millis()).unwrap_or(0);
+    let findings = check::check_all(&inputs);
+    let mut stats = stats;
+    stats.executions = inputs.executions.len() + inputs.still_running.len();
+    stats.tasks = inputs.final_tasks.len();
+    let mut report = Report {
+        scenario: opts.scenario.name(),
+        seed: opts.seed,
+        duration_s: opts.duration.as_secs(),
+        invalid,
+        findings,
+        stats,
+        wall_s: began.elapsed().as_secs_f64(),
+        replay: opts.replay_command(),
+        kept: None,
+    };
+    std::fs::write(folder.path().join("summary.json"), serde_json::to_vec_pretty(&report)?)?;
+    if !report.passed() || opts.keep {
+        report.kept = Some(keep(folder, &mut cluster)?);
+    }
+    Ok(report)
+}
+
+/// Keeps the run folder and moves the cluster's folder (logs, data dirs) into it.
+fn keep(folder: tempfile::TempDir, cluster: &mut Cluster) -> anyhow::Result<PathBuf> {
+    let path = folder.keep();
+    let cluster_dir = cluster.keep_dir();
+    let _ = std::os::unix::fs::symlink(&cluster_dir, path.join("cluster"));
+    Ok(path)
+}
+
+fn write_lines<T: Serialize>(path: &Path, items: impl Iterator<Item = T>) -> anyhow::Result<()> {
+    let mut out = String::new();
+    for i in items {
+        out.push_str(&serde_json::to_string(&i)?);
+        out.push('\n');
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+async fn leader_term(cluster: &Cluster) -> anyhow::Result<(u64, u64)> {
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
+    Ok((leader, cluster.status(leader).await?.term))
+}
+
+/// Sets up the tenant, code and agents, runs workload and nemesis, heals, settles.
+async fn drive(
+    opts: &RunOptions,
+    history: &History,
+    witness: &Witness,
+    cluster: &mut Cluster,
+    began: Instant,
+) -> anyhow::Result<(Inputs, Stats, Option<String>)> {
+    let first = cluster.ids()[0];
+    let mut admin = cluster.admin(first)?;
+    admin.upsert_tenant(pa::UpsertTenantRequest { id: workload::TENANT.into(), ..Default::default() }).await?;
+    let mut tenant = cluster.tenant(first, workload::TENANT)?;
+    tenant
+        .register_code(pv::RegisterCodeRequest {
+            name: workload::CODE.into(),
+            image: IMAGE.into(),
+            command: vec!["sh".into(), "-c".into(), witness::SCRIPT.into()],
+            env: [("WITNESS_PORT".to_string(), witness.port.to_string())].into(),
+            ..Default::default()
+        })
+        .await?;
+    let mut agents = Vec::new();
+    for n in 0..opts.agents {
+        let extra = format!("network_mode = \"host\"\nstop_grace = \"{}ms\"\n", STOP_GRACE.as_millis());
+        agents.push(cluster.start_agent(&format!("chaos{n}"), AgentOptions { slots: 3, extra_config: extra })?);
+    }
+
+    let net = cluster.net().cloned().context("a chaos cluster is proxied")?;
+    let creds = cluster.creds(drover_identity::Role::Tenant, workload::TENANT)?;
+    let addrs: Vec<String> = cluster.ids().into_iter().map(|id| cluster.client_addr(id)).collect();
+    let wl = WorkloadConfig {
+        addrs: addrs.clone(),
+        creds: creds.clone(),
+        clients: 2,
+        pace: Duration::from_millis(250),
+        ticks: 2..=12,
+        seed: opts.seed,
+    };
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(workload::run(wl, history.clone(), stop.clone()));
+
+    // Quiet until the load floor is reached.
+    let floor = eventually(Duration::from_secs(30), "the load floor before the first fault", || async {
+        let acked = check::acknowledged(&history.events()).count();
+        (acked >= LOAD_FLOOR).then_some(acked)
+    })
+    .await;
+    let (_, term_before) = leader_term(cluster).await?;
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut damage = Damage::default();
+    let until = Instant::now() + opts.duration;
+    let mut faults = 0usize;
+    let mut kills = Vec::new();
+    let mut rolling = 0usize;
+    let nemesis = async {
+        while Instant::now() < until {
+            tokio::time::sleep(opts.scenario.quiet(&mut rng)).await;
+            if Instant::now() >= until {
+                break;
+            }
+            let hold = opts.scenario.hold(LEASE_TTL, &mut rng);
+            let (leader, _) = match leader_term(cluster).await {
+                Ok(l) => l,
+                Err(e) => {
+                    history.nemesis(format!("no leader before a fault: {e}"));
+                    continue;
+                }
+            };
+            let action = inject(opts.scenario, cluster, &agents, &net, leader, &mut rng, &mut damage, &mut rolling)?;
+            let Some(action) = action else { continue };
+            faults += 1;
+            if opts.scenario == Scenario::LeaderKill {
+                kills.push(history.now_ms());
+            }
+            history.nemesis(action);
+            tokio::time::sleep(hold).await;
+            let healed = heal(cluster, &agents, &net, &mut damage)?;
+            history.nemesis(format!("heal: {healed}"));
+        }
+        anyhow::Ok(())
+    };
+    let nemesis_result = nemesis.await;
+    stop.cancel();
+    let _ = load.await;
+    let healed = heal(cluster, &agents, &net, &mut damage)?;
+    history.nemesis(format!("heal all: {healed}"));
+    nemesis_result?;
+    let heal_at = Instant::now();
+
+    // Settle: a write is accepted, all acknowledged work ends, members converge.
+    let mut settled = Settled::default();
+    let mut probe = cluster.tenant(first, workload::TENANT)?;
+    let probe_id = 1_000_000_000 + opts.seed % 1_000_000;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let accepted = loop {
+        if workload::queue_one(history, "settle", &mut probe, "settle-probe", probe_id, 1).await == Kind::Ok {
+            break Ok(());
+        }
+        if Instant::now() >= deadline {
+            break Err("no write accepted within 30 s of heal".to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    settled.write_after_heal = Some(accepted.map(|()| ms(heal_at.elapsed())));
+
+    let final_tasks = settle_tasks(cluster, &mut settled).await?;
+    // Containers of stopped executions end within the stop grace; wait for them.
+    let _ = eventually(Duration::from_secs(20), "no execution still open", || async {
+        witness.executions().1.is_empty().then_some(())
+    })
+    .await;
+    let converged = eventually(Duration::from_secs(30), "identical replicas", || async {
+        cluster.identical_replicas().await.ok().map(|(applied, _)| applied)
+    })
+    .await;
+    settled.converge_ms = converged.is_ok().then(|| ms(heal_at.elapsed()));
+    settled.converged = Some(converged.map_err(|e| format!("{e:#}")));
+    let (_, term_after) = leader_term(cluster).await?;
+
+    let mut logs: Vec<(String, String)> =
+        cluster.ids().into_iter().map(|id| (format!("server {id}"), cluster.log(id))).collect();
+    logs.extend(agents.iter().map(|a| (format!("agent {}", a.id), a.log())));
+    drop(agents);
+
+    let events = history.events();
+    let stats = Stats {
+        operations: events.iter().filter(|e| e.kind == Kind::Invoke).count(),
+        queued_ok: check::acknowledged(&events).count(),
+        queued_unknown: events.iter().filter(|e| e.kind == Kind::Info && matches!(e.op, Op::Queue { .. })).count(),
+        reads_ok: events.iter().filter(|e| e.kind == Kind::Ok && matches!(e.op, Op::Get { .. })).count(),
+        faults,
+        executions: 0,
+        tasks: 0,
+        leader_changes: term_after.saturating_sub(term_before),
+        write_recovery_ms: kills.iter().filter_map(|k| recovery_ms(&events, *k)).collect(),
+        converge_ms: settled.converge_ms,
+    };
+    let invalid = match floor {
+        Err(e) => Some(format!("load floor not reached: {e:#}")),
+        Ok(_) if faults == 0 => Some("no fault was injected".to_string()),
+        Ok(_) if opts.scenario.needs_leader_change() && stats.leader_changes == 0 => {
+            Some("the leader never changed".to_string())
+        }
+        Ok(_) => None,
+    };
+    let _ = began;
+    let inputs = Inputs { final_tasks, logs, settle: settled, ..Default::default() };
+    Ok((inputs, stats, invalid))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Injects the scenario's fault; returns what it did, or None when there was nothing to
+/// do (no agent running a task to pause).
+#[allow(clippy::too_many_arguments)]
+fn inject(
+    scenario: Scenario,
+    cluster: &mut Cluster,
+    agents: &[AgentProc],
+    net: &crate::net::Net,
+    leader: u64,
+    rng: &mut StdRng,
+    damage: &mut Damage,
+    rolling: &mut usize,
+) -> anyhow::Result<Option<String>> {
+    let followers: Vec<u64> = cluster.running_ids().into_iter().filter(|id| *id != leader).collect();
+    Ok(Some(match scenario {
+        Scenario::LeaderKill => {
+            cluster.kill(leader)?;
+            damage.killed.push(leader);
+            format!("kill -9 leader {leader}")
+        }
+        Scenario::FollowerPause => {
+            let f = followers[rng.random_range(0..followers.len())];
+            cluster.pause(f)?;
+            damage.paused.push(f);
+            format!("SIGSTOP follower {f}")
+        }
+        Scenario::LeaderIsolated => {
+            let n = net.isolate_server(leader, Fault::Blackhole);
+            damage.net = true;
+            format!("blackhole leader {leader} from its followers ({n} links)")
+        }
+        Scenario::AgentsCut => {
+            let n = net.cut_agents_from(leader, Fault::Blackhole);
+            damage.net = true;
+            format!("blackhole every agent's link to leader {leader} ({n} links)")
+        }
+        Scenario::AgentPause => {
+            let busy: Vec<usize> = (0..agents.len())
+                .filter(|i| agents[*i].running_containers().map(|c| !c.is_empty()).unwrap_or(false))
+                .collect();
+            let Some(&i) = busy.get(rng.random_range(0..busy.len().max(1))) else { return Ok(None) };
+            agents[i].pause()?;
+            damage.paused_agents.push(i);
+            format!("SIGSTOP agent {} (running tasks)", agents[i].id)
+        }
+        Scenario::RollingRestart => {
+            let ids = cluster.ids();
+            let id = ids[*rolling % ids.len()];
+            *rolling += 1;
+            cluster.stop(id)?;
+            damage.killed.push(id);
+            format!("SIGTERM server {id}{}", if id == leader { " (leader)" } else { "" })
+        }
+        Scenario::DelayResetStorm => {
+            let n = net.all(Fault::Delay { base: Duration::from_millis(20), jitter: Duration::from_millis(40) });
+            let links = net.all_links();
+            let mut reset = Vec::new();
+            for _ in 0..3 {
+                let l = &links[rng.random_range(0..links.len())];
+                l.set(Fault::Reset);
+                reset.push(l.name.clone());
+            }
+            damage.net = true;
+            format!("delay 20±40 ms on {n} links; reset {}", reset.join(", "))
+        }
+    }))
+}
+
+/// Undoes every fault: links pass, paused processes continue, stopped servers restart.
+fn heal(cluster: &mut Cluster, agents: &[AgentProc], net: &crate::net::Net, d: &mut Damage) -> anyhow::Result<String> {
+    let mut did = Vec::new();
+    if std::mem::take(&mut d.net) {
+        net.heal();
+        did.push("links pass".to_string());
+    }
+    for id in std::mem::take(&mut d.paused) {
+        cluster.resume(id)?;
+        did.push(format!("SIGCONT server {id}"));
+    }
+    for i in std::mem::take(&mut d.paused_agents) {
+        agents[i].resume()?;
+        did.push(format!("SIGCONT agent {}", agents[i].id));
+    }
+    for id in std::mem::take(&mut d.killed) {
+        cluster.restart(id)?;
+        did.push(format!("restart server {id}"));
+    }
+    Ok(if did.is_empty() { "nothing".into() } else { did.join(", ") })
+}
+
+/// Milliseconds from `kill_ms` until the first queue call invoked after it succeeded.
+fn recovery_ms(events: &[Event], kill_ms: u64) -> Option<u64> {
+    let mut invoked: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in events {
+        match (e.kind, &e.op) {
+            (Kind::Invoke, Op::Queue { .. }) => {
+                invoked.insert(&e.process, e.t_ms);
+            }
+            (Kind::Ok, Op::Queue { .. }) if invoked.get(e.process.as_str()).is_some_and(|t| *t >= kill_ms) => {
+                return Some(e.t_ms - kill_ms);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Waits (up to the settle deadline) until every task of the workload's tenant has
+/// ended; returns each task's final view (with its payload id).
+async fn settle_tasks(
+    cluster: &Cluster,
+    settled: &mut Settled,
+) -> anyhow::Result<BTreeMap<u64, crate::history::TaskView>> {
+    let first = cluster.ids()[0];
+    let until = Instant::now() + SETTLE;
+    loop {
+        let mut client = cluster.tenant(first, workload::TENANT)?;
+        let tasks = list_all(&mut client).await;
+        if let Ok(tasks) = &tasks {
+            let open: Vec<u64> = tasks.iter().filter(|t| !workload::view(t).terminal()).map(|t| t.id).collect();
+            if open.is_empty() || Instant::now() >= until {
+                settled.unfinished = open;
+                let mut out = BTreeMap::new();
+                for t in tasks {
+                    let full = client.get_task(pv::GetTaskRequest { id: t.id, include_payload: true }).await?;
+                    out.insert(t.id, workload::view(&full.into_inner()));
+                }
+                return Ok(out);
+            }
+        } else if Instant::now() >= until {
+            anyhow::bail!("listing tasks after heal: {:?}", tasks.err());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn list_all(client: &mut crate::clients::Tenant) -> Result<Vec<pv::Task>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut after_id = 0;
+    loop {
+        let page =
+            client.list_tasks(pv::ListTasksRequest { after_id, limit: 500, ..Default::default() }).await?.into_inner();
+        out.extend(page.tasks);
+        if page.next_after_id == 0 {
+            return Ok(out);
+        }
+        after_id = page.next_after_id;
+    }
+}
