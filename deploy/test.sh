@@ -6,7 +6,10 @@
 # Prerequisites are handled here: as root, a missing Docker engine (Debian's docker.io)
 # and busybox-static are installed and dockerd is started when it is not running; as
 # another user, the script says exactly what to run instead.
-# Usage: deploy/test.sh [extra cargo test args]
+# Then the chaos suite (`drover-chaos suite ci`): every fault scenario once against a
+# real 3-server TLS cluster with two agents, its history checked for violations.
+# Usage: deploy/test.sh [extra cargo test args]   (with args, the chaos suite is skipped;
+#        DROVER_CHAOS=0 skips it too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +22,7 @@ bash deploy/docker-up.sh
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@"
+
+if [[ $# -eq 0 && "${DROVER_CHAOS:-1}" != "0" ]]; then
+  target/debug/drover-chaos suite ci --out target/chaos
+fi

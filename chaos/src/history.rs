@@ -39,6 +39,15 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seen: Option<TaskView>,
     },
+    /// A call replayed for a replaced lease (see `zombie`); `accepted` when answered.
+    Stale {
+        task: u64,
+        epoch: u64,
+        agent: String,
+        call: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accepted: Option<bool>,
+    },
     /// A fault injected (or healed) by the nemesis.
     Nemesis { action: String },
 }

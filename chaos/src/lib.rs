@@ -21,6 +21,7 @@ pub mod run;
 pub mod scenario;
 pub mod witness;
 pub mod workload;
+pub mod zombie;
 
 pub use agents::{AgentOptions, AgentProc};
 pub use cluster::{Cluster, ClusterOptions};

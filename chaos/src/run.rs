@@ -24,6 +24,7 @@ use crate::proxy::Fault;
 use crate::scenario::Scenario;
 use crate::witness::{self, Witness};
 use crate::workload::{self, WorkloadConfig};
+use crate::zombie;
 use crate::{AgentOptions, AgentProc, Cluster, ClusterOptions, eventually};
 
 /// The image the witness code runs in (imported from the static busybox; nothing pulled).
@@ -47,13 +48,24 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Keep the folder of a passing run too.
     pub keep: bool,
+    /// Deliberate defects the servers run with (debug builds; see [`BREAKS`]).
+    pub breaks: Vec<String>,
 }
+
+/// Deliberate defects a debug `drover server` accepts (`[test_breaks]`), each with the
+/// invariant that must catch it and the scenario that exposes it.
+pub const BREAKS: [(&str, &str, Scenario); 3] = [
+    ("accept-stale-epochs", "no stale-epoch call accepted", Scenario::AgentsCut),
+    ("ack-before-commit", "no acknowledged task lost", Scenario::LeaderKill),
+    ("renew-without-quorum", "executions of a task never overlap", Scenario::LeaderIsolated),
+];
 
 impl RunOptions {
     /// The command that replays this run's fault schedule.
     pub fn replay_command(&self) -> String {
+        let breaks: String = self.breaks.iter().map(|b| format!(" --break {b}")).collect();
         format!(
-            "drover-chaos run --scenario {} --seed {} --duration {} --servers {} --agents {}",
+            "drover-chaos run --scenario {} --seed {} --duration {} --servers {} --agents {}{breaks}",
             self.scenario.name(),
             self.seed,
             humantime::format_duration(self.duration),
@@ -170,13 +182,21 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         .await
         .with_context(|| format!("importing {IMAGE} from /bin/busybox"))?;
 
+    let mut extra = "max_lease_wait = \"2s\"\n".to_string();
+    if !opts.breaks.is_empty() {
+        extra.push_str("[test_breaks]\n");
+        for b in &opts.breaks {
+            anyhow::ensure!(BREAKS.iter().any(|(name, ..)| name == b), "unknown break {b:?}");
+            extra.push_str(&format!("{} = true\n", b.replace('-', "_")));
+        }
+    }
     let witness = Witness::start(began).await?;
     let mut cluster = Cluster::start(
         &opts.drover,
         ClusterOptions {
             nodes: opts.servers,
             lease_ttl: Some(format!("{}ms", LEASE_TTL.as_millis())),
-            extra_config: "max_lease_wait = \"2s\"\n".into(),
+            extra_config: extra,
             tls: true,
             proxied: Some(opts.seed),
         },
@@ -283,6 +303,22 @@ async fn drive(
     };
     let stop = CancellationToken::new();
     let load = tokio::spawn(workload::run(wl, history.clone(), stop.clone()));
+    // The zombie goes on through the settle phase, when re-leased tasks run.
+    let zombie_stop = CancellationToken::new();
+    let zombie_agents = agents
+        .iter()
+        .map(|a| Ok((a.id.clone(), cluster.creds(drover_identity::Role::Agent, &a.id)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let zombie = tokio::spawn(zombie::run(
+        zombie::ZombieConfig {
+            addrs: addrs.clone(),
+            agents: zombie_agents,
+            via: cluster.ids().into_iter().map(|id| (cluster.addr(id).to_string(), cluster.client_addr(id))).collect(),
+        },
+        witness.clone(),
+        history.clone(),
+        zombie_stop.clone(),
+    ));
 
     // Quiet until the load floor is reached.
     let floor = eventually(Duration::from_secs(30), "the load floor before the first fault", || async {
@@ -348,7 +384,10 @@ async fn drive(
     };
     settled.write_after_heal = Some(accepted.map(|()| ms(heal_at.elapsed())));
 
-    let final_tasks = settle_tasks(cluster, &mut settled).await?;
+    let final_tasks = settle_tasks(cluster, &mut settled).await;
+    zombie_stop.cancel();
+    let _ = zombie.await;
+    let final_tasks = final_tasks?;
     // Containers of stopped executions end within the stop grace; wait for them.
     let _ = eventually(Duration::from_secs(20), "no execution still open", || async {
         witness.executions().1.is_empty().then_some(())

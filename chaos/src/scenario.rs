@@ -84,7 +84,9 @@ impl Scenario {
             Scenario::LeaderIsolated | Scenario::AgentsCut | Scenario::AgentPause => {
                 ms(ttl_ms * 3 / 2, ttl_ms * 5 / 2)
             }
-            Scenario::RollingRestart => ms(200, 1_000),
+            // Past the election timeout, so a stopped leader is replaced (a leader back
+            // within it resumes its term: openraft restores a committed vote).
+            Scenario::RollingRestart => ms(1_500, 3_000),
             Scenario::DelayResetStorm => ms(3_000, 6_000),
         }
     }

@@ -83,6 +83,9 @@ pub struct ServerConfig {
     /// instead (a proxy or tunnel). TLS still verifies the advertised host.
     #[serde(default)]
     pub dial: BTreeMap<String, String>,
+    /// Deliberate defects for the chaos suite's self-test; debug builds only.
+    #[serde(default)]
+    pub test_breaks: crate::test_breaks::TestBreaks,
 }
 
 /// PEM files for mutual TLS: the CA bundle that client and peer certificates must chain
@@ -163,6 +166,9 @@ impl ServerConfig {
         let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
         if self.node_id == 0 {
             return bad("node_id", "must be positive".into());
+        }
+        if self.test_breaks.any() && !cfg!(debug_assertions) {
+            return bad("test_breaks", "deliberate defects are accepted by debug builds only".into());
         }
         match (&self.tls, self.dev_insecure) {
             (None, false) => {

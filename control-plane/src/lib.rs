@@ -12,6 +12,8 @@
 //! * [`tls`] — mutual-TLS material for the listener and for dialling peers.
 //! * [`config`], [`metrics`], [`http`], [`server`] — validated config, Prometheus
 //!   registry, side HTTP listener, wiring and shutdown.
+//! * [`test_breaks`] — deliberate defects (debug builds only) that prove the chaos
+//!   checker can fail.
 
 pub mod api;
 pub mod config;
@@ -25,4 +27,5 @@ pub mod state;
 // bytes); boxing them is not ours to choose.
 #[allow(clippy::result_large_err)]
 pub mod storage;
+pub mod test_breaks;
 pub mod tls;

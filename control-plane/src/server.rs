@@ -101,6 +101,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             lease_ttl: cfg.lease_ttl,
             max_lease_wait: cfg.max_lease_wait,
             max_task_log_bytes: cfg.max_task_log_bytes.as_u64(),
+            breaks: cfg.test_breaks,
         },
         tracker: tracker.clone(),
         quorum: quorum.clone(),

@@ -50,6 +50,10 @@ enum Cmd {
         servers: u64,
         #[arg(long, default_value_t = 2)]
         agents: usize,
+        /// Run the servers with a deliberate defect (debug builds), to see the checker
+        /// catch it: accept-stale-epochs, ack-before-commit, renew-without-quorum.
+        #[arg(long = "break")]
+        breaks: Vec<String>,
     },
     /// A set of scenarios: `ci` (every scenario once, short) or `long` (longer, more seeds,
     /// five servers).
@@ -140,6 +144,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let base = |scenario, seed, duration, servers, agents| -> anyhow::Result<RunOptions> {
         Ok(RunOptions {
+            breaks: Vec::new(),
             scenario,
             seed,
             duration,
@@ -157,12 +162,13 @@ async fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        Cmd::Run { scenario, seed, duration, servers, agents } => match Scenario::parse(scenario) {
+        Cmd::Run { scenario, seed, duration, servers, agents, breaks } => match Scenario::parse(scenario) {
             None => {
                 eprintln!("error: unknown scenario {scenario:?}; `drover-chaos list` shows them");
                 return ExitCode::from(2);
             }
-            Some(s) => base(s, seed.unwrap_or_else(fresh_seed), *duration, *servers, *agents).map(|r| vec![r]),
+            Some(s) => base(s, seed.unwrap_or_else(fresh_seed), *duration, *servers, *agents)
+                .map(|r| vec![RunOptions { breaks: breaks.clone(), ..r }]),
         },
         Cmd::Suite { which, seed } => {
             let seed = seed.unwrap_or_else(fresh_seed);

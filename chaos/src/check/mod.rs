@@ -8,6 +8,7 @@
 //! | no task that was never queued | [`phantom`] |
 //! | one idempotency key gives at most one task | [`idempotency`] |
 //! | a terminal state and result never change once observed | [`terminal`] |
+//! | no stale-epoch call accepted | [`stale`] |
 //! | executions of one task never overlap beyond the kill grace, epochs increase, a completed task ran to its end | [`executions`] |
 //! | after heal: all work ends, members converge, writes are accepted | [`settle`] |
 //! | no panic in any process's log | [`logs`] |
@@ -18,6 +19,7 @@ pub mod logs;
 pub mod lost;
 pub mod phantom;
 pub mod settle;
+pub mod stale;
 pub mod terminal;
 
 use std::collections::BTreeMap;
@@ -72,6 +74,7 @@ pub fn check_all(i: &Inputs) -> Vec<Finding> {
         phantom::check(i),
         idempotency::check(i),
         terminal::check(i),
+        stale::check(i),
         executions::check(i),
         settle::check(i),
         logs::check(i),

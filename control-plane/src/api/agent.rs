@@ -263,6 +263,17 @@ impl Agent for AgentService {
                 peak_memory_bytes: c.peak_memory_bytes,
             });
         }
+        if self.ctx.cfg.breaks.accept_stale_epochs {
+            // Deliberate defect (chaos self-test): a completion naming any epoch of a
+            // running task is applied to its current lease.
+            let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+            for c in &mut completions {
+                if let Some(run) = sm.indexes().running.get(&c.lease.task_id) {
+                    c.lease.epoch = run.epoch;
+                    c.agent_id = run.agent_id.clone();
+                }
+            }
+        }
         let leases: Vec<LeaseRef> = completions.iter().map(|c| c.lease).collect();
         self.check_owned(&agent_id, leases.iter().map(|l| (l.task_id, l.epoch)))?;
         let results = match self.ctx.propose(Command::Complete { completions }).await? {

@@ -29,6 +29,8 @@ pub struct ApiConfig {
     pub lease_ttl: Duration,
     pub max_lease_wait: Duration,
     pub max_task_log_bytes: u64,
+    /// Deliberate defects (debug builds, chaos self-test only).
+    pub breaks: crate::test_breaks::TestBreaks,
 }
 
 /// What [`ApiCtx::lease_validity`] allows: leases granted or renewed now, by the leader of
@@ -90,6 +92,9 @@ impl ApiCtx {
             )));
         }
         let ttl = self.cfg.lease_ttl;
+        if self.cfg.breaks.renew_without_quorum {
+            return Ok(LeaseWindow { term, valid: ttl });
+        }
         match self.quorum.since(term, now) {
             Some(since) if since < ttl => Ok(LeaseWindow { term, valid: ttl - since }),
             Some(since) => Err(ApiError::Unavailable(format!(

@@ -20,6 +20,25 @@ pub struct TenantService {
     pub ctx: Arc<ApiCtx>,
 }
 
+impl TenantService {
+    /// Deliberate defect (chaos self-test): answers a queue call before its entry is
+    /// proposed, with the ids it would get were it the next entry, and proposes it in the
+    /// background. A leader change or a concurrent entry makes the answer false.
+    fn ack_before_commit(&self, cmd: Command) -> pv::QueueTasksResponse {
+        let n = match &cmd {
+            Command::QueueTasks { tasks, .. } => tasks.len() as u64,
+            _ => 0,
+        };
+        let next = self.ctx.node.metrics().last_log_index.unwrap_or(0) + 1;
+        let task_ids = (0..n).map(|i| (next << crate::state::tasks::TASK_ID_SHIFT) | i).collect();
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            let _ = ctx.propose(cmd).await;
+        });
+        pv::QueueTasksResponse { task_ids, deduplicated: false }
+    }
+}
+
 const MAX_LIST_LIMIT: u32 = 1_000;
 const DEFAULT_LIST_LIMIT: u32 = 100;
 
@@ -91,6 +110,9 @@ impl Tenant for TenantService {
             idempotency_ttl_ms: self.ctx.cfg.idempotency_ttl.as_millis() as u64,
             tasks,
         };
+        if self.ctx.cfg.breaks.ack_before_commit {
+            return Ok(Response::new(self.ack_before_commit(cmd)));
+        }
         match self.ctx.propose(cmd).await? {
             SmResponse::Queued { task_ids, deduplicated } => {
                 Ok(Response::new(pv::QueueTasksResponse { task_ids, deduplicated }))
