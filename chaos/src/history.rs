@@ -48,8 +48,20 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         accepted: Option<bool>,
     },
-    /// A fault injected (or healed) by the nemesis.
-    Nemesis { action: String },
+    /// A fault injected (or healed) by the nemesis. `cut_off`: servers that cannot reach
+    /// a quorum from now until the next nemesis event (the heal).
+    Nemesis {
+        action: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        cut_off: Vec<u64>,
+    },
+    /// A probe of a server's lease authority: an empty heartbeat, which only a leader
+    /// that may grant and renew leases answers.
+    Authority {
+        node: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        granted: Option<bool>,
+    },
 }
 
 /// The parts of a task the checkers compare.
@@ -113,7 +125,12 @@ impl History {
     }
 
     pub fn nemesis(&self, action: impl Into<String>) {
-        self.record("nemesis", Kind::Info, Op::Nemesis { action: action.into() }, None);
+        self.nemesis_cut(action, Vec::new());
+    }
+
+    /// A fault after which `cut_off` servers cannot reach a quorum until the next heal.
+    pub fn nemesis_cut(&self, action: impl Into<String>, cut_off: Vec<u64>) {
+        self.record("nemesis", Kind::Info, Op::Nemesis { action: action.into(), cut_off }, None);
     }
 
     /// The last event `process` recorded.

@@ -57,7 +57,7 @@ pub struct RunOptions {
 pub const BREAKS: [(&str, &str, Scenario); 3] = [
     ("accept-stale-epochs", "no stale-epoch call accepted", Scenario::AgentsCut),
     ("ack-before-commit", "no acknowledged task lost", Scenario::LeaderKill),
-    ("renew-without-quorum", "executions of a task never overlap", Scenario::LeaderIsolated),
+    ("renew-without-quorum", "no lease authority without a quorum", Scenario::LeaderIsolated),
 ];
 
 impl RunOptions {
@@ -217,6 +217,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
     inputs.events = history.events();
     inputs.executions = executions;
     inputs.still_running = still_running;
+    inputs.lease_ttl_ms = ms(LEASE_TTL);
     inputs.overlap_allowance_ms = u64::try_from((STOP_GRACE + Duration::from_millis(700)).as_millis()).unwrap_or(0);
     let findings = check::check_all(&inputs);
     let mut stats = stats;
@@ -297,8 +298,10 @@ async fn drive(
         addrs: addrs.clone(),
         creds: creds.clone(),
         clients: 2,
-        pace: Duration::from_millis(250),
+        pace: Duration::from_millis(300),
         ticks: 2..=12,
+        long_share: 0.1,
+        long_ticks: 30..=80,
         seed: opts.seed,
     };
     let stop = CancellationToken::new();
@@ -309,6 +312,12 @@ async fn drive(
         .iter()
         .map(|a| Ok((a.id.clone(), cluster.creds(drover_identity::Role::Agent, &a.id)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let prober = tokio::spawn(zombie::probe_authority(
+        cluster.ids().into_iter().map(|id| (id, cluster.client_addr(id))).collect(),
+        zombie_agents[0].clone(),
+        history.clone(),
+        zombie_stop.clone(),
+    ));
     let zombie = tokio::spawn(zombie::run(
         zombie::ZombieConfig {
             addrs: addrs.clone(),
@@ -349,11 +358,12 @@ async fn drive(
             };
             let action = inject(opts.scenario, cluster, &agents, &net, leader, &mut rng, &mut damage, &mut rolling)?;
             let Some(action) = action else { continue };
+            let cut_off = if opts.scenario == Scenario::LeaderIsolated { vec![leader] } else { Vec::new() };
             faults += 1;
             if opts.scenario == Scenario::LeaderKill {
                 kills.push(history.now_ms());
             }
-            history.nemesis(action);
+            history.nemesis_cut(action, cut_off);
             tokio::time::sleep(hold).await;
             let healed = heal(cluster, &agents, &net, &mut damage)?;
             history.nemesis(format!("heal: {healed}"));
@@ -387,6 +397,7 @@ async fn drive(
     let final_tasks = settle_tasks(cluster, &mut settled).await;
     zombie_stop.cancel();
     let _ = zombie.await;
+    let _ = prober.await;
     let final_tasks = final_tasks?;
     // Containers of stopped executions end within the stop grace; wait for them.
     let _ = eventually(Duration::from_secs(20), "no execution still open", || async {

@@ -32,8 +32,12 @@ pub struct WorkloadConfig {
     pub clients: usize,
     /// Pause between one client's operations.
     pub pace: Duration,
-    /// Task length: 100 ms ticks, drawn from this range.
+    /// Task length: 100 ms ticks, drawn from this range...
     pub ticks: std::ops::RangeInclusive<u32>,
+    /// ...or, with this probability, from `long_ticks` (tasks that outlive a lease TTL,
+    /// so faults catch them running).
+    pub long_share: f64,
+    pub long_ticks: std::ops::RangeInclusive<u32>,
     pub seed: u64,
 }
 
@@ -137,7 +141,12 @@ pub async fn run(cfg: WorkloadConfig, h: History, stop: CancellationToken) {
                 } else {
                     let (key, payload_id, ticks, tries) = retry.take().unwrap_or_else(|| {
                         let p = next_payload.fetch_add(1, Ordering::Relaxed);
-                        (format!("{process}-{p}"), p, rng.random_range(cfg.ticks.clone()), 0)
+                        let ticks = if rng.random_bool(cfg.long_share) {
+                            rng.random_range(cfg.long_ticks.clone())
+                        } else {
+                            rng.random_range(cfg.ticks.clone())
+                        };
+                        (format!("{process}-{p}"), p, ticks, 0)
                     });
                     match queue_one(&h, &process, &mut client, &key, payload_id, ticks).await {
                         Kind::Info if tries < 5 => retry = Some((key, payload_id, ticks, tries + 1)),

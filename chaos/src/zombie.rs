@@ -73,6 +73,32 @@ fn record(h: &History, agent: &str, task: u64, epoch: u64, call: &str, r: Result
     };
 }
 
+/// Probes every server's lease authority every 250 ms with an empty heartbeat as
+/// `agent` (see [`crate::check::authority`]).
+pub async fn probe_authority(servers: Vec<(u64, String)>, agent: (String, Creds), h: History, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        for (node, addr) in &servers {
+            let Ok(mut c) = clients::agent_with(addr, &agent.1, &agent.0) else { continue };
+            h.record("probe", Kind::Invoke, Op::Authority { node: *node, granted: None }, None);
+            let mut req = tonic::Request::new(pa::HeartbeatRequest { agent_id: agent.0.clone(), leases: Vec::new() });
+            req.set_timeout(Duration::from_millis(1_000));
+            match c.heartbeat(req).await {
+                Ok(_) => h.record("probe", Kind::Ok, Op::Authority { node: *node, granted: Some(true) }, None),
+                Err(s) => h.record(
+                    "probe",
+                    Kind::Fail,
+                    Op::Authority { node: *node, granted: Some(false) },
+                    Some(format!("{:?}: {}", s.code(), s.message())),
+                ),
+            };
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
 /// Where a not-leader answer says the leader is, reached the zombie's way.
 fn hinted(cfg: &ZombieConfig, s: &tonic::Status) -> Option<String> {
     let leader = s.metadata().get("x-drover-leader")?.to_str().ok()?;

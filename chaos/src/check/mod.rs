@@ -9,10 +9,12 @@
 //! | one idempotency key gives at most one task | [`idempotency`] |
 //! | a terminal state and result never change once observed | [`terminal`] |
 //! | no stale-epoch call accepted | [`stale`] |
+//! | a leader cut off from its quorum stops serving leases within the TTL | [`authority`] |
 //! | executions of one task never overlap beyond the kill grace, epochs increase, a completed task ran to its end | [`executions`] |
 //! | after heal: all work ends, members converge, writes are accepted | [`settle`] |
 //! | no panic in any process's log | [`logs`] |
 
+pub mod authority;
 pub mod executions;
 pub mod idempotency;
 pub mod logs;
@@ -44,6 +46,7 @@ pub struct Inputs {
     /// How far an older execution may outlive the start of a newer one: the agent's stop
     /// grace plus measurement slack.
     pub overlap_allowance_ms: u64,
+    pub lease_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +78,7 @@ pub fn check_all(i: &Inputs) -> Vec<Finding> {
         idempotency::check(i),
         terminal::check(i),
         stale::check(i),
+        authority::check(i),
         executions::check(i),
         settle::check(i),
         logs::check(i),
