@@ -80,7 +80,9 @@ impl Cluster {
             let dial: Vec<String> = self
                 .ids()
                 .into_iter()
-                .map(|n| Ok(format!("{:?} = {:?}", self.addr(n), net.link(&crate::net::agent(&id), n, self.addr(n))?.addr())))
+                .map(|n| {
+                    Ok(format!("{:?} = {:?}", self.addr(n), net.link(&crate::net::agent(&id), n, self.addr(n))?.addr()))
+                })
                 .collect::<std::io::Result<_>>()?;
             toml.push_str(&format!("dial = {{ {} }}\n", dial.join(", ")));
         }

@@ -97,7 +97,8 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("drover-cluster-").tempdir()?;
         let ca = if opts.tls { Some(certs::new_ca("drover test CA", 30)?) } else { None };
         let net = opts.proxied.map(|seed| std::sync::Arc::new(Net::new(seed)));
-        let mut c = Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone(), ca, net, keep: false };
+        let mut c =
+            Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone(), ca, net, keep: false };
         let mut members = BTreeMap::new();
         for id in 1..=opts.nodes {
             let n = c.make_node(id)?;

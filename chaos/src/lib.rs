@@ -13,8 +13,8 @@
 pub mod agents;
 pub mod check;
 pub mod clients;
-pub mod history;
 pub mod cluster;
+pub mod history;
 pub mod net;
 pub mod proxy;
 pub mod run;

@@ -87,6 +87,8 @@ pub struct Stats {
     pub leader_changes: u64,
     /// Per leader kill: milliseconds until the first write invoked after it succeeded.
     pub write_recovery_ms: Vec<u64>,
+    /// Milliseconds from heal until every task had ended and every member reported the
+    /// same state digest.
     pub converge_ms: Option<u64>,
 }
 
@@ -141,10 +143,13 @@ impl Report {
             }
         }
         if !self.stats.write_recovery_ms.is_empty() {
-            s.push_str(&format!("  writes accepted again after leader kill (ms): {:?}\n", self.stats.write_recovery_ms));
+            s.push_str(&format!(
+                "  writes accepted again after leader kill (ms): {:?}\n",
+                self.stats.write_recovery_ms
+            ));
         }
         if let Some(ms) = self.stats.converge_ms {
-            s.push_str(&format!("  members converged {ms} ms after heal\n"));
+            s.push_str(&format!("  settled {ms} ms after heal (every task ended, members identical)\n"));
         }
         if let Some(dir) = &self.kept {
             s.push_str(&format!("  kept: {}\n", dir.display()));
@@ -168,9 +173,8 @@ struct Damage {
 pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
     let began = Instant::now();
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
-    let folder = tempfile::Builder::new()
-        .prefix(&format!("{}-{}-", opts.scenario.name(), opts.seed))
-        .tempdir_in(&opts.out)?;
+    let folder =
+        tempfile::Builder::new().prefix(&format!("{}-{}-", opts.scenario.name(), opts.seed)).tempdir_in(&opts.out)?;
     let history = History::create(&folder.path().join("history.jsonl"), began)?;
 
     let docker = bollard::Docker::connect_with_local_defaults()
@@ -419,7 +423,7 @@ async fn drive(
 
     let events = history.events();
     let stats = Stats {
-        operations: events.iter().filter(|e| e.kind == Kind::Invoke).count(),
+        operations: events.iter().filter(|e| e.kind == Kind::Invoke && e.process.starts_with("client")).count(),
         queued_ok: check::acknowledged(&events).count(),
         queued_unknown: events.iter().filter(|e| e.kind == Kind::Info && matches!(e.op, Op::Queue { .. })).count(),
         reads_ok: events.iter().filter(|e| e.kind == Kind::Ok && matches!(e.op, Op::Get { .. })).count(),

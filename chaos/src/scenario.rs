@@ -60,7 +60,9 @@ impl Scenario {
         match self {
             Scenario::LeaderKill => "kill -9 the leader, restart it on its data dir",
             Scenario::FollowerPause => "SIGSTOP a follower, then SIGCONT",
-            Scenario::LeaderIsolated => "blackhole the leader's links to its followers; agents and clients still reach it",
+            Scenario::LeaderIsolated => {
+                "blackhole the leader's links to its followers; agents and clients still reach it"
+            }
             Scenario::AgentsCut => "blackhole every agent's links to the leader",
             Scenario::AgentPause => "SIGSTOP an agent that runs tasks for twice the lease TTL",
             Scenario::RollingRestart => "SIGTERM and restart every server in turn",
@@ -81,9 +83,7 @@ impl Scenario {
             Scenario::LeaderKill => ms(500, 2_000),
             Scenario::FollowerPause => ms(2_000, 5_000),
             // Past the TTL, so leases the isolated leader granted must have run out.
-            Scenario::LeaderIsolated | Scenario::AgentsCut | Scenario::AgentPause => {
-                ms(ttl_ms * 3 / 2, ttl_ms * 5 / 2)
-            }
+            Scenario::LeaderIsolated | Scenario::AgentsCut | Scenario::AgentPause => ms(ttl_ms * 3 / 2, ttl_ms * 5 / 2),
             // Past the election timeout, so a stopped leader is replaced (a leader back
             // within it resumes its term: openraft restores a committed vote).
             Scenario::RollingRestart => ms(1_500, 3_000),

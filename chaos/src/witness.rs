@@ -105,10 +105,8 @@ impl Witness {
                     let (Some(task), Some(epoch), Some(payload_id)) = (num(1), num(2), num(3)) else { break };
                     let k = book.next;
                     book.next += 1;
-                    book.open.insert(
-                        k,
-                        Execution { task, epoch, payload_id, start_ms: now, last_ms: now, finished: false },
-                    );
+                    book.open
+                        .insert(k, Execution { task, epoch, payload_id, start_ms: now, last_ms: now, finished: false });
                     key = Some(k);
                 }
                 (Some("alive"), Some(k)) => {

@@ -44,7 +44,18 @@ pub struct WorkloadConfig {
 /// Whether an error status means the call certainly did not apply.
 pub fn definite_failure(code: tonic::Code) -> bool {
     use tonic::Code::*;
-    matches!(code, InvalidArgument | NotFound | PermissionDenied | Unauthenticated | ResourceExhausted | FailedPrecondition | AlreadyExists | OutOfRange | Unimplemented)
+    matches!(
+        code,
+        InvalidArgument
+            | NotFound
+            | PermissionDenied
+            | Unauthenticated
+            | ResourceExhausted
+            | FailedPrecondition
+            | AlreadyExists
+            | OutOfRange
+            | Unimplemented
+    )
 }
 
 pub fn view(t: &pv::Task) -> TaskView {
@@ -73,7 +84,11 @@ pub async fn queue_one(
     let op = |task| Op::Queue { key: key.to_string(), payload_id, task };
     h.record(process, Kind::Invoke, op(None), None);
     let req = pv::QueueTasksRequest {
-        tasks: vec![pv::NewTask { code: CODE.into(), payload: format!("{payload_id} {ticks}").into_bytes(), ..Default::default() }],
+        tasks: vec![pv::NewTask {
+            code: CODE.into(),
+            payload: format!("{payload_id} {ticks}").into_bytes(),
+            ..Default::default()
+        }],
         idempotency_key: key.to_string(),
     };
     let mut req = tonic::Request::new(req);
@@ -83,7 +98,10 @@ pub async fn queue_one(
             let ids = r.into_inner().task_ids;
             match ids.as_slice() {
                 [id] => h.record(process, Kind::Ok, op(Some(*id)), None).kind,
-                _ => h.record(process, Kind::Info, op(None), Some(format!("answered {} ids for one task", ids.len()))).kind,
+                _ => {
+                    h.record(process, Kind::Info, op(None), Some(format!("answered {} ids for one task", ids.len())))
+                        .kind
+                }
             }
         }
         Err(s) => {
@@ -166,14 +184,14 @@ pub async fn run(cfg: WorkloadConfig, h: History, stop: CancellationToken) {
             }
             // An operation whose outcome is unknown is retried once more at the end, so
             // every key ends with a known answer where the cluster can give one.
-            if let Some((key, payload_id, ticks, _)) = retry {
-                if let Ok(mut client) = clients::tenant_with(&cfg.addrs[0], &cfg.creds, TENANT) {
-                    for _ in 0..10 {
-                        if queue_one(&h, &process, &mut client, &key, payload_id, ticks).await != Kind::Info {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Some((key, payload_id, ticks, _)) = retry
+                && let Ok(mut client) = clients::tenant_with(&cfg.addrs[0], &cfg.creds, TENANT)
+            {
+                for _ in 0..10 {
+                    if queue_one(&h, &process, &mut client, &key, payload_id, ticks).await != Kind::Info {
+                        break;
                     }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         });

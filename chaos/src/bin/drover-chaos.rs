@@ -18,7 +18,11 @@ use drover_chaos::run::{self, Report, RunOptions};
 use drover_chaos::scenario::{self, Scenario};
 
 #[derive(Parser)]
-#[command(name = "drover-chaos", version, about = "Fault injection against real drover processes, with a history checker")]
+#[command(
+    name = "drover-chaos",
+    version,
+    about = "Fault injection against real drover processes, with a history checker"
+)]
 struct Cli {
     /// The `drover` binary to run (default: next to this one).
     #[arg(long, global = true)]
@@ -88,7 +92,12 @@ async fn run_all(runs: Vec<RunOptions>) -> ExitCode {
     let mut reports: Vec<Report> = Vec::new();
     let mut broken = false;
     for opts in &runs {
-        eprintln!("== {} seed {} for {} ==", opts.scenario.name(), opts.seed, humantime::format_duration(opts.duration));
+        eprintln!(
+            "== {} seed {} for {} ==",
+            opts.scenario.name(),
+            opts.seed,
+            humantime::format_duration(opts.duration)
+        );
         let r = tokio::select! {
             r = run::run(opts) => r,
             _ = tokio::signal::ctrl_c() => {
@@ -108,19 +117,25 @@ async fn run_all(runs: Vec<RunOptions>) -> ExitCode {
         }
     }
     if runs.len() > 1 {
-        println!("\n{:<20} {:>6} {:>9} {:>6} {:>6} {:>10} {:>14} {:>12}", "scenario", "result", "ops", "tasks", "faults", "violations", "recovery p50/max ms", "converge ms");
+        println!(
+            "\n{:<20} {:>6} {:>9} {:>6} {:>6} {:>10} {:>14} {:>12}",
+            "scenario", "result", "ops", "tasks", "faults", "violations", "recovery p50/max ms", "settled ms"
+        );
         for r in &reports {
             let mut rec = r.stats.write_recovery_ms.clone();
             rec.sort_unstable();
-            let rec = if rec.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{}/{}", rec[rec.len() / 2], rec[rec.len() - 1])
-            };
+            let rec =
+                if rec.is_empty() { "-".to_string() } else { format!("{}/{}", rec[rec.len() / 2], rec[rec.len() - 1]) };
             println!(
                 "{:<20} {:>6} {:>9} {:>6} {:>6} {:>10} {:>14} {:>12}",
                 r.scenario,
-                if r.passed() { "pass" } else if r.invalid.is_some() { "invalid" } else { "FAIL" },
+                if r.passed() {
+                    "pass"
+                } else if r.invalid.is_some() {
+                    "invalid"
+                } else {
+                    "FAIL"
+                },
                 r.stats.operations,
                 r.stats.tasks,
                 r.stats.faults,
@@ -181,7 +196,9 @@ async fn main() -> ExitCode {
                 Suite::Long => scenario::ALL
                     .into_iter()
                     .flat_map(|s| (0..3u64).map(move |k| (s, k)))
-                    .map(|(s, k)| base(s, seed.wrapping_add(k * 101), Duration::from_secs(90), if k == 2 { 5 } else { 3 }, 3))
+                    .map(|(s, k)| {
+                        base(s, seed.wrapping_add(k * 101), Duration::from_secs(90), if k == 2 { 5 } else { 3 }, 3)
+                    })
                     .collect(),
             }
         }

@@ -29,8 +29,11 @@ pub fn check(i: &Inputs) -> Finding {
                 .find(|(n, since, until)| n == node && e.t_ms > since + i.lease_ttl_ms + SLACK_MS && e.t_ms < *until)
         {
             f.violation(|| {
-                format!("server {node} answered as lease authority at {} ms, {} ms after it was cut off from its quorum",
-                    e.t_ms, e.t_ms - since)
+                format!(
+                    "server {node} answered as lease authority at {} ms, {} ms after it was cut off from its quorum",
+                    e.t_ms,
+                    e.t_ms - since
+                )
             });
         }
     }
@@ -51,7 +54,14 @@ mod tests {
         let cut = |t, cut_off| ev(t, Kind::Info, Op::Nemesis { action: "x".into(), cut_off });
         let probe = |t, node| ev(t, Kind::Ok, Op::Authority { node, granted: Some(true) });
         let mut i = Inputs { lease_ttl_ms: 3_000, ..Default::default() };
-        i.events = vec![cut(1_000, vec![1]), probe(2_000, 1), probe(4_000, 1), probe(6_000, 2), cut(7_000, vec![]), probe(8_000, 1)];
+        i.events = vec![
+            cut(1_000, vec![1]),
+            probe(2_000, 1),
+            probe(4_000, 1),
+            probe(6_000, 2),
+            cut(7_000, vec![]),
+            probe(8_000, 1),
+        ];
         assert_eq!(check(&i).violations, 0);
         i.events.insert(4, probe(5_000, 1));
         assert_eq!(check(&i).violations, 1);

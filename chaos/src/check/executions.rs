@@ -23,8 +23,10 @@ pub fn check(i: &Inputs) -> Finding {
             for older in &execs[..n] {
                 if older.epoch >= newer.epoch {
                     f.violation(|| {
-                        format!("task {task}: epoch {} started at {} ms after epoch {} started at {} ms",
-                            newer.epoch, newer.start_ms, older.epoch, older.start_ms)
+                        format!(
+                            "task {task}: epoch {} started at {} ms after epoch {} started at {} ms",
+                            newer.epoch, newer.start_ms, older.epoch, older.start_ms
+                        )
                     });
                 }
                 let overlap = older.last_ms.saturating_sub(newer.start_ms);
@@ -43,7 +45,9 @@ pub fn check(i: &Inputs) -> Finding {
         }
     }
     for e in &i.still_running {
-        f.violation(|| format!("task {} epoch {} still running at the end (started {} ms)", e.task, e.epoch, e.start_ms));
+        f.violation(|| {
+            format!("task {} epoch {} still running at the end (started {} ms)", e.task, e.epoch, e.start_ms)
+        });
     }
     f
 }
@@ -67,7 +71,10 @@ mod tests {
         i.executions = vec![ex(1, 3, 0, 100, false), ex(1, 2, 800, 2_000, true)];
         assert_eq!(check(&i).violations, 1);
         i.executions = vec![ex(2, 1, 0, 100, false)];
-        i.final_tasks.insert(2, TaskView { state: "complete".into(), exit_code: 0, attempts: 1, lost_leases: 0, payload_id: Some(2) });
+        i.final_tasks.insert(
+            2,
+            TaskView { state: "complete".into(), exit_code: 0, attempts: 1, lost_leases: 0, payload_id: Some(2) },
+        );
         assert_eq!(check(&i).violations, 1);
     }
 }
