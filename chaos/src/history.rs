@@ -55,6 +55,13 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         cut_off: Vec<u64>,
     },
+    /// GetTask of another tenant's task, as tenant `as_tenant`: must not be found.
+    ForeignGet {
+        task: u64,
+        as_tenant: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<bool>,
+    },
     /// A probe of a server's lease authority: an empty heartbeat, which only a leader
     /// that may grant and renew leases answers.
     Authority {
@@ -72,6 +79,9 @@ pub struct TaskView {
     pub attempts: u32,
     pub lost_leases: u32,
     pub payload_id: Option<u64>,
+    /// Leader-stamped creation time.
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 impl TaskView {

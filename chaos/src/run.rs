@@ -24,8 +24,8 @@ use crate::proxy::Fault;
 use crate::scenario::Scenario;
 use crate::witness::{self, Witness};
 use crate::workload::{self, WorkloadConfig};
-use crate::zombie;
 use crate::{AgentOptions, AgentProc, Cluster, ClusterOptions, eventually};
+use crate::{engine, wan, zombie};
 
 /// The image the witness code runs in (imported from the static busybox; nothing pulled).
 pub const IMAGE: &str = "drover-test/busybox:1";
@@ -99,6 +99,8 @@ pub struct Report {
     pub duration_s: u64,
     /// Why the run does not count (its faults did not happen, or too little load).
     pub invalid: Option<String>,
+    /// Why the run was not carried out here (it needs what this machine does not allow).
+    pub skipped: Option<String>,
     pub findings: Vec<Finding>,
     pub stats: Stats,
     pub wall_s: f64,
@@ -116,12 +118,29 @@ impl Report {
         self.invalid.is_none() && self.violations() == 0
     }
 
+    fn skip(opts: &RunOptions, why: String) -> Report {
+        Report {
+            scenario: opts.scenario.name(),
+            seed: opts.seed,
+            duration_s: opts.duration.as_secs(),
+            invalid: None,
+            skipped: Some(why),
+            findings: Vec::new(),
+            stats: Stats::default(),
+            wall_s: 0.0,
+            replay: opts.replay_command(),
+            kept: None,
+        }
+    }
+
     pub fn human(&self) -> String {
         let mut s = format!(
             "{} seed {}: {} ({:.0} s; {} ops, {} tasks acknowledged, {} unknown, {} executions, {} faults, {} leader changes)\n",
             self.scenario,
             self.seed,
-            if self.passed() {
+            if let Some(why) = &self.skipped {
+                format!("SKIPPED: {why}")
+            } else if self.passed() {
                 "PASS".to_string()
             } else if let Some(why) = &self.invalid {
                 format!("INVALID: {why}")
@@ -168,9 +187,18 @@ struct Damage {
     paused: Vec<u64>,
     paused_agents: Vec<usize>,
     net: bool,
+    engine: bool,
 }
 
 pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
+    if opts.scenario == Scenario::EngineRestart && std::env::var("DROVER_CHAOS_OWN_ENGINE").as_deref() != Ok("1") {
+        return Ok(Report::skip(
+            opts,
+            "restarting the Docker engine would disturb everything else using it; set DROVER_CHAOS_OWN_ENGINE=1 \
+             where this run may stop and start dockerd (deploy/test.sh does)"
+                .into(),
+        ));
+    }
     let began = Instant::now();
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let folder =
@@ -187,6 +215,12 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         .with_context(|| format!("importing {IMAGE} from /bin/busybox"))?;
 
     let mut extra = "max_lease_wait = \"2s\"\n".to_string();
+    if opts.scenario == Scenario::Wan {
+        // openraft bounds each replication RPC by the heartbeat interval: it must exceed
+        // the round trip between regions (the same advice as for a real multi-region
+        // deployment).
+        extra.push_str("[raft]\nheartbeat_ms = 300\nelection_min_ms = 1500\nelection_max_ms = 3000\n");
+    }
     if !opts.breaks.is_empty() {
         extra.push_str("[test_breaks]\n");
         for b in &opts.breaks {
@@ -232,6 +266,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         seed: opts.seed,
         duration_s: opts.duration.as_secs(),
         invalid,
+        skipped: None,
         findings,
         stats,
         wall_s: began.elapsed().as_secs_f64(),
@@ -279,6 +314,7 @@ async fn drive(
     let first = cluster.ids()[0];
     let mut admin = cluster.admin(first)?;
     admin.upsert_tenant(pa::UpsertTenantRequest { id: workload::TENANT.into(), ..Default::default() }).await?;
+    admin.upsert_tenant(pa::UpsertTenantRequest { id: workload::INTRUDER.into(), ..Default::default() }).await?;
     let mut tenant = cluster.tenant(first, workload::TENANT)?;
     tenant
         .register_code(pv::RegisterCodeRequest {
@@ -296,6 +332,11 @@ async fn drive(
     }
 
     let net = cluster.net().cloned().context("a chaos cluster is proxied")?;
+    if opts.scenario == Scenario::Wan {
+        let regions = wan::Regions::new(cluster.ids(), agents.iter().map(|a| a.id.clone()).collect());
+        let n = regions.apply(&net, Duration::from_millis(50), Duration::from_millis(5));
+        history.nemesis(format!("regions: {}; {n} links between regions delayed 50±5 ms each way", regions.describe()));
+    }
     let creds = cluster.creds(drover_identity::Role::Tenant, workload::TENANT)?;
     let addrs: Vec<String> = cluster.ids().into_iter().map(|id| cluster.client_addr(id)).collect();
     let wl = WorkloadConfig {
@@ -307,6 +348,7 @@ async fn drive(
         long_share: 0.1,
         long_ticks: 30..=80,
         seed: opts.seed,
+        intruder: cluster.creds(drover_identity::Role::Tenant, workload::INTRUDER)?,
     };
     let stop = CancellationToken::new();
     let load = tokio::spawn(workload::run(wl, history.clone(), stop.clone()));
@@ -364,7 +406,7 @@ async fn drive(
             let Some(action) = action else { continue };
             let cut_off = if opts.scenario == Scenario::LeaderIsolated { vec![leader] } else { Vec::new() };
             faults += 1;
-            if opts.scenario == Scenario::LeaderKill {
+            if matches!(opts.scenario, Scenario::LeaderKill | Scenario::Wan) {
                 kills.push(history.now_ms());
             }
             history.nemesis_cut(action, cut_off);
@@ -504,6 +546,16 @@ fn inject(
             damage.killed.push(id);
             format!("SIGTERM server {id}{}", if id == leader { " (leader)" } else { "" })
         }
+        Scenario::EngineRestart => {
+            let took = tokio::task::block_in_place(engine::stop)?;
+            damage.engine = true;
+            format!("stop the Docker engine (SIGTERM dockerd; it exited after {} ms)", took.as_millis())
+        }
+        Scenario::Wan => {
+            cluster.kill(leader)?;
+            damage.killed.push(leader);
+            format!("kill -9 leader {leader} (regions 100 ms apart)")
+        }
         Scenario::DelayResetStorm => {
             let n = net.all(Fault::Delay { base: Duration::from_millis(20), jitter: Duration::from_millis(40) });
             let links = net.all_links();
@@ -537,6 +589,10 @@ fn heal(cluster: &mut Cluster, agents: &[AgentProc], net: &crate::net::Net, d: &
     for id in std::mem::take(&mut d.killed) {
         cluster.restart(id)?;
         did.push(format!("restart server {id}"));
+    }
+    if std::mem::take(&mut d.engine) {
+        let took = tokio::task::block_in_place(engine::start)?;
+        did.push(format!("Docker engine up after {} ms", took.as_millis()));
     }
     Ok(if did.is_empty() { "nothing".into() } else { did.join(", ") })
 }

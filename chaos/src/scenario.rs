@@ -27,9 +27,16 @@ pub enum Scenario {
     RollingRestart,
     /// Delay with jitter on every link, and resets of random links.
     DelayResetStorm,
+    /// Stop the Docker engine under running agents (SIGTERM dockerd), start it again.
+    /// Runs only where the harness may restart the engine (`DROVER_CHAOS_OWN_ENGINE=1`).
+    EngineRestart,
+    /// Three regions 100 ms apart (servers, agents and clients spread over them), with
+    /// the leader killed as in `leader-kill`.
+    Wan,
 }
 
-pub const ALL: [Scenario; 7] = [
+/// The scenarios of `suite ci`.
+pub const CI: [Scenario; 8] = [
     Scenario::LeaderKill,
     Scenario::FollowerPause,
     Scenario::LeaderIsolated,
@@ -37,6 +44,19 @@ pub const ALL: [Scenario; 7] = [
     Scenario::AgentPause,
     Scenario::RollingRestart,
     Scenario::DelayResetStorm,
+    Scenario::EngineRestart,
+];
+
+pub const ALL: [Scenario; 9] = [
+    Scenario::LeaderKill,
+    Scenario::FollowerPause,
+    Scenario::LeaderIsolated,
+    Scenario::AgentsCut,
+    Scenario::AgentPause,
+    Scenario::RollingRestart,
+    Scenario::DelayResetStorm,
+    Scenario::EngineRestart,
+    Scenario::Wan,
 ];
 
 impl Scenario {
@@ -49,6 +69,8 @@ impl Scenario {
             Scenario::AgentPause => "agent-pause",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::DelayResetStorm => "delay-reset-storm",
+            Scenario::EngineRestart => "engine-restart",
+            Scenario::Wan => "wan",
         }
     }
 
@@ -67,12 +89,16 @@ impl Scenario {
             Scenario::AgentPause => "SIGSTOP an agent that runs tasks for twice the lease TTL",
             Scenario::RollingRestart => "SIGTERM and restart every server in turn",
             Scenario::DelayResetStorm => "delay with jitter on every link, and reset random links",
+            Scenario::EngineRestart => {
+                "stop the Docker engine under running agents, start it again (needs DROVER_CHAOS_OWN_ENGINE=1)"
+            }
+            Scenario::Wan => "three regions 100 ms apart; kill -9 the leader",
         }
     }
 
     /// A valid run must see the leader change.
     pub fn needs_leader_change(self) -> bool {
-        matches!(self, Scenario::LeaderKill | Scenario::LeaderIsolated | Scenario::RollingRestart)
+        matches!(self, Scenario::LeaderKill | Scenario::Wan | Scenario::LeaderIsolated | Scenario::RollingRestart)
     }
 
     /// How long the fault is held.
@@ -80,7 +106,12 @@ impl Scenario {
         let mut ms = |lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..=hi));
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         match self {
-            Scenario::LeaderKill => ms(500, 2_000),
+            // Past the election timeout (1 s), so the others elect a new leader; a killed
+            // leader back sooner resumes its term (openraft restores a committed vote).
+            Scenario::LeaderKill => ms(1_200, 2_500),
+            // The WAN cluster's election timeout is 1.5–3 s.
+            Scenario::Wan => ms(3_500, 5_000),
+            Scenario::EngineRestart => ms(1_000, 3_000),
             Scenario::FollowerPause => ms(2_000, 5_000),
             // Past the TTL, so leases the isolated leader granted must have run out.
             Scenario::LeaderIsolated | Scenario::AgentsCut | Scenario::AgentPause => ms(ttl_ms * 3 / 2, ttl_ms * 5 / 2),

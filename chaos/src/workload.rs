@@ -20,6 +20,8 @@ use crate::history::{History, Kind, Op, TaskView};
 
 pub const TENANT: &str = "chaos";
 pub const CODE: &str = "witness";
+/// A second tenant that reads the first one's task ids (and must never see them).
+pub const INTRUDER: &str = "intruder";
 
 /// Most operations one client makes in a run.
 const MAX_OPS: u64 = 5_000;
@@ -39,6 +41,8 @@ pub struct WorkloadConfig {
     pub long_share: f64,
     pub long_ticks: std::ops::RangeInclusive<u32>,
     pub seed: u64,
+    /// The intruder tenant's credentials.
+    pub intruder: Creds,
 }
 
 /// Whether an error status means the call certainly did not apply.
@@ -69,6 +73,7 @@ pub fn view(t: &pv::Task) -> TaskView {
         attempts: t.attempts,
         lost_leases: t.lost_leases,
         payload_id,
+        created_ms: t.created_ms,
     }
 }
 
@@ -130,6 +135,19 @@ pub async fn get_one(h: &History, process: &str, client: &mut clients::Tenant, i
     }
 }
 
+/// Reads task `id` as the intruder tenant; records whether it was visible.
+pub async fn foreign_get(h: &History, process: &str, client: &mut clients::Tenant, id: u64) {
+    let op = |seen| Op::ForeignGet { task: id, as_tenant: INTRUDER.into(), seen };
+    h.record(process, Kind::Invoke, op(None), None);
+    let mut req = tonic::Request::new(pv::GetTaskRequest { id, include_payload: true });
+    req.set_timeout(Duration::from_secs(5));
+    match client.get_task(req).await {
+        Ok(_) => h.record(process, Kind::Ok, op(Some(true)), None),
+        Err(s) if s.code() == tonic::Code::NotFound => h.record(process, Kind::Ok, op(Some(false)), None),
+        Err(s) => h.record(process, Kind::Info, op(None), Some(format!("{:?}: {}", s.code(), s.message()))),
+    };
+}
+
 /// Runs the clients until `stop`; returns when every client has ended.
 pub async fn run(cfg: WorkloadConfig, h: History, stop: CancellationToken) {
     let next_payload = Arc::new(AtomicU64::new(1));
@@ -154,7 +172,12 @@ pub async fn run(cfg: WorkloadConfig, h: History, stop: CancellationToken) {
                 } else {
                     None
                 };
-                if let Some(id) = known {
+                if let Some(id) = known
+                    && rng.random_bool(0.1)
+                    && let Ok(mut other) = clients::tenant_with(addr, &cfg.intruder, INTRUDER)
+                {
+                    foreign_get(&h, &process, &mut other, id).await;
+                } else if let Some(id) = known {
                     get_one(&h, &process, &mut client, id).await;
                 } else {
                     let (key, payload_id, ticks, tries) = retry.take().unwrap_or_else(|| {

@@ -73,7 +73,14 @@ mod tests {
         i.executions = vec![ex(2, 1, 0, 100, false)];
         i.final_tasks.insert(
             2,
-            TaskView { state: "complete".into(), exit_code: 0, attempts: 1, lost_leases: 0, payload_id: Some(2) },
+            TaskView {
+                state: "complete".into(),
+                exit_code: 0,
+                attempts: 1,
+                lost_leases: 0,
+                payload_id: Some(2),
+                created_ms: 0,
+            },
         );
         assert_eq!(check(&i).violations, 1);
     }

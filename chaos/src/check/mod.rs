@@ -10,13 +10,17 @@
 //! | a terminal state and result never change once observed | [`terminal`] |
 //! | no stale-epoch call accepted | [`stale`] |
 //! | a leader cut off from its quorum stops serving leases within the TTL | [`authority`] |
+//! | tenants never see each other's tasks | [`isolation`] |
+//! | leader-stamped time never goes back | [`clock`] |
 //! | executions of one task never overlap beyond the kill grace, epochs increase, a completed task ran to its end | [`executions`] |
 //! | after heal: all work ends, members converge, writes are accepted | [`settle`] |
 //! | no panic in any process's log | [`logs`] |
 
 pub mod authority;
+pub mod clock;
 pub mod executions;
 pub mod idempotency;
+pub mod isolation;
 pub mod logs;
 pub mod lost;
 pub mod phantom;
@@ -79,6 +83,8 @@ pub fn check_all(i: &Inputs) -> Vec<Finding> {
         terminal::check(i),
         stale::check(i),
         authority::check(i),
+        isolation::check(i),
+        clock::check(i),
         executions::check(i),
         settle::check(i),
         logs::check(i),
