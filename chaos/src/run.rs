@@ -404,7 +404,11 @@ async fn drive(
             };
             let action = inject(opts.scenario, cluster, &agents, &net, leader, &mut rng, &mut damage, &mut rolling)?;
             let Some(action) = action else { continue };
-            let cut_off = if opts.scenario == Scenario::LeaderIsolated { vec![leader] } else { Vec::new() };
+            let cut_off = if matches!(opts.scenario, Scenario::LeaderIsolated | Scenario::LeaderOneWay) {
+                vec![leader]
+            } else {
+                Vec::new()
+            };
             faults += 1;
             if matches!(opts.scenario, Scenario::LeaderKill | Scenario::Wan) {
                 kills.push(history.now_ms());
@@ -524,6 +528,12 @@ fn inject(
             damage.net = true;
             format!("blackhole leader {leader} from its followers ({n} links)")
         }
+        Scenario::LeaderOneWay => {
+            let me = crate::net::server(leader);
+            let n = net.set_where(Fault::Blackhole, |from, to| from == me && to != leader);
+            damage.net = true;
+            format!("blackhole the links leader {leader} dials to its followers ({n} links)")
+        }
         Scenario::AgentsCut => {
             let n = net.cut_agents_from(leader, Fault::Blackhole);
             damage.net = true;
@@ -631,7 +641,14 @@ async fn settle_tasks(
                 settled.unfinished = open;
                 let mut out = BTreeMap::new();
                 for t in tasks {
-                    let full = client.get_task(pv::GetTaskRequest { id: t.id, include_payload: true }).await?;
+                    // Reads may meet an election (retried until the deadline, plus grace).
+                    let full = eventually(Duration::from_secs(15), "reading a task after heal", || {
+                        let mut client = client.clone();
+                        async move {
+                            client.get_task(pv::GetTaskRequest { id: t.id, include_payload: true }).await.ok()
+                        }
+                    })
+                    .await?;
                     out.insert(t.id, workload::view(&full.into_inner()));
                 }
                 return Ok(out);

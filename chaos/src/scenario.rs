@@ -27,6 +27,9 @@ pub enum Scenario {
     RollingRestart,
     /// Delay with jitter on every link, and resets of random links.
     DelayResetStorm,
+    /// Only the connections the leader dials to its followers blackholed: its
+    /// replication and heartbeats stop, while the followers still reach it.
+    LeaderOneWay,
     /// Stop the Docker engine under running agents (SIGTERM dockerd), start it again.
     /// Runs only where the harness may restart the engine (`DROVER_CHAOS_OWN_ENGINE=1`).
     EngineRestart,
@@ -36,7 +39,7 @@ pub enum Scenario {
 }
 
 /// The scenarios of `suite ci`.
-pub const CI: [Scenario; 8] = [
+pub const CI: [Scenario; 9] = [
     Scenario::LeaderKill,
     Scenario::FollowerPause,
     Scenario::LeaderIsolated,
@@ -44,10 +47,11 @@ pub const CI: [Scenario; 8] = [
     Scenario::AgentPause,
     Scenario::RollingRestart,
     Scenario::DelayResetStorm,
+    Scenario::LeaderOneWay,
     Scenario::EngineRestart,
 ];
 
-pub const ALL: [Scenario; 9] = [
+pub const ALL: [Scenario; 10] = [
     Scenario::LeaderKill,
     Scenario::FollowerPause,
     Scenario::LeaderIsolated,
@@ -55,6 +59,7 @@ pub const ALL: [Scenario; 9] = [
     Scenario::AgentPause,
     Scenario::RollingRestart,
     Scenario::DelayResetStorm,
+    Scenario::LeaderOneWay,
     Scenario::EngineRestart,
     Scenario::Wan,
 ];
@@ -69,6 +74,7 @@ impl Scenario {
             Scenario::AgentPause => "agent-pause",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::DelayResetStorm => "delay-reset-storm",
+            Scenario::LeaderOneWay => "leader-one-way",
             Scenario::EngineRestart => "engine-restart",
             Scenario::Wan => "wan",
         }
@@ -89,6 +95,7 @@ impl Scenario {
             Scenario::AgentPause => "SIGSTOP an agent that runs tasks for twice the lease TTL",
             Scenario::RollingRestart => "SIGTERM and restart every server in turn",
             Scenario::DelayResetStorm => "delay with jitter on every link, and reset random links",
+            Scenario::LeaderOneWay => "blackhole only the links the leader dials to its followers",
             Scenario::EngineRestart => {
                 "stop the Docker engine under running agents, start it again (needs DROVER_CHAOS_OWN_ENGINE=1)"
             }
@@ -98,7 +105,14 @@ impl Scenario {
 
     /// A valid run must see the leader change.
     pub fn needs_leader_change(self) -> bool {
-        matches!(self, Scenario::LeaderKill | Scenario::Wan | Scenario::LeaderIsolated | Scenario::RollingRestart)
+        matches!(
+            self,
+            Scenario::LeaderKill
+                | Scenario::Wan
+                | Scenario::LeaderIsolated
+                | Scenario::LeaderOneWay
+                | Scenario::RollingRestart
+        )
     }
 
     /// How long the fault is held.
@@ -114,7 +128,9 @@ impl Scenario {
             Scenario::EngineRestart => ms(1_000, 3_000),
             Scenario::FollowerPause => ms(2_000, 5_000),
             // Past the TTL, so leases the isolated leader granted must have run out.
-            Scenario::LeaderIsolated | Scenario::AgentsCut | Scenario::AgentPause => ms(ttl_ms * 3 / 2, ttl_ms * 5 / 2),
+            Scenario::LeaderIsolated | Scenario::LeaderOneWay | Scenario::AgentsCut | Scenario::AgentPause => {
+                ms(ttl_ms * 3 / 2, ttl_ms * 5 / 2)
+            }
             // Past the election timeout, so a stopped leader is replaced (a leader back
             // within it resumes its term: openraft restores a committed vote).
             Scenario::RollingRestart => ms(1_500, 3_000),
