@@ -114,7 +114,7 @@ impl Cluster {
             }
         }
         for id in 1..=opts.nodes {
-            c.write_config(id, &members)?;
+            c.write_config(id, &members, true)?;
             c.spawn(id)?;
         }
         if let Err(e) = c.wait_leader(Duration::from_secs(30)).await {
@@ -140,7 +140,9 @@ impl Cluster {
         })
     }
 
-    fn write_config(&self, id: u64, members: &BTreeMap<u64, String>) -> anyhow::Result<()> {
+    /// `members`: the cluster's members (for the dial overrides); they are written as
+    /// `initial_members` when `bootstrap` (a node started otherwise waits to be added).
+    fn write_config(&self, id: u64, members: &BTreeMap<u64, String>, bootstrap: bool) -> anyhow::Result<()> {
         let n = &self.nodes[&id];
         let mut toml = format!(
             "node_id = {id}\nlisten = \"{}\"\nhttp_listen = \"{}\"\ndata_dir = {:?}\n",
@@ -176,7 +178,7 @@ impl Cluster {
         }
         toml.push_str(&self.opts.extra_config);
         toml.push('\n');
-        if !members.is_empty() {
+        if bootstrap && !members.is_empty() {
             toml.push_str("[initial_members]\n");
             for (mid, addr) in members {
                 toml.push_str(&format!("{mid} = \"{addr}\"\n"));
@@ -322,6 +324,19 @@ impl Cluster {
         self.spawn(id)
     }
 
+    /// Kills node `id`, deletes its data and starts it empty, not bootstrapping: it waits
+    /// to be added to the cluster again (remove it from the membership first).
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id)?;
+        let data = self.nodes[&id].data_dir.clone();
+        if data.exists() {
+            std::fs::remove_dir_all(&data).with_context(|| format!("wiping {}", data.display()))?;
+        }
+        let members: BTreeMap<u64, String> = self.nodes.values().map(|n| (n.id, n.addr.clone())).collect();
+        self.write_config(id, &members, false)?;
+        self.spawn(id)
+    }
+
     /// Starts a brand-new node that is not a member yet (to be added as a learner).
     pub fn start_joining_node(&mut self) -> anyhow::Result<u64> {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
@@ -334,7 +349,7 @@ impl Cluster {
         let mut n = self.make_node(id)?;
         n.identity = (role, ident.to_string());
         self.nodes.insert(id, n);
-        self.write_config(id, &BTreeMap::new())?;
+        self.write_config(id, &BTreeMap::new(), false)?;
         self.spawn(id)?;
         Ok(id)
     }

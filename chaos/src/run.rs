@@ -188,6 +188,8 @@ struct Damage {
     paused_agents: Vec<usize>,
     net: bool,
     engine: bool,
+    /// Removed from the membership and wiped, waiting to be added back.
+    wiped: Vec<u64>,
 }
 
 pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
@@ -404,6 +406,11 @@ async fn drive(
             };
             let action = inject(opts.scenario, cluster, &agents, &net, leader, &mut rng, &mut damage, &mut rolling)?;
             let Some(action) = action else { continue };
+            if let Some(&f) = damage.wiped.last()
+                && opts.scenario == Scenario::MemberReplace
+            {
+                remove_and_wipe(cluster, f).await?;
+            }
             let cut_off = if matches!(opts.scenario, Scenario::LeaderIsolated | Scenario::LeaderOneWay) {
                 vec![leader]
             } else {
@@ -415,7 +422,7 @@ async fn drive(
             }
             history.nemesis_cut(action, cut_off);
             tokio::time::sleep(hold).await;
-            let healed = heal(cluster, &agents, &net, &mut damage)?;
+            let healed = heal(cluster, &agents, &net, &mut damage).await?;
             history.nemesis(format!("heal: {healed}"));
         }
         anyhow::Ok(())
@@ -423,7 +430,7 @@ async fn drive(
     let nemesis_result = nemesis.await;
     stop.cancel();
     let _ = load.await;
-    let healed = heal(cluster, &agents, &net, &mut damage)?;
+    let healed = heal(cluster, &agents, &net, &mut damage).await?;
     history.nemesis(format!("heal all: {healed}"));
     nemesis_result?;
     let heal_at = Instant::now();
@@ -528,6 +535,11 @@ fn inject(
             damage.net = true;
             format!("blackhole leader {leader} from its followers ({n} links)")
         }
+        Scenario::MemberReplace => {
+            let f = followers[rng.random_range(0..followers.len())];
+            damage.wiped.push(f);
+            return Ok(Some(format!("remove follower {f} from the membership, wipe its data, start it empty")));
+        }
         Scenario::LeaderOneWay => {
             let me = crate::net::server(leader);
             let n = net.set_where(Fault::Blackhole, |from, to| from == me && to != leader);
@@ -582,7 +594,12 @@ fn inject(
 }
 
 /// Undoes every fault: links pass, paused processes continue, stopped servers restart.
-fn heal(cluster: &mut Cluster, agents: &[AgentProc], net: &crate::net::Net, d: &mut Damage) -> anyhow::Result<String> {
+async fn heal(
+    cluster: &mut Cluster,
+    agents: &[AgentProc],
+    net: &crate::net::Net,
+    d: &mut Damage,
+) -> anyhow::Result<String> {
     let mut did = Vec::new();
     if std::mem::take(&mut d.net) {
         net.heal();
@@ -600,11 +617,71 @@ fn heal(cluster: &mut Cluster, agents: &[AgentProc], net: &crate::net::Net, d: &
         cluster.restart(id)?;
         did.push(format!("restart server {id}"));
     }
+    for id in std::mem::take(&mut d.wiped) {
+        let took = rejoin(cluster, id).await?;
+        did.push(format!("server {id} added back and promoted after {} ms", took.as_millis()));
+    }
     if std::mem::take(&mut d.engine) {
         let took = tokio::task::block_in_place(engine::start)?;
         did.push(format!("Docker engine up after {} ms", took.as_millis()));
     }
     Ok(if did.is_empty() { "nothing".into() } else { did.join(", ") })
+}
+
+/// Retries a membership call on the current leader until it succeeds (30 s at most).
+async fn on_leader<T, F, Fut>(cluster: &Cluster, what: &str, f: F) -> anyhow::Result<T>
+where
+    F: Fn(crate::clients::Admin) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Any node that says it leads (a wiped node knows no leader, so the cluster-wide
+        // agreement of `wait_leader` is not to be had until it is back).
+        let mut leader = None;
+        for id in cluster.running_ids() {
+            if cluster.status(id).await.is_ok_and(|s| s.state == "Leader") {
+                leader = Some(id);
+                break;
+            }
+        }
+        let err = match leader {
+            Some(leader) => match f(cluster.admin(leader)?).await {
+                Ok(v) => return Ok(v),
+                Err(s) => format!("{:?}: {}", s.code(), s.message()),
+            },
+            None => "no node says it leads".to_string(),
+        };
+        if Instant::now() >= until {
+            anyhow::bail!("{what}: {err}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Removes follower `id` from the membership, then wipes it (see [`Cluster::wipe`]).
+async fn remove_and_wipe(cluster: &mut Cluster, id: u64) -> anyhow::Result<()> {
+    on_leader(cluster, "removing the node", |mut a| async move {
+        a.remove_node(pa::RemoveNodeRequest { node_id: id }).await
+    })
+    .await?;
+    cluster.wipe(id)
+}
+
+/// Adds wiped node `id` back as a learner and promotes it once it has caught up.
+async fn rejoin(cluster: &Cluster, id: u64) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let addr = cluster.addr(id).to_string();
+    on_leader(cluster, "adding the node back", |mut a| {
+        let addr = addr.clone();
+        async move { a.add_learner(pa::AddLearnerRequest { node_id: id, addr }).await }
+    })
+    .await?;
+    on_leader(cluster, "promoting the node", |mut a| async move {
+        a.promote(pa::PromoteRequest { node_ids: vec![id] }).await
+    })
+    .await?;
+    Ok(t0.elapsed())
 }
 
 /// Milliseconds from `kill_ms` until the first queue call invoked after it succeeded.

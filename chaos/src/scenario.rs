@@ -30,6 +30,9 @@ pub enum Scenario {
     /// Only the connections the leader dials to its followers blackholed: its
     /// replication and heartbeats stop, while the followers still reach it.
     LeaderOneWay,
+    /// Remove a follower from the membership, wipe its data, start it empty, add it back
+    /// as a learner and promote it once it has caught up.
+    MemberReplace,
     /// Stop the Docker engine under running agents (SIGTERM dockerd), start it again.
     /// Runs only where the harness may restart the engine (`DROVER_CHAOS_OWN_ENGINE=1`).
     EngineRestart,
@@ -39,7 +42,7 @@ pub enum Scenario {
 }
 
 /// The scenarios of `suite ci`.
-pub const CI: [Scenario; 9] = [
+pub const CI: [Scenario; 10] = [
     Scenario::LeaderKill,
     Scenario::FollowerPause,
     Scenario::LeaderIsolated,
@@ -48,10 +51,11 @@ pub const CI: [Scenario; 9] = [
     Scenario::RollingRestart,
     Scenario::DelayResetStorm,
     Scenario::LeaderOneWay,
+    Scenario::MemberReplace,
     Scenario::EngineRestart,
 ];
 
-pub const ALL: [Scenario; 10] = [
+pub const ALL: [Scenario; 11] = [
     Scenario::LeaderKill,
     Scenario::FollowerPause,
     Scenario::LeaderIsolated,
@@ -60,6 +64,7 @@ pub const ALL: [Scenario; 10] = [
     Scenario::RollingRestart,
     Scenario::DelayResetStorm,
     Scenario::LeaderOneWay,
+    Scenario::MemberReplace,
     Scenario::EngineRestart,
     Scenario::Wan,
 ];
@@ -75,6 +80,7 @@ impl Scenario {
             Scenario::RollingRestart => "rolling-restart",
             Scenario::DelayResetStorm => "delay-reset-storm",
             Scenario::LeaderOneWay => "leader-one-way",
+            Scenario::MemberReplace => "member-replace",
             Scenario::EngineRestart => "engine-restart",
             Scenario::Wan => "wan",
         }
@@ -96,6 +102,7 @@ impl Scenario {
             Scenario::RollingRestart => "SIGTERM and restart every server in turn",
             Scenario::DelayResetStorm => "delay with jitter on every link, and reset random links",
             Scenario::LeaderOneWay => "blackhole only the links the leader dials to its followers",
+            Scenario::MemberReplace => "remove a follower, wipe its data, add it back empty and promote it",
             Scenario::EngineRestart => {
                 "stop the Docker engine under running agents, start it again (needs DROVER_CHAOS_OWN_ENGINE=1)"
             }
@@ -126,6 +133,7 @@ impl Scenario {
             // The WAN cluster's election timeout is 1.5–3 s.
             Scenario::Wan => ms(3_500, 5_000),
             Scenario::EngineRestart => ms(1_000, 3_000),
+            Scenario::MemberReplace => ms(500, 1_500),
             Scenario::FollowerPause => ms(2_000, 5_000),
             // Past the TTL, so leases the isolated leader granted must have run out.
             Scenario::LeaderIsolated | Scenario::LeaderOneWay | Scenario::AgentsCut | Scenario::AgentPause => {
