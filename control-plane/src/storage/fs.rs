@@ -32,7 +32,8 @@ pub trait FsFile: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at the end of the file.
     fn append(&self, buf: &[u8]) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    /// The file's size in bytes.
+    fn size(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data (and size) durable: `fdatasync`.
     fn sync(&self) -> io::Result<()>;
@@ -76,7 +77,7 @@ impl FsFile for std::fs::File {
         (&*self).write_all(buf)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 
@@ -147,7 +148,7 @@ pub struct FileReader {
 
 impl FileReader {
     pub fn new(file: FileRef) -> io::Result<Self> {
-        let len = file.len()?;
+        let len = file.size()?;
         Ok(Self { file, pos: 0, len })
     }
 }

@@ -100,7 +100,7 @@ struct Scan {
 
 /// Reads the records of one segment file (a transient copy of at most one segment).
 fn scan(file: &dyn super::fs::FsFile, first: u64) -> io::Result<Scan> {
-    let len = usize::try_from(file.len()?).map_err(io::Error::other)?;
+    let len = usize::try_from(file.size()?).map_err(io::Error::other)?;
     let mut data = vec![0; len];
     file.read_exact_at(&mut data, 0)?;
     let mut slots = Vec::new();

@@ -117,7 +117,7 @@ impl FsFile for SimFile {
         })
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(|s, ino| Ok(inode(s, ino)?.data.len() as u64))
     }
 
@@ -323,7 +323,7 @@ mod tests {
         fs.power_loss(None);
         assert_eq!(fs.list(dir).expect("list"), vec!["a".to_string()]);
         assert_eq!(fs.read(&dir.join("a")).expect("a"), b"synced");
-        assert!(a.len().is_err(), "old handles are dead");
+        assert!(a.size().is_err(), "old handles are dead");
     }
 
     #[test]
