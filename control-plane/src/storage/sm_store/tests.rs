@@ -412,9 +412,9 @@ fn entry(index: u64, cmd: Command) -> Entry {
 
 /// Applies `purges` (one entry per call, as the leader proposes them) until no
 /// finished task is left, while a reader on an async runtime thread takes the state
-/// machine lock as the API handlers do; returns the longest the reader waited and how
-/// many entries it took.
-fn purge_under_readers(sm: &SmStore, mut purge: impl FnMut(u64) -> Entry) -> (Duration, u64) {
+/// machine lock as the API handlers do; returns the longest the reader waited, how many
+/// entries it took and the longest apply of one of them.
+fn purge_under_readers(sm: &SmStore, mut purge: impl FnMut(u64) -> Entry) -> (Duration, u64, Duration) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
@@ -432,25 +432,29 @@ fn purge_under_readers(sm: &SmStore, mut purge: impl FnMut(u64) -> Entry) -> (Du
         })
     };
     let mut index = sm.shared.applied_index().expect("applied") + 1;
-    let mut entries = 0;
+    let (mut entries, mut longest) = (0, Duration::ZERO);
     while !sm.shared.machine().expect("machine").indexes().finished.is_empty() {
         assert!(entries < 1_000, "the purge does not end");
+        let started = Instant::now();
         sm.apply_batch(vec![purge(index)]).expect("purge");
+        longest = longest.max(started.elapsed());
         index += 1;
         entries += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    (rt.block_on(reader).expect("reader"), entries)
+    (rt.block_on(reader).expect("reader"), entries, longest)
 }
 
 /// 10 finished tasks with 10,000 log chunks each (100,020 keys to delete). The
 /// unbounded purge of older entries deletes them in one entry, holding the lock for
 /// all of it; the leader's bounded purge deletes at most `MAX_PURGE_KEYS_PER_ENTRY`
-/// per entry, and a reader taking the lock meanwhile waits at most `READER_WAIT_BOUND`
-/// (a debug build on a shared, loaded 2-core machine: about one entry's apply).
+/// per entry, and a reader taking the lock meanwhile waits at most one entry's apply plus
+/// `SCHEDULING_SLACK` (a loaded machine may not run the reader's thread at once).
+/// Measured alone in a debug build on the shared 2-core machine: 146-218 ms behind
+/// 1,000-key entries, against 3.9-8.7 s behind the one unbounded entry.
 #[test]
 fn a_purge_of_large_logs_delays_a_concurrent_reader_by_at_most_one_bounded_entry() {
-    const READER_WAIT_BOUND: Duration = Duration::from_millis(500);
+    const SCHEDULING_SLACK: Duration = Duration::from_millis(250);
     const TASKS: usize = 10;
     const CHUNKS: u64 = 10_000;
     let max_keys = crate::leader::MAX_PURGE_KEYS_PER_ENTRY;
@@ -463,7 +467,7 @@ fn a_purge_of_large_logs_delays_a_concurrent_reader_by_at_most_one_bounded_entry
         }
         assert_eq!(sm.shared.machine().expect("machine").indexes().finished.len(), TASKS);
         let keys_before = sm.shared.tree.len();
-        let (worst, entries) = purge_under_readers(&sm, |index| {
+        let (worst, entries, longest) = purge_under_readers(&sm, |index| {
             let cmd = if bounded {
                 Command::PurgeBounded { term: 1, finished_before_ms: u64::MAX, max_tasks: 10_000, max_keys }
             } else {
@@ -472,17 +476,21 @@ fn a_purge_of_large_logs_delays_a_concurrent_reader_by_at_most_one_bounded_entry
             entry(index, cmd)
         });
         let deleted = keys_before - sm.shared.tree.len();
-        (worst, entries, deleted)
+        (worst, entries, deleted, longest)
     };
-    let (unbounded_wait, unbounded_entries, deleted) = run(false);
-    let (bounded_wait, bounded_entries, bounded_deleted) = run(true);
+    let (unbounded_wait, unbounded_entries, deleted, _) = run(false);
+    let (bounded_wait, bounded_entries, bounded_deleted, longest) = run(true);
     eprintln!(
         "unbounded purge: {unbounded_entries} entry, reader waited up to {unbounded_wait:?}; \
-         bounded: {bounded_entries} entries, reader waited up to {bounded_wait:?}; {deleted} keys deleted"
+         bounded: {bounded_entries} entries (longest apply {longest:?}), reader waited up to {bounded_wait:?}; \
+         {deleted} keys deleted"
     );
     assert_eq!((unbounded_entries, deleted, bounded_deleted), (1, bounded_deleted, bounded_deleted));
     assert!(bounded_entries >= deleted as u64 / max_keys, "{bounded_entries} entries for {deleted} keys");
-    assert!(bounded_wait <= READER_WAIT_BOUND, "a reader waited {bounded_wait:?} behind a bounded purge");
+    assert!(
+        bounded_wait <= longest + SCHEDULING_SLACK,
+        "a reader waited {bounded_wait:?} behind bounded purge entries of at most {longest:?}"
+    );
 }
 
 /// A batch of many entries releases the lock between slices: a reader never waits for
