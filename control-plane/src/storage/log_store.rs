@@ -185,7 +185,7 @@ impl LogStore {
         postcard::from_bytes(body).map(Some).map_err(|e| bad(&e.to_string()))
     }
 
-    /// Writes and syncs entries to the segments; returns the file to sync to make them
+    /// Writes entries to the segments (unsynced); returns the file to sync to make them
     /// durable.
     async fn write_entries(&self, entries: Vec<Entry>) -> Result<Option<FileRef>, RaftStorageError> {
         let last = entries.last().map(|e| e.log_id);
