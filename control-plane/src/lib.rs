@@ -5,7 +5,7 @@
 //! loops in [`leader`] propose lease expiries, promotions and purges.
 //!
 //! * [`state`] — the pure, deterministic state machine.
-//! * [`storage`] — sled: Raft log, vote, state machine tables, snapshots.
+//! * [`storage`] — Raft log segments, vote and snapshot files (through the `fs` layer), sled tables.
 //! * [`raft`] — openraft types, tonic transport, proposals and follower forwarding.
 //! * [`api`] — tenant, agent and admin gRPC services; one error → status mapping.
 //! * [`leader`] — leader-only loops and the soft lease tracker.

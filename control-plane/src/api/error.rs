@@ -57,7 +57,11 @@ impl From<StateError> for ApiError {
 
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        match e {
+            // Retrying cannot help: the message names the limit.
+            ProposeError::TooLarge { .. } => ApiError::Exhausted(e.to_string()),
+            _ => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -3,11 +3,19 @@
 //! openraft appends, flushes and replicates each `client_write` separately, so one entry
 //! per call caps single-task enqueues at one disk flush each. Here callers hand their
 //! command to a bounded queue; a loop takes everything waiting (up to
-//! [`MAX_COMMANDS_PER_ENTRY`] commands and [`MAX_PAYLOAD_BYTES_PER_ENTRY`]) as one
-//! [`Command::Batch`], keeps up to `max_in_flight` such entries in flight, and hands each
-//! caller its own response. Under light load a batch is one command, so latency is that of
-//! a direct proposal; under heavy load batches grow and throughput follows.
+//! [`MAX_COMMANDS_PER_ENTRY`] commands and [`MAX_ENTRY_BYTES`] of encoded commands) as
+//! one [`Command::Batch`], keeps up to `max_in_flight` such entries in flight, and hands
+//! each caller its own response. Under light load a batch is one command, so latency is
+//! that of a direct proposal; under heavy load batches grow and throughput follows.
+//!
+//! Invariant: no entry the batcher proposes encodes to more than [`MAX_ENTRY_BYTES`]
+//! plus a small envelope, far under what a log segment record may hold
+//! ([`segments::MAX_RECORD`]); a command that alone is over [`MAX_ENTRY_BYTES`] is
+//! refused with [`ProposeError::TooLarge`] (the node checks it again for every other
+//! path to the log). The size counted is the command's postcard encoding, which is how
+//! the log stores it: every command kind counts, not only queued payloads.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -16,29 +24,47 @@ use tokio_util::task::TaskTracker;
 
 use super::node::{ProposeError, RaftNode};
 use crate::state::{Command, Response};
+use crate::storage::segments;
 
 pub const MAX_COMMANDS_PER_ENTRY: usize = 64;
-pub const MAX_PAYLOAD_BYTES_PER_ENTRY: usize = 16 * 1024 * 1024;
+/// Most encoded command bytes in one entry. Twice the largest API message (16 MiB), so
+/// any single request fits, and a quarter of the log's record limit, leaving room for
+/// the entry's envelope (log id, version, stamp, one tag and length per command).
+pub const MAX_ENTRY_BYTES: usize = 32 * 1024 * 1024;
+/// Bound on an entry's bytes outside its commands' encodings.
+const ENVELOPE_BYTES: usize = 64 * 1024;
+const _: () = assert!(MAX_ENTRY_BYTES + ENVELOPE_BYTES <= segments::MAX_RECORD as usize);
 const QUEUE_LEN: usize = 4_096;
 
 type Reply = oneshot::Sender<Result<Response, ProposeError>>;
+
+/// The postcard-encoded size of `cmd`: what it adds to a log entry.
+pub fn encoded_bytes(cmd: &Command) -> usize {
+    // The size flavor only counts; encoding our own serde types cannot fail, and a failure
+    // would surface as a refusal (usize::MAX is over every limit).
+    postcard::serialize_with_flavor(cmd, postcard::ser_flavors::Size::default()).unwrap_or(usize::MAX)
+}
+
+/// What the batching loop proposes through: the Raft node (or a stand-in in tests).
+pub trait Proposer: Send + Sync + 'static {
+    fn propose(&self, cmd: Command) -> impl Future<Output = Result<Response, ProposeError>> + Send;
+}
+
+impl Proposer for RaftNode {
+    fn propose(&self, cmd: Command) -> impl Future<Output = Result<Response, ProposeError>> + Send {
+        RaftNode::propose(self, cmd)
+    }
+}
 
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<(Command, Reply)>,
 }
 
-fn payload_bytes(cmd: &Command) -> usize {
-    match cmd {
-        Command::QueueTasks { tasks, .. } => tasks.iter().map(|t| t.payload.len()).sum(),
-        _ => 0,
-    }
-}
-
 impl Batcher {
     /// Starts the batching loop on `tracker`; it stops when `shutdown` is cancelled.
-    pub fn start(
-        node: Arc<RaftNode>,
+    pub fn start<P: Proposer>(
+        node: Arc<P>,
         max_in_flight: usize,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
@@ -56,15 +82,26 @@ impl Batcher {
     }
 }
 
-async fn run(
-    node: Arc<RaftNode>,
+/// A command with its encoded size, or its refusal sent (None) when it cannot fit in
+/// any entry.
+fn sized((cmd, reply): (Command, Reply)) -> Option<(Command, Reply, usize)> {
+    let bytes = encoded_bytes(&cmd);
+    if bytes > MAX_ENTRY_BYTES {
+        let _ = reply.send(Err(ProposeError::TooLarge { bytes, limit: MAX_ENTRY_BYTES }));
+        return None;
+    }
+    Some((cmd, reply, bytes))
+}
+
+async fn run<P: Proposer>(
+    node: Arc<P>,
     mut rx: mpsc::Receiver<(Command, Reply)>,
     max_in_flight: usize,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(max_in_flight));
-    let mut carry: Option<(Command, Reply)> = None;
+    let mut carry: Option<(Command, Reply, usize)> = None;
     loop {
         // Take a slot first, so that while every slot is busy, commands pile up and the
         // next entry carries them all.
@@ -74,22 +111,27 @@ async fn run(
         };
         let first = match carry.take() {
             Some(c) => c,
-            None => tokio::select! {
-                _ = shutdown.cancelled() => return,
-                c = rx.recv() => match c { Some(c) => c, None => return },
+            None => loop {
+                let c = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    c = rx.recv() => match c { Some(c) => c, None => return },
+                };
+                if let Some(c) = sized(c) {
+                    break c;
+                }
             },
         };
-        let mut bytes = payload_bytes(&first.0);
-        let mut batch = vec![first];
+        let mut bytes = first.2;
+        let mut batch = vec![(first.0, first.1)];
         while batch.len() < MAX_COMMANDS_PER_ENTRY {
             let Ok(next) = rx.try_recv() else { break };
-            let b = payload_bytes(&next.0);
-            if bytes + b > MAX_PAYLOAD_BYTES_PER_ENTRY {
+            let Some(next) = sized(next) else { continue };
+            if bytes + next.2 > MAX_ENTRY_BYTES {
                 carry = Some(next);
                 break;
             }
-            bytes += b;
-            batch.push(next);
+            bytes += next.2;
+            batch.push((next.0, next.1));
         }
         let node = node.clone();
         tracker.spawn(async move {
@@ -119,5 +161,132 @@ async fn run(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use openraft::EntryPayload;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::raft::types::Entry;
+    use crate::state::command::{LeaseRef, LeaseRequest};
+    use crate::state::logs::{LogAppend, LogStream};
+    use crate::state::{Proposal, Request};
+
+    /// Stands in for the Raft node: sizes each entry as the log stores it, fails like
+    /// storage on one over the record limit, and holds proposals until `gate` opens.
+    struct SizingLog {
+        entered: std::sync::atomic::AtomicUsize,
+        gate: Semaphore,
+        entry_bytes: Mutex<Vec<usize>>,
+    }
+
+    impl Proposer for SizingLog {
+        async fn propose(&self, cmd: Command) -> Result<Response, ProposeError> {
+            self.entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _open = self.gate.acquire().await.map_err(|_| ProposeError::ShuttingDown)?;
+            let n = match &cmd {
+                Command::Batch(cmds) => Some(cmds.len()),
+                _ => None,
+            };
+            let entry = Entry {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(u64::MAX, u64::MAX), u64::MAX),
+                payload: EntryPayload::Normal(Request::V1(Proposal { stamp_ms: u64::MAX, cmd })),
+            };
+            let bytes = postcard::serialize_with_flavor(&entry, postcard::ser_flavors::Size::default())
+                .map_err(|e| ProposeError::Raft(e.to_string()))?;
+            self.entry_bytes.lock().map_err(|_| ProposeError::ShuttingDown)?.push(bytes);
+            if bytes > segments::MAX_RECORD as usize {
+                return Err(ProposeError::Raft(format!("storage: log entry of {bytes} bytes is too large")));
+            }
+            Ok(match n {
+                Some(n) => Response::Batch(vec![Response::Empty; n]),
+                None => Response::Empty,
+            })
+        }
+    }
+
+    /// An `AppendLogs` of `chunks` full-size chunks (256 KiB each).
+    fn append_logs(chunks: usize) -> Command {
+        let chunk = LogAppend {
+            lease: LeaseRef { task_id: 1, epoch: 1 },
+            seq: 0,
+            stream: LogStream::Stdout,
+            data: vec![b'x'; crate::state::logs::MAX_CHUNK_BYTES],
+        };
+        Command::AppendLogs {
+            agent_id: "a".into(),
+            max_task_log_bytes: u64::MAX,
+            chunks: (0..chunks).map(|i| LogAppend { seq: i as u64, ..chunk.clone() }).collect(),
+        }
+    }
+
+    /// A `Lease` whose agent carries 1 MiB of labels.
+    fn big_lease() -> Command {
+        let mut req = LeaseRequest { agent_id: "a".into(), attrs: Default::default(), slots: 1, max_tasks: 1 };
+        req.attrs.labels = (0..4).map(|i| (format!("k{i}"), "v".repeat(256 * 1024))).collect::<BTreeMap<_, _>>();
+        Command::Lease { term: 1, requests: vec![req] }
+    }
+
+    /// Full-size `AppendLogs` (16 MiB each: the old cap counted only queued payloads, so
+    /// these all shared one entry) and large-label `Lease` calls: every entry stays under
+    /// the entry bound, every caller is served, and a command too large for any entry is
+    /// refused as `ResourceExhausted` naming the limit, without stopping the others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_are_bounded_by_encoded_size_and_an_oversized_command_is_refused() {
+        let log = Arc::new(SizingLog {
+            entered: Default::default(),
+            gate: Semaphore::new(0),
+            entry_bytes: Mutex::new(Vec::new()),
+        });
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let batcher = Batcher::start(log.clone(), 1, &tracker, shutdown.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut calls = Vec::new();
+        for i in 0..28 {
+            // The first call alone takes the only slot and waits in the log; the rest
+            // queue up behind it, so the batcher has all of them to batch.
+            if i == 1 {
+                while log.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    assert!(Instant::now() < deadline, "the first call never reached the log");
+                    tokio::task::yield_now().await;
+                }
+            }
+            let cmd = match i {
+                0..8 => append_logs(64),
+                8..27 => big_lease(),
+                // 40 MiB: over the entry bound by itself.
+                _ => append_logs(160),
+            };
+            let b = batcher.clone();
+            calls.push(tokio::spawn(async move { b.propose(cmd).await }));
+        }
+        while batcher.tx.max_capacity() - batcher.tx.capacity() < 27 {
+            assert!(Instant::now() < deadline, "the calls never queued");
+            tokio::task::yield_now().await;
+        }
+        log.gate.add_permits(1_000);
+        let mut refused = Vec::new();
+        for c in calls {
+            if let Err(e) = c.await.expect("call") {
+                refused.push(e);
+            }
+        }
+        shutdown.cancel();
+        let sizes = log.entry_bytes.lock().expect("sizes").clone();
+        let biggest = sizes.iter().copied().max().unwrap_or(0);
+        assert!(biggest <= MAX_ENTRY_BYTES + ENVELOPE_BYTES, "an entry of {biggest} bytes: {sizes:?}");
+        assert!(sizes.len() >= 5, "128 MiB of logs in entries of at most 32 MiB: {sizes:?}");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        let status = tonic::Status::from(crate::api::error::ApiError::from(refused.remove(0)));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains(&MAX_ENTRY_BYTES.to_string()), "names the limit: {}", status.message());
     }
 }

@@ -48,6 +48,10 @@ pub enum ProposeError {
     ShuttingDown,
     #[error("raft: {0}")]
     Raft(String),
+    /// The command alone encodes to more than one Raft entry may hold: refused before it
+    /// reaches the log (storage would fail on it, and every leader after with it).
+    #[error("the command encodes to {bytes} bytes, over the limit of {limit} bytes per Raft entry")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 pub fn now_ms() -> u64 {
@@ -182,6 +186,11 @@ impl RaftNode {
             && ms > self.quorum_timeout.as_millis() as u64
         {
             return Err(LocalError::Other(ProposeError::NoQuorum(ms)));
+        }
+        // Every path to the log passes here (batched, direct, forwarded, leader loops).
+        let bytes = super::batcher::encoded_bytes(&cmd);
+        if bytes > super::batcher::MAX_ENTRY_BYTES {
+            return Err(LocalError::Other(ProposeError::TooLarge { bytes, limit: super::batcher::MAX_ENTRY_BYTES }));
         }
         let req = Request::V1(Proposal { stamp_ms: now_ms(), cmd });
         let timeout_ms = self.propose_timeout.as_millis() as u64;

@@ -174,6 +174,19 @@ pub enum Command {
         agent_id: String,
         leases: Vec<LeaseRef>,
     },
+    /// [`Command::Purge`] bounded by work: deletes at most `max_keys` keys in all (log
+    /// chunks, log metadata, task rows, idempotency records), so one entry's apply (and
+    /// the state-machine lock it holds) is short however large the purged logs are. A
+    /// task whose log does not fit loses its chunks from the last one down (its log stays
+    /// numbered from 0) and stays in the finished index, so the leader's next purge goes
+    /// on with it. What the leader proposes; `Purge` stays for entries already in logs.
+    /// (Appended last so the other variants keep their tags.)
+    PurgeBounded {
+        term: u64,
+        finished_before_ms: u64,
+        max_tasks: u32,
+        max_keys: u64,
+    },
 }
 
 impl Command {
@@ -191,6 +204,7 @@ impl Command {
             Command::ExpireLeases { term, .. }
             | Command::PromoteDelayed { term, .. }
             | Command::Purge { term, .. }
+            | Command::PurgeBounded { term, .. }
             | Command::Lease { term, .. } => Some(*term),
             _ => None,
         }

@@ -167,15 +167,30 @@ impl StateMachine {
         Ok(Ok(()))
     }
 
-    /// Deletes a task's log (retention purge).
-    pub(super) fn delete_log(&mut self, txn: &mut Txn<'_>, task_id: u64) -> Result<(), KvError> {
-        let Some(v) = txn.get(&meta_key(task_id))? else { return Ok(()) };
-        let meta: LogMeta = keys::decode(&v)?;
-        for i in 0..meta.chunks {
-            txn.delete(chunk_key(task_id, i));
+    /// Deletes a task's log (retention purge), at most `budget` keys of it, from the
+    /// last chunk down so the chunks left are still `0..meta.chunks`; takes what it
+    /// deleted off `budget`. Returns whether the log is gone.
+    pub(super) fn delete_log_within(
+        &mut self,
+        txn: &mut Txn<'_>,
+        task_id: u64,
+        budget: &mut u64,
+    ) -> Result<bool, KvError> {
+        let Some(v) = txn.get(&meta_key(task_id))? else { return Ok(true) };
+        let mut meta: LogMeta = keys::decode(&v)?;
+        while meta.chunks > 0 && *budget > 0 {
+            meta.chunks -= 1;
+            txn.delete(chunk_key(task_id, meta.chunks));
+            *budget -= 1;
+        }
+        if *budget == 0 {
+            // Whatever is left (chunks, or just the metadata) waits for the next purge.
+            txn.put(meta_key(task_id), keys::encode(&meta));
+            return Ok(false);
         }
         txn.delete(meta_key(task_id));
-        Ok(())
+        *budget -= 1;
+        Ok(true)
     }
 }
 

@@ -166,7 +166,10 @@ impl StateMachine {
             Command::Cancel { tenant, task_id } => self.cancel(txn, ctx, tenant, *task_id),
             Command::PromoteDelayed { term: _, max_tasks } => self.promote_delayed(txn, ctx, *max_tasks),
             Command::Purge { term: _, finished_before_ms, max_tasks } => {
-                self.purge(txn, ctx, *finished_before_ms, *max_tasks)
+                self.purge(txn, ctx, *finished_before_ms, *max_tasks, u64::MAX)
+            }
+            Command::PurgeBounded { term: _, finished_before_ms, max_tasks, max_keys } => {
+                self.purge(txn, ctx, *finished_before_ms, *max_tasks, *max_keys)
             }
             Command::AppendLogs { agent_id, max_task_log_bytes, chunks } => {
                 self.append_logs(txn, ctx, agent_id, *max_task_log_bytes, chunks)

@@ -144,13 +144,19 @@ impl StateMachine {
         Ok(Ok(Response::Promoted { count }))
     }
 
+    /// Deletes up to `max_tasks` tasks finished before `finished_before_ms`, with their
+    /// logs, and up to `max_tasks` expired idempotency records, deleting at most
+    /// `max_keys` keys (`u64::MAX` for the unbounded [`Command::Purge`] of older entries:
+    /// the same keys as before the bound existed). See [`Command::PurgeBounded`].
     pub(super) fn purge(
         &mut self,
         txn: &mut Txn<'_>,
         ctx: ApplyCtx,
         finished_before_ms: u64,
         max_tasks: u32,
+        max_keys: u64,
     ) -> Applied {
+        let mut budget = max_keys;
         let old: Vec<u64> = self
             .idx
             .finished
@@ -161,10 +167,18 @@ impl StateMachine {
             .collect();
         let mut tasks = 0;
         for id in old {
+            if budget == 0 {
+                break;
+            }
             let Some(row) = self.read_task(txn, id)? else { continue };
+            // The log goes first: a task whose log is cut short by the budget is still
+            // there (and still finished) for the next purge to find.
+            if !self.delete_log_within(txn, id, &mut budget)? || budget == 0 {
+                break;
+            }
             self.idx.forget(&row.task);
             txn.delete(keys::task(id));
-            self.delete_log(txn, id)?;
+            budget -= 1;
             tasks += 1;
         }
         let expired: Vec<(u64, Vec<u8>)> = self
@@ -172,7 +186,7 @@ impl StateMachine {
             .idem_expiry
             .iter()
             .take_while(|(at, _)| *at <= ctx.now_ms)
-            .take(max_tasks as usize)
+            .take((max_tasks as usize).min(usize::try_from(budget).unwrap_or(usize::MAX)))
             .cloned()
             .collect();
         let idempotency_keys = expired.len() as u64;

@@ -697,6 +697,52 @@ fn listing_pages_through_one_tenants_tasks_with_filters() {
     assert_eq!(h.list("acme", &Default::default(), u64::MAX, 10), (vec![], None));
 }
 
+/// A bounded purge deletes at most `max_keys` keys per entry, cutting a large log from its
+/// last chunk down (the harness checks after every entry that the chunks left are
+/// `0..meta.chunks`), and the purges that follow finish the job: the tables end as one
+/// unbounded purge leaves them.
+#[test]
+fn a_bounded_purge_deletes_at_most_max_keys_per_entry_and_the_next_ones_finish() {
+    const MAX_KEYS: u64 = 7;
+    let run = |bounded: bool| {
+        let mut h = acme();
+        h.queue("acme", vec![task("work"); 3]);
+        let grants = h.lease("a1", &agent("", ""), 3);
+        assert_eq!(grants.len(), 3);
+        for (n, g) in grants.iter().enumerate() {
+            let chunks = (0..10 + 15 * n as u64).map(|seq| chunk(g.task_id, g.epoch, seq, b"out")).collect();
+            h.apply(append("a1", u64::MAX, chunks));
+            h.complete("a1", g.task_id, g.epoch, Outcome::Success).expect("current");
+        }
+        h.now_ms += 10;
+        let before = h.now_ms;
+        let mut entries = 0;
+        while !h.sm.indexes().finished.is_empty() {
+            let keys_before = h.kv.map.len();
+            let term = h.term;
+            let cmd = if bounded {
+                Command::PurgeBounded { term, finished_before_ms: before, max_tasks: 100, max_keys: MAX_KEYS }
+            } else {
+                h.purge_cmd(before, 100)
+            };
+            assert!(matches!(h.apply(cmd), Response::Purged { .. }));
+            let deleted = keys_before.saturating_sub(h.kv.map.len()) as u64;
+            assert!(!bounded || deleted <= MAX_KEYS, "entry {entries} deleted {deleted} keys");
+            entries += 1;
+            assert!(entries < 100, "the purge does not end");
+        }
+        let mut tables = h.kv.map.clone();
+        tables.remove(CLOCK);
+        (tables, entries)
+    };
+    let (unbounded, one) = run(false);
+    let (bounded, many) = run(true);
+    assert_eq!(one, 1);
+    // 75 chunks, 3 log metas and 3 task rows: at least 12 entries of 7 keys.
+    assert!(many >= 12, "{many} entries");
+    assert!(bounded == unbounded, "the bounded purges end in other tables than one unbounded purge");
+}
+
 #[test]
 fn purge_removes_old_finished_tasks_and_their_keys() {
     let mut h = acme();
@@ -1010,11 +1056,26 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
         }
         Op::Purge { age, old_term } => {
             let bound = h.sm.clock_ms().saturating_sub(age);
-            let cmd = Command::Purge { term: timer_term(h, old_term), finished_before_ms: bound, max_tasks: 1_000 };
+            let term = timer_term(h, old_term);
+            // The leader's bounded purge on odd ages (a few keys per entry, repeated until
+            // done, as the leader's ticks do), the unbounded one of older logs otherwise.
+            let bounded = age % 2 == 1;
+            let cmd = |max_keys| match bounded {
+                true => Command::PurgeBounded { term, finished_before_ms: bound, max_tasks: 1_000, max_keys },
+                false => Command::Purge { term, finished_before_ms: bound, max_tasks: 1_000 },
+            };
             if old_term {
-                return assert_stale_term_refused(h, cmd);
+                return assert_stale_term_refused(h, cmd(3));
             }
-            h.apply(cmd);
+            h.apply(cmd(3));
+            let due = |h: &Harness| {
+                let idx = h.sm.indexes();
+                idx.finished.first().is_some_and(|(at, _)| *at < bound)
+                    || idx.idem_expiry.first().is_some_and(|(at, _)| *at <= h.sm.clock_ms())
+            };
+            while bounded && due(h) {
+                h.apply(cmd(3));
+            }
             assert!(h.sm.indexes().finished.first().is_none_or(|(at, _)| *at >= bound));
             assert!(h.sm.indexes().idem_expiry.first().is_none_or(|(at, _)| *at > h.sm.clock_ms()));
         }

@@ -1,19 +1,22 @@
 //! The Raft log for openraft's `RaftLogStorage`: entries in append-only segment files
-//! ([`super::segments`]), the vote and the purge point in sled's `raft_meta` tree.
+//! ([`super::segments`]) and the vote in the file `vote` beside them, both through the
+//! [`Fs`] layer; the purge point (and the committed hint) in sled's `raft_meta` tree.
 //!
 //! Durability: an append is reported to openraft (its `LogFlushed` callback) only after
-//! the segment file has been synced (`fdatasync`), and `save_vote` returns only after
-//! sled has flushed the vote. Syncs are grouped: one background sync completes every
-//! append written before it, in order, so concurrent appends share a disk sync.
+//! the segment file has been synced (`fdatasync`), and `save_vote` returns only after the
+//! vote file was replaced durably (a synced temporary file renamed over it, then the
+//! directory synced: a crash leaves the old vote or the new one). Syncs are grouped: one
+//! background sync completes every append written before it, in order, so concurrent
+//! appends share a disk sync. Votes written by older drovers are in sled (`raft_meta`
+//! key `vote`) and are read from there until a vote file exists.
 //!
 //! The state machine lives in sled and is flushed on sled's timer, so after a crash it
 //! may be behind the log; openraft re-applies the difference. Purging therefore flushes
 //! sled first: the log is never cut above what the state machine has durably applied.
 
 use std::fmt::Debug;
-use std::fs::File;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::mpsc;
@@ -21,11 +24,15 @@ use tokio::sync::mpsc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 
+use super::fs::{FileReader, FileRef, Fs};
 use super::segments::{self, Segments};
 use super::{blocking, io_err};
 use crate::raft::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
-const VOTE: &[u8] = b"vote";
+/// The key of the vote in sled, where older drovers kept it.
+const LEGACY_VOTE: &[u8] = b"vote";
+/// The vote file's name in the log directory.
+const VOTE_FILE: &str = "vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 /// The sled tree that held the log before it moved to segment files.
@@ -37,10 +44,12 @@ struct Inner {
     last_log_id: Option<LogId>,
 }
 
-type Pending = (LogFlushed<TypeConfig>, Option<Arc<File>>);
+type Pending = (LogFlushed<TypeConfig>, Option<FileRef>);
 
 #[derive(Clone)]
 pub struct LogStore {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
     inner: Arc<Mutex<Inner>>,
@@ -60,13 +69,13 @@ async fn flush_loop(mut rx: mpsc::Receiver<Pending>) {
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let mut files: Vec<Arc<File>> = Vec::new();
+        let mut files: Vec<FileRef> = Vec::new();
         for f in pending.iter().filter_map(|(_, f)| f.as_ref()) {
             if !files.iter().any(|g| Arc::ptr_eq(f, g)) {
                 files.push(f.clone());
             }
         }
-        let result = tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
+        let result = tokio::task::spawn_blocking(move || sync_files(&files))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
             .map_err(|e| e.to_string());
@@ -74,6 +83,11 @@ async fn flush_loop(mut rx: mpsc::Receiver<Pending>) {
             cb.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
+}
+
+/// Syncs the segment files appends wrote to: what makes them count as persisted.
+fn sync_files(files: &[FileRef]) -> std::io::Result<()> {
+    files.iter().try_for_each(|f| f.sync())
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -88,8 +102,8 @@ fn log_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> RaftStorageE
 }
 
 /// Reads and decodes the entry at a located record.
-fn read_spot((file, off, len): (Arc<File>, u64, u32)) -> std::io::Result<Entry> {
-    let body = segments::read_at(&file, off, len)?;
+fn read_spot((file, off, len): (FileRef, u64, u32)) -> std::io::Result<Entry> {
+    let body = segments::read_at(&*file, off, len)?;
     postcard::from_bytes(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
@@ -99,7 +113,17 @@ fn read_entry(segs: &Segments, index: u64) -> std::io::Result<Option<Entry>> {
 
 impl LogStore {
     /// Opens the log under `dir` with its metadata in `db`.
-    pub fn new(db: &sled::Db, dir: &Path) -> Result<Self, super::StorageError> {
+    pub fn new(fs: Arc<dyn Fs>, db: &sled::Db, dir: &Path) -> Result<Self, super::StorageError> {
+        Self::open_with_target(fs, db, dir, segments::SEGMENT_TARGET_BYTES)
+    }
+
+    /// [`Self::new`] with segments closed at `target` bytes (small in tests).
+    pub fn open_with_target(
+        fs: Arc<dyn Fs>,
+        db: &sled::Db,
+        dir: &Path,
+        target: u64,
+    ) -> Result<Self, super::StorageError> {
         if db.tree_names().iter().any(|n| n.as_ref() == OLD_LOG_TREE) && !db.open_tree(OLD_LOG_TREE)?.is_empty() {
             return Err(super::StorageError::Io(std::io::Error::other(
                 "this data directory holds a Raft log in sled, written by an older drover; \
@@ -111,7 +135,12 @@ impl LogStore {
             Some(b) => Some(postcard::from_bytes(&b).map_err(|e| std::io::Error::other(e.to_string()))?),
             None => None,
         };
-        let segs = Segments::open(dir, last_purged.map(|l| l.index))?;
+        let segs = Segments::open_with_target(fs.clone(), dir, last_purged.map(|l| l.index), target)?;
+        // A vote file's temporary, left by a crash before its rename.
+        let vote_tmp = dir.join(format!("{VOTE_FILE}.tmp"));
+        if fs.exists(&vote_tmp)? {
+            fs.remove_file(&vote_tmp)?;
+        }
         let mut last_log_id = last_purged;
         if let Some((_, last)) = segs.bounds()
             && last_purged.is_none_or(|p| last > p.index)
@@ -119,6 +148,8 @@ impl LogStore {
             last_log_id = read_entry(&segs, last)?.map(|e| e.log_id);
         }
         Ok(Self {
+            fs,
+            dir: dir.to_path_buf(),
             db: db.clone(),
             meta,
             inner: Arc::new(Mutex::new(Inner { segs, last_purged, last_log_id })),
@@ -136,6 +167,59 @@ impl LogStore {
 
     async fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush_async().await.map(|_| ())
+    }
+
+    /// The vote file's content: a CRC32 of the encoded vote, then the vote.
+    fn read_vote_file(fs: &dyn Fs, dir: &Path) -> std::io::Result<Option<Vote>> {
+        let path = dir.join(VOTE_FILE);
+        if !fs.exists(&path)? {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut FileReader::new(fs.open(&path)?)?, &mut bytes)?;
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("vote file: {what}"));
+        let (sum, body) = bytes.split_at_checked(4).ok_or_else(|| bad("too short"))?;
+        if crc32fast::hash(body).to_be_bytes() != sum {
+            return Err(bad("checksum mismatch"));
+        }
+        postcard::from_bytes(body).map(Some).map_err(|e| bad(&e.to_string()))
+    }
+
+    /// Writes entries to the segments (unsynced); returns the file to sync to make them
+    /// durable.
+    async fn write_entries(&self, entries: Vec<Entry>) -> Result<Option<FileRef>, RaftStorageError> {
+        let last = entries.last().map(|e| e.log_id);
+        let records: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, enc(e))).collect();
+        let inner = self.inner.clone();
+        blocking(ErrorSubject::Logs, ErrorVerb::Write, move || {
+            let mut g = lock(&inner)?;
+            g.segs.append(&records).map_err(|e| log_err(ErrorVerb::Write, e))?;
+            if last.is_some() {
+                g.last_log_id = last;
+            }
+            Ok(g.segs.sync_handle())
+        })
+        .await
+    }
+
+    /// Test path for appends: the same write and the same sync as [`RaftLogStorage::append`]
+    /// (whose callback cannot be built outside openraft), the sync awaited inline. `Ok`
+    /// means acknowledged.
+    #[cfg(test)]
+    pub(crate) async fn append_and_sync(&self, entries: Vec<Entry>) -> Result<(), RaftStorageError> {
+        let file = self.write_entries(entries).await?;
+        blocking(ErrorSubject::Logs, ErrorVerb::Write, move || {
+            sync_files(&file.into_iter().collect::<Vec<_>>()).map_err(|e| log_err(ErrorVerb::Write, e))
+        })
+        .await
+    }
+
+    /// Test-only switch: acknowledge appends without syncing them (see the power-loss tests).
+    #[cfg(test)]
+    pub(crate) fn skip_append_sync_for_test(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.segs.skip_append_sync_for_test = true;
+        }
     }
 }
 
@@ -195,12 +279,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
-        self.meta.insert(VOTE, enc(vote)).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        self.flush().await.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        let (fs, dir) = (self.fs.clone(), self.dir.clone());
+        let body = enc(vote);
+        let mut bytes = crc32fast::hash(&body).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        blocking(ErrorSubject::Vote, ErrorVerb::Write, move || {
+            super::fs::replace_file(&*fs, &dir, VOTE_FILE, &bytes)
+                .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
-        self.read_meta(VOTE)
+        let (fs, dir) = (self.fs.clone(), self.dir.clone());
+        let from_file = blocking(ErrorSubject::Vote, ErrorVerb::Read, move || {
+            Self::read_vote_file(&*fs, &dir).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+        })
+        .await?;
+        match from_file {
+            Some(v) => Ok(Some(v)),
+            None => self.read_meta(LEGACY_VOTE),
+        }
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
@@ -218,24 +317,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut last = None;
-        let records: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| {
-                last = Some(e.log_id);
-                (e.log_id.index, enc(&e))
-            })
-            .collect();
-        let inner = self.inner.clone();
-        let handle = blocking(ErrorSubject::Logs, ErrorVerb::Write, move || {
-            let mut g = lock(&inner)?;
-            g.segs.append(&records).map_err(|e| log_err(ErrorVerb::Write, e))?;
-            if last.is_some() {
-                g.last_log_id = last;
-            }
-            Ok(g.segs.sync_handle())
-        })
-        .await?;
+        let handle = self.write_entries(entries.into_iter().collect()).await?;
         // Returning before the sync lets openraft keep appending (and replicating) while
         // the disk works; the callback, which is what makes the entry count as persisted,
         // fires only after a sync that covers it.

@@ -1,11 +1,14 @@
 //! Node storage: the Raft log ([`log_store`] over [`segments`] files in
-//! `<data_dir>/raft-log`), and in one sled database the vote and purge point (`raft_meta`)
-//! and the state machine tables (`sm`; see `state::keys`). Snapshots are files under
-//! `<data_dir>/snapshots`.
+//! `<data_dir>/raft-log`, with the vote in `<data_dir>/raft-log/vote`), the current
+//! snapshot (`<data_dir>/snapshots/current.snap`, see [`sm_store`] and [`snapshot_file`]),
+//! and in one sled database the purge point (`raft_meta`) and the state machine tables
+//! (`sm`; see `state::keys`). The files drover writes itself go through the [`fs`] layer,
+//! whose simulated implementation drives the power-loss tests ([`power_loss`]).
 //!
 //! The log is outside sled because sled never evicts large values from memory (see
 //! [`segments`]); everything else is small per key and stays in sled.
 
+pub mod fs;
 pub mod log_store;
 pub mod segments;
 pub mod sled_kv;
@@ -46,8 +49,9 @@ pub fn open(
         .cache_capacity(cache_capacity_bytes)
         .open()
         .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
-    let log = log_store::LogStore::new(&db, &data_dir.join("raft-log"))?;
-    let sm = sm_store::SmStore::open(&db, &data_dir.join("snapshots"), metrics)?;
+    let fs: std::sync::Arc<dyn fs::Fs> = std::sync::Arc::new(fs::RealFs);
+    let log = log_store::LogStore::new(fs.clone(), &db, &data_dir.join("raft-log"))?;
+    let sm = sm_store::SmStore::open(fs, &db, &data_dir.join("snapshots"), metrics)?;
     Ok((log, sm))
 }
 
@@ -67,6 +71,9 @@ pub(crate) fn io_err(
 ) -> RaftStorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
+
+#[cfg(test)]
+mod power_loss;
 
 #[cfg(test)]
 mod suite {

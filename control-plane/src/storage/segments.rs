@@ -20,24 +20,30 @@
 //!   a write that was never acknowledged) is cut off; anywhere else it is an error.
 //!
 //! Durability is the caller's: [`Segments::append`] writes, [`Segments::sync_handle`] gives
-//! the file to `sync_data` before acknowledging (the adapter groups those syncs).
+//! the file to sync before acknowledging (the adapter groups those syncs). Everything
+//! else syncs before it returns: a segment is synced before the next one is started, a
+//! new segment's name and a truncation's removals are made durable by syncing the
+//! directory, a cut record by syncing its file. Purge's removals are not synced: a
+//! removed segment that comes back after a power loss is at or below the purge point and
+//! is removed again at open. All file access goes through [`Fs`], so the power-loss tests
+//! in [`super::power_loss`] exercise exactly these syncs.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use super::fs::{FileRef, Fs};
 
 /// A segment is closed once it is larger than this.
 pub const SEGMENT_TARGET_BYTES: u64 = 64 << 20;
 const HEADER: usize = 16;
 /// A record body larger than this is treated as corruption when reading (entries are
 /// bounded far below by the API's message limits).
-const MAX_RECORD: u32 = 256 << 20;
+pub const MAX_RECORD: u32 = 256 << 20;
 
 struct Segment {
-    file: Arc<File>,
+    file: FileRef,
     /// Index of the first record in this segment (also its file name).
     first: u64,
     /// Offset and body length of each record; record `i` has index `first + i`.
@@ -56,11 +62,16 @@ impl Segment {
 }
 
 pub struct Segments {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     /// Close a segment once it is larger than this ([`SEGMENT_TARGET_BYTES`] outside tests).
     target: u64,
     /// By first index.
     segs: BTreeMap<u64, Segment>,
+    /// Test-only switch: appends are acknowledged without syncing their segment, to show
+    /// that the power-loss tests catch a missing sync.
+    #[cfg(test)]
+    pub(crate) skip_append_sync_for_test: bool,
 }
 
 fn corrupt(msg: String) -> io::Error {
@@ -78,10 +89,6 @@ fn seg_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// What reading one segment file found.
 struct Scan {
     slots: Vec<(u64, u32)>,
@@ -92,9 +99,10 @@ struct Scan {
 }
 
 /// Reads the records of one segment file (a transient copy of at most one segment).
-fn scan(path: &Path, first: u64) -> io::Result<Scan> {
-    let mut data = Vec::new();
-    File::open(path)?.read_to_end(&mut data)?;
+fn scan(file: &dyn super::fs::FsFile, first: u64) -> io::Result<Scan> {
+    let len = usize::try_from(file.size()?).map_err(io::Error::other)?;
+    let mut data = vec![0; len];
+    file.read_exact_at(&mut data, 0)?;
     let mut slots = Vec::new();
     let mut at = 0usize;
     while at < data.len() {
@@ -118,16 +126,14 @@ fn scan(path: &Path, first: u64) -> io::Result<Scan> {
 impl Segments {
     /// Opens (creating) the directory and indexes every record, dropping whole segments
     /// that hold only entries at or below `purged`.
-    pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Self> {
-        Self::open_with_target(dir, purged, SEGMENT_TARGET_BYTES)
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, purged: Option<u64>) -> io::Result<Self> {
+        Self::open_with_target(fs, dir, purged, SEGMENT_TARGET_BYTES)
     }
 
-    pub fn open_with_target(dir: &Path, purged: Option<u64>, target: u64) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+    pub fn open_with_target(fs: Arc<dyn Fs>, dir: &Path, purged: Option<u64>, target: u64) -> io::Result<Self> {
+        fs.create_dir_all(dir)?;
         let mut firsts = Vec::new();
-        for e in std::fs::read_dir(dir)? {
-            let name = e?.file_name();
-            let name = name.to_string_lossy();
+        for name in fs.list(dir)? {
             if let Some(stem) = name.strip_suffix(".seg") {
                 let first = stem.parse::<u64>().map_err(|_| corrupt(format!("unexpected file {name} in the log")))?;
                 firsts.push(first);
@@ -139,16 +145,16 @@ impl Segments {
         for (i, &first) in firsts.iter().enumerate() {
             let path = seg_path(dir, first);
             let last_segment = i + 1 == firsts.len();
-            let Scan { slots, valid, torn } = scan(&path, first)?;
+            let file = fs.open(&path)?;
+            let Scan { slots, valid, torn } = scan(&*file, first)?;
             if torn {
                 if !last_segment {
                     return Err(corrupt(format!("corrupt record in {} at byte {valid}", path.display())));
                 }
                 // The tail of an append that never completed: no one was told it was stored.
                 tracing::warn!(path = %path.display(), at = valid, "cutting a torn record off the Raft log");
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(valid)?;
-                f.sync_all()?;
+                file.set_len(valid)?;
+                file.sync()?;
             }
             // A later segment may start past the end of the one before (see `append`),
             // never inside it.
@@ -160,15 +166,22 @@ impl Segments {
                     path.display()
                 )));
             }
-            let seg = Segment { file: Arc::new(OpenOptions::new().read(true).append(true).open(&path)?), first, slots };
+            let seg = Segment { file, first, slots };
             expect = Some(seg.next_index());
             if purged.is_some_and(|p| seg.next_index() <= p + 1) && !last_segment {
-                std::fs::remove_file(&path)?;
+                fs.remove_file(&path)?;
                 continue;
             }
             segs.insert(first, seg);
         }
-        Ok(Self { dir: dir.to_path_buf(), target, segs })
+        Ok(Self {
+            fs,
+            dir: dir.to_path_buf(),
+            target,
+            segs,
+            #[cfg(test)]
+            skip_append_sync_for_test: false,
+        })
     }
 
     /// Index the next appended record must have, if any record exists.
@@ -201,7 +214,7 @@ impl Segments {
         };
         if roll {
             if let Some(s) = self.segs.values().next_back() {
-                s.file.sync_data()?;
+                s.file.sync()?;
             }
             self.start_segment(*first_index)?;
         }
@@ -226,29 +239,32 @@ impl Segments {
             slots.push((at + HEADER as u64, len));
             at += (HEADER + body.len()) as u64;
         }
-        (&*seg.file).write_all(&buf)?;
+        seg.file.append(&buf)?;
         seg.slots.extend(slots);
         Ok(())
     }
 
     fn start_segment(&mut self, first: u64) -> io::Result<()> {
         let path = seg_path(&self.dir, first);
-        let file = OpenOptions::new().read(true).append(true).create(true).truncate(false).open(&path)?;
         // A leftover file of that name can only hold records that were cut off.
-        file.set_len(0)?;
-        sync_dir(&self.dir)?;
-        self.segs.insert(first, Segment { file: Arc::new(file), first, slots: Vec::new() });
+        let file = self.fs.create(&path)?;
+        self.fs.sync_dir(&self.dir)?;
+        self.segs.insert(first, Segment { file, first, slots: Vec::new() });
         Ok(())
     }
 
     /// The file to `sync_data` for everything appended so far (older segments were
     /// synced when they were closed).
-    pub fn sync_handle(&self) -> Option<Arc<File>> {
+    pub fn sync_handle(&self) -> Option<FileRef> {
+        #[cfg(test)]
+        if self.skip_append_sync_for_test {
+            return None;
+        }
         self.segs.values().next_back().map(|s| s.file.clone())
     }
 
     /// Where record `index` is: its file, offset and length.
-    pub fn locate(&self, index: u64) -> Option<(Arc<File>, u64, u32)> {
+    pub fn locate(&self, index: u64) -> Option<(FileRef, u64, u32)> {
         let (_, seg) = self.segs.range(..=index).next_back()?;
         let (off, len) = *seg.slots.get(usize::try_from(index - seg.first).ok()?)?;
         Some((seg.file.clone(), off, len))
@@ -265,9 +281,9 @@ impl Segments {
             let cut = seg.slots[keep].0 - HEADER as u64;
             seg.slots.truncate(keep);
             seg.file.set_len(cut)?;
-            seg.file.sync_all()?;
+            seg.file.sync()?;
         }
-        sync_dir(&self.dir)
+        self.fs.sync_dir(&self.dir)
     }
 
     /// Deletes whole segments whose records are all at or below `index` (the caller has
@@ -287,7 +303,7 @@ impl Segments {
     fn remove_segments(&mut self, firsts: Vec<u64>) -> io::Result<()> {
         for first in firsts {
             if self.segs.remove(&first).is_some() {
-                std::fs::remove_file(seg_path(&self.dir, first))?;
+                self.fs.remove_file(&seg_path(&self.dir, first))?;
             }
         }
         Ok(())
@@ -300,7 +316,7 @@ impl Segments {
 }
 
 /// Reads one record body.
-pub fn read_at(file: &File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+pub fn read_at(file: &dyn super::fs::FsFile, offset: u64, len: u32) -> io::Result<Vec<u8>> {
     let mut buf = vec![0; len as usize];
     file.read_exact_at(&mut buf, offset)?;
     Ok(buf)
@@ -308,6 +324,10 @@ pub fn read_at(file: &File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
+
+    use super::super::fs::RealFs;
     use super::*;
 
     fn rec(i: u64, n: usize) -> (u64, Vec<u8>) {
@@ -316,40 +336,40 @@ mod tests {
 
     fn read(s: &Segments, i: u64) -> Vec<u8> {
         let (f, off, len) = s.locate(i).expect("present");
-        read_at(&f, off, len).expect("read")
+        read_at(&*f, off, len).expect("read")
     }
 
     #[test]
     fn append_read_reopen_truncate_purge() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Segments::open(dir.path(), None).expect("open");
+        let mut s = Segments::open(Arc::new(RealFs), dir.path(), None).expect("open");
         assert_eq!(s.next_index(), None);
         s.append(&[rec(1, 10), rec(2, 0), rec(3, 300)]).expect("append");
         assert!(s.append(&[rec(3, 1)]).is_err(), "an overlap is refused");
         assert_eq!(read(&s, 3), vec![3; 300]);
         assert_eq!(read(&s, 2), Vec::<u8>::new());
         drop(s);
-        let mut s = Segments::open(dir.path(), None).expect("reopen");
+        let mut s = Segments::open(Arc::new(RealFs), dir.path(), None).expect("reopen");
         assert_eq!((s.bounds(), s.next_index()), (Some((1, 3)), Some(4)));
         s.truncate(2).expect("truncate");
         assert_eq!((s.bounds(), s.locate(2).is_none()), (Some((1, 1)), true));
         s.append(&[rec(2, 7)]).expect("append after truncate");
         assert_eq!(read(&s, 2), vec![2; 7]);
         drop(s);
-        let mut s = Segments::open(dir.path(), None).expect("reopen");
+        let mut s = Segments::open(Arc::new(RealFs), dir.path(), None).expect("reopen");
         assert_eq!((s.bounds(), read(&s, 1)), (Some((1, 2)), vec![1; 10]));
         // After a snapshot install the log continues past its end, in a new segment.
         s.append(&[rec(10, 3), rec(11, 4)]).expect("append past the end");
         assert_eq!((s.segment_count(), s.locate(5).is_none(), read(&s, 11)), (2, true, vec![11; 4]));
         drop(s);
-        let s = Segments::open(dir.path(), Some(9)).expect("reopen");
+        let s = Segments::open(Arc::new(RealFs), dir.path(), Some(9)).expect("reopen");
         assert_eq!((s.bounds(), s.segment_count(), read(&s, 10)), (Some((10, 11)), 1, vec![10; 3]));
     }
 
     #[test]
     fn segments_roll_and_purge_deletes_whole_old_segments() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Segments::open_with_target(dir.path(), None, 1000).expect("open");
+        let mut s = Segments::open_with_target(Arc::new(RealFs), dir.path(), None, 1000).expect("open");
         let big = 500;
         for i in 1..=5 {
             s.append(&[rec(i, big)]).expect("append");
@@ -361,7 +381,7 @@ mod tests {
         assert!(s.locate(1).is_none());
         assert_eq!(read(&s, 5).len(), big);
         drop(s);
-        let s = Segments::open_with_target(dir.path(), Some(3), 1000).expect("reopen");
+        let s = Segments::open_with_target(Arc::new(RealFs), dir.path(), Some(3), 1000).expect("reopen");
         assert_eq!(s.bounds(), Some((3, 5)));
         // Truncating into an earlier segment removes the later ones.
         let mut s = s;
@@ -372,27 +392,27 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_and_corruption_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Segments::open(dir.path(), None).expect("open");
+        let mut s = Segments::open(Arc::new(RealFs), dir.path(), None).expect("open");
         s.append(&[rec(1, 100), rec(2, 100)]).expect("append");
         drop(s);
         let path = seg_path(dir.path(), 1);
         let len = std::fs::metadata(&path).expect("meta").len();
         // A crash in the middle of writing record 2.
         OpenOptions::new().write(true).open(&path).expect("open").set_len(len - 30).expect("cut");
-        let mut s = Segments::open(dir.path(), None).expect("reopen cuts the tail");
+        let mut s = Segments::open(Arc::new(RealFs), dir.path(), None).expect("reopen cuts the tail");
         assert_eq!(s.bounds(), Some((1, 1)));
         s.append(&[rec(2, 5)]).expect("append continues");
         assert_eq!(read(&s, 2), vec![2; 5]);
         drop(s);
         // A flipped byte in the body of record 1 of a segment that is not the last.
-        let mut s = Segments::open_with_target(dir.path(), None, 100).expect("reopen");
+        let mut s = Segments::open_with_target(Arc::new(RealFs), dir.path(), None, 100).expect("reopen");
         s.append(&[rec(3, 1)]).expect("append");
         s.append(&[rec(4, 1)]).expect("append");
         assert_eq!(s.segment_count(), 2);
         drop(s);
         let f = OpenOptions::new().write(true).open(&path).expect("open");
         f.write_all_at(&[0xff], HEADER as u64 + 3).expect("flip");
-        let e = Segments::open(dir.path(), None).err().expect("corruption is refused");
+        let e = Segments::open(Arc::new(RealFs), dir.path(), None).err().expect("corruption is refused");
         assert!(e.to_string().contains("corrupt record"), "{e}");
     }
 }
