@@ -223,6 +223,11 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         // deployment).
         extra.push_str("[raft]\nheartbeat_ms = 300\nelection_min_ms = 1500\nelection_max_ms = 3000\n");
     }
+    if opts.scenario == Scenario::MemberReplace {
+        // Snapshots every few hundred entries and a short log behind them, so a wiped
+        // member catches up from a snapshot streamed while the leader keeps building more.
+        extra.push_str("[raft]\nsnapshot_every_entries = 200\nkeep_entries_behind_snapshot = 20\n");
+    }
     if !opts.breaks.is_empty() {
         extra.push_str("[test_breaks]\n");
         for b in &opts.breaks {
