@@ -13,9 +13,11 @@
 //! | tenants never see each other's tasks | [`isolation`] |
 //! | leader-stamped time never goes back | [`clock`] |
 //! | executions of one task never overlap beyond the kill grace, epochs increase, a completed task ran to its end | [`executions`] |
+//! | each lease runs one container, epochs run ≤ leases granted, lost leases ≤ 5 | [`attempts`] |
 //! | after heal: all work ends, members converge, writes are accepted | [`settle`] |
 //! | no panic in any process's log | [`logs`] |
 
+pub mod attempts;
 pub mod authority;
 pub mod clock;
 pub mod executions;
@@ -86,6 +88,7 @@ pub fn check_all(i: &Inputs) -> Vec<Finding> {
         isolation::check(i),
         clock::check(i),
         executions::check(i),
+        attempts::check(i),
         settle::check(i),
         logs::check(i),
     ]
