@@ -104,6 +104,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         },
         tracker: tracker.clone(),
         quorum: quorum.clone(),
+        log_followers: Default::default(),
     });
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -43,26 +43,7 @@ fn attrs_in(a: Option<pa::AgentAttributes>) -> Result<AgentAttrs, ApiError> {
         egress_ip: a.egress_ip,
         labels: a.labels.into_iter().collect(),
     };
-    for (field, v) in [
-        ("attributes.region", &attrs.region),
-        ("attributes.cluster", &attrs.cluster),
-        ("attributes.vpc", &attrs.vpc),
-        ("attributes.ip_pool", &attrs.ip_pool),
-        ("attributes.egress_ip", &attrs.egress_ip),
-    ] {
-        if v.len() > validate::MAX_NAME_BYTES {
-            return Err(ApiError::invalid(
-                field,
-                format!("{} bytes is over the limit of {}", v.len(), validate::MAX_NAME_BYTES),
-            ));
-        }
-    }
-    if attrs.labels.len() > validate::MAX_LABELS {
-        return Err(ApiError::invalid(
-            "attributes.labels",
-            format!("over the limit of {} labels", validate::MAX_LABELS),
-        ));
-    }
+    validate::agent_attrs("attributes", &attrs)?;
     Ok(attrs)
 }
 
@@ -308,13 +289,6 @@ impl Agent for AgentService {
                 Ok(pa::LogStream::Stderr) => LogStream::Stderr,
                 _ => return Err(ApiError::invalid(format!("chunks[{i}].stream"), "must be STDOUT or STDERR").into()),
             };
-            if c.data.len() > logs::MAX_CHUNK_BYTES {
-                return Err(ApiError::invalid(
-                    format!("chunks[{i}].data"),
-                    format!("{} bytes is over the limit of {}", c.data.len(), logs::MAX_CHUNK_BYTES),
-                )
-                .into());
-            }
             chunks.push(LogAppend {
                 lease: LeaseRef { task_id: lease.task_id, epoch: lease.lease_epoch },
                 seq: c.seq,
@@ -322,6 +296,7 @@ impl Agent for AgentService {
                 data: c.data,
             });
         }
+        logs::check_chunks(&chunks).map_err(ApiError::from)?;
         self.check_owned(&agent_id, chunks.iter().map(|c| (c.lease.task_id, c.lease.epoch)))?;
         let leases: Vec<LeaseRef> = chunks.iter().map(|c| c.lease).collect();
         let cmd = Command::AppendLogs { agent_id, max_task_log_bytes: self.ctx.cfg.max_task_log_bytes, chunks };
