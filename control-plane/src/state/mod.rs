@@ -29,6 +29,8 @@ pub mod views;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod validate_props;
 
 pub use command::{Command, Proposal, Request, Response};
 pub use error::StateError;
