@@ -92,14 +92,26 @@ async fn unbounded_and_ill_formed_inputs_are_refused_and_change_nothing() {
         labels: [("big".to_string(), "x".repeat(5 << 20))].into_iter().collect(),
         ..Default::default()
     };
-    let lease = pg::LeaseRequest { agent_id: "a1".into(), slots: 1, max_tasks: 1, attributes: Some(attributes), ..Default::default() };
+    let lease = pg::LeaseRequest {
+        agent_id: "a1".into(),
+        slots: 1,
+        max_tasks: 1,
+        attributes: Some(attributes),
+        ..Default::default()
+    };
     let e = agent.lease(lease).await.expect_err("5 MB label value");
     assert_invalid(&e, &["attributes.labels[big]", "256 bytes"]);
     let attributes = pg::AgentAttributes {
         labels: [("bad key\n".to_string(), "1".to_string())].into_iter().collect(),
         ..Default::default()
     };
-    let lease = pg::LeaseRequest { agent_id: "a1".into(), slots: 1, max_tasks: 1, attributes: Some(attributes), ..Default::default() };
+    let lease = pg::LeaseRequest {
+        agent_id: "a1".into(),
+        slots: 1,
+        max_tasks: 1,
+        attributes: Some(attributes),
+        ..Default::default()
+    };
     let e = agent.lease(lease).await.expect_err("label key with a space and a newline");
     assert_invalid(&e, &["attributes.labels", "label key"]);
 

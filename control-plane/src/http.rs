@@ -24,9 +24,9 @@ use tokio_util::task::TaskTracker;
 
 use drover_identity::{Role, SpiffeId};
 
+use crate::accept::PeerStream;
 use crate::metrics::Metrics;
 use crate::raft::node::RaftNode;
-use crate::accept::PeerStream;
 use crate::tls::NodeTls;
 
 #[derive(Clone)]
@@ -107,9 +107,10 @@ pub async fn serve(
                 &handshakes,
                 shutdown.clone(),
             );
-            let served = axum::serve(TlsListener { incoming, local }, app.into_make_service_with_connect_info::<HttpPeer>())
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
+            let served =
+                axum::serve(TlsListener { incoming, local }, app.into_make_service_with_connect_info::<HttpPeer>())
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await;
             handshakes.close();
             handshakes.wait().await;
             served

@@ -50,7 +50,11 @@ impl AdminService {
                     .filter(|(id, _)| **id != m.id)
                     .map(|(id, matched)| {
                         let matched_index = matched.map(|l| l.index).unwrap_or(0);
-                        pa::ReplicationProgress { node_id: *id, matched_index, behind: last.saturating_sub(matched_index) }
+                        pa::ReplicationProgress {
+                            node_id: *id,
+                            matched_index,
+                            behind: last.saturating_sub(matched_index),
+                        }
                     })
                     .collect()
             })

@@ -103,7 +103,9 @@ impl AgentService {
         let n = leases.len();
         match self.ctx.propose(Command::HandBack { agent_id: agent_id.to_string(), leases }).await {
             Ok(_) => tracing::info!(agent = %agent_id, leases = n, "handed back grants left out of a lease answer"),
-            Err(e) => tracing::warn!(agent = %agent_id, leases = n, error = %e, "handing back unanswered grants failed; they expire after the TTL"),
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, leases = n, error = %e, "handing back unanswered grants failed; they expire after the TTL")
+            }
         }
     }
 
@@ -389,7 +391,11 @@ mod tests {
     fn one_failing_grant_leaves_the_others_answered() {
         let grants: Vec<LeaseRef> = (1..=4).map(|id| LeaseRef { task_id: id, epoch: 7 }).collect();
         let (tasks, unanswered) = answer_grants(&grants, MAX_LEASE_RESPONSE_BYTES, |l| {
-            if l.task_id == 2 { Err(ApiError::Internal("granted task 2 vanished".into())) } else { Ok(task(l.task_id, 10)) }
+            if l.task_id == 2 {
+                Err(ApiError::Internal("granted task 2 vanished".into()))
+            } else {
+                Ok(task(l.task_id, 10))
+            }
         });
         assert_eq!(tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(), [1, 3, 4]);
         assert_eq!(unanswered, [LeaseRef { task_id: 2, epoch: 7 }]);

@@ -107,7 +107,9 @@ fn is_path_component(p: &str) -> bool {
 fn is_domain_component(c: &str) -> bool {
     let b = c.as_bytes();
     let (Some(&first), Some(&last)) = (b.first(), b.last()) else { return false };
-    first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric() && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'-')
+    first.is_ascii_alphanumeric()
+        && last.is_ascii_alphanumeric()
+        && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'-')
 }
 
 fn is_domain(d: &str) -> bool {
