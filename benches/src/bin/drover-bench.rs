@@ -238,12 +238,11 @@ async fn backlog(
             }
             due
         };
-        if due {
-            if let Ok(s) = cluster.status(leader).await
-                && let Some(p) = s.replication.iter().find(|p| p.node_id == new)
-            {
-                println!("  {:.0?}: node 4 matched index {} ({} behind)", t0.elapsed(), p.matched_index, p.behind);
-            }
+        if due
+            && let Ok(s) = cluster.status(leader).await
+            && let Some(p) = s.replication.iter().find(|p| p.node_id == new)
+        {
+            println!("  {:.0?}: node 4 matched index {} ({} behind)", t0.elapsed(), p.matched_index, p.behind);
         }
         let s = cluster.status(new).await.ok()?;
         (s.snapshot_index >= want && s.last_applied_index >= want).then_some(())
