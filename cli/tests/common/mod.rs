@@ -15,7 +15,10 @@ use drover_proto::v1 as pv;
 pub fn bin() -> &'static Path {
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        std::env::var_os("DROVER_TEST_BIN").map(Into::into).unwrap_or_else(|| env!("CARGO_BIN_EXE_drover").into())
+        std::env::var_os("DROVER_TEST_BIN")
+            .filter(|p| !p.is_empty())
+            .map(Into::into)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_drover").into())
     })
 }
 
