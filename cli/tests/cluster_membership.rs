@@ -67,6 +67,13 @@ async fn learner_catches_up_from_snapshot_and_serves_reads() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}; node 4 log:\n{}", c.log_tail(new, 30)));
+    // The leader reports the learner's catch-up progress (add-learner no longer waits for it).
+    eventually(Duration::from_secs(20), "the leader to see node 4 caught up", || async {
+        let s = c.status(leader).await.ok()?;
+        s.replication.iter().find(|p| p.node_id == new && p.matched_index >= want && p.behind < 100).map(|_| ())
+    })
+    .await
+    .expect("replication progress of node 4");
     let m = admin.promote(pa::PromoteRequest { node_ids: vec![new] }).await.expect("promote").into_inner();
     assert!(m.nodes.iter().any(|n| n.id == new && n.voter), "{m:?}");
 

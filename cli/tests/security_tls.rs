@@ -264,6 +264,13 @@ async fn unacceptable_clients_are_refused() {
     // The server still serves a good client.
     let ok = status(c.creds(Role::Operator, "ops").expect("creds")).await.expect("good operator");
     assert!(ok.into_inner().has_leader);
+
+    // Certificates refused during the handshake are counted, by reason.
+    let (_, metrics) = c.http_get(leader, "/metrics").await.expect("metrics");
+    for reason in ["no_certificate", "expired_certificate", "unknown_ca", "bad_certificate"] {
+        let line = format!("drover_api_denied_total{{reason=\"{reason}\"}}");
+        assert!(metrics.lines().any(|l| l.starts_with(&line)), "{line} not counted:\n{metrics}");
+    }
 }
 
 /// SIGHUP after replacing a node's certificate files: new connections are served with the

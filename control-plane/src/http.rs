@@ -1,7 +1,9 @@
 //! The HTTP side listener: `GET /metrics` (Prometheus text), `GET /healthz` (the process
 //! serves) and `GET /readyz` (this node knows a leader and has applied what it has).
 //! With TLS on, it speaks HTTPS with the node's certificates and requires a client
-//! certificate from the same CA (a Prometheus scraper gets an operator certificate).
+//! certificate from the same CA (a Prometheus scraper gets an operator certificate);
+//! connections are accepted by [`crate::accept`] with [`crate::accept::HTTP_LIMITS`]
+//! (handshakes off the accept loop, bounded in time and number).
 //!
 //! Access, checked before any handler (refusals are `403` and counted in
 //! `drover_api_denied_total`): the certificate must carry one valid identity; a tenant
@@ -18,12 +20,14 @@ use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use drover_identity::{Role, SpiffeId};
 
+use crate::accept::PeerStream;
 use crate::metrics::Metrics;
 use crate::raft::node::RaftNode;
-use crate::tls::{HANDSHAKE_TIMEOUT, NodeTls};
+use crate::tls::NodeTls;
 
 #[derive(Clone)]
 struct Ctx {
@@ -45,45 +49,33 @@ impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for HttpPeer {
     }
 }
 
-/// Accepts TCP connections and completes TLS handshakes one at a time (each bounded by
-/// the handshake timeout); a failed handshake is dropped and the next one accepted.
+/// Handshaken connections from [`crate::accept`]: the accept loop never waits on a
+/// handshake (each runs in its own task, bounded in time and number), so a peer that
+/// connects and stalls cannot hold up `/healthz` for anyone else.
 struct TlsListener {
-    inner: tokio::net::TcpListener,
-    tls: Arc<NodeTls>,
+    incoming: tokio::sync::mpsc::Receiver<PeerStream>,
+    local: std::net::SocketAddr,
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Io = PeerStream;
     type Addr = HttpPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (tcp, addr) = match self.inner.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.http_acceptor().accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let identity = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                        Some(leaf) => {
-                            drover_identity::certs::identity_from_der(leaf.as_ref()).map_err(|e| e.to_string())
-                        }
-                        None => Err("no client certificate".to_string()),
-                    };
-                    return (stream, HttpPeer { addr, identity });
-                }
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "https handshake refused"),
-                Err(_) => tracing::debug!(%addr, "https handshake timed out"),
-            }
-        }
+        let Some(stream) = self.incoming.recv().await else {
+            // The accept loop has stopped (shutdown): serve nothing more.
+            return std::future::pending().await;
+        };
+        let identity = match stream.info.certs.as_ref().and_then(|c| c.first()) {
+            Some(leaf) => drover_identity::certs::identity_from_der(leaf.as_ref()).map_err(|e| e.to_string()),
+            None => Err("no client certificate".to_string()),
+        };
+        let addr = stream.info.remote.unwrap_or(self.local);
+        (stream, HttpPeer { addr, identity })
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(HttpPeer { addr: self.inner.local_addr()?, identity: Err("the listener itself".into()) })
+        Ok(HttpPeer { addr: self.local, identity: Err("the listener itself".into()) })
     }
 }
 
@@ -94,6 +86,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let accept_metrics = metrics.accept_metrics();
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -102,9 +95,25 @@ pub async fn serve(
     let app = app.layer(axum::middleware::from_fn_with_state(ctx.clone(), authorize)).with_state(ctx);
     match tls {
         Some(tls) => {
-            axum::serve(TlsListener { inner: listener, tls }, app.into_make_service_with_connect_info::<HttpPeer>())
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
+            let local = listener.local_addr()?;
+            let handshakes = TaskTracker::new();
+            let acceptor = move || tls.http_acceptor();
+            let incoming = crate::accept::spawn(
+                "http",
+                listener,
+                acceptor,
+                crate::accept::HTTP_LIMITS,
+                accept_metrics,
+                &handshakes,
+                shutdown.clone(),
+            );
+            let served =
+                axum::serve(TlsListener { incoming, local }, app.into_make_service_with_connect_info::<HttpPeer>())
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await;
+            handshakes.close();
+            handshakes.wait().await;
+            served
         }
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
     }

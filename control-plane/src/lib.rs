@@ -10,11 +10,14 @@
 //! * [`api`] — tenant, agent and admin gRPC services; one error → status mapping.
 //! * [`leader`] — leader-only loops and the soft lease tracker.
 //! * [`tls`] — mutual-TLS material for the listener and for dialling peers.
+//! * [`accept`] — the TLS accept loop both listeners share (handshakes off the loop,
+//!   bounded in time and number; refused certificates counted).
 //! * [`config`], [`metrics`], [`http`], [`server`] — validated config, Prometheus
 //!   registry, side HTTP listener, wiring and shutdown.
 //! * [`test_breaks`] — deliberate defects (debug builds only) that prove the chaos
 //!   checker can fail.
 
+pub mod accept;
 pub mod api;
 pub mod config;
 pub mod http;

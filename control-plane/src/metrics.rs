@@ -15,6 +15,8 @@ pub struct Metrics {
     pub apply: ApplyMetrics,
     pub leases_expired: IntCounterVec,
     pub api_denied: IntCounterVec,
+    /// Connections a listener dropped before serving them (`listener`, `reason`).
+    pub connections_refused: IntCounterVec,
     /// AppendEntries messages refused locally as too large and resent with fewer entries.
     pub append_splits: IntCounter,
     term: IntGauge,
@@ -53,6 +55,13 @@ impl Metrics {
                 Opts::new("api_denied_total", "Calls refused before any handler ran, by reason"),
                 &["reason"],
             )?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "connections_refused_total",
+                    "Connections a listener dropped before serving them, by listener and reason",
+                ),
+                &["listener", "reason"],
+            )?,
             append_splits: IntCounter::new(
                 "raft_append_splits_total",
                 "AppendEntries messages over 8 MiB resent to a follower as fewer entries",
@@ -75,6 +84,7 @@ impl Metrics {
         m.registry.register(Box::new(m.apply.applied_entries.clone()))?;
         m.registry.register(Box::new(m.leases_expired.clone()))?;
         m.registry.register(Box::new(m.api_denied.clone()))?;
+        m.registry.register(Box::new(m.connections_refused.clone()))?;
         m.registry.register(Box::new(m.append_splits.clone()))?;
         m.registry.register(Box::new(m.term.clone()))?;
         m.registry.register(Box::new(m.last_log_index.clone()))?;
@@ -85,6 +95,11 @@ impl Metrics {
         m.registry.register(Box::new(m.leases_active.clone()))?;
         m.registry.register(Box::new(m.tasks.clone()))?;
         Ok(m)
+    }
+
+    /// The counters the TLS accept loops report to.
+    pub fn accept_metrics(&self) -> crate::accept::AcceptMetrics {
+        crate::accept::AcceptMetrics { denied: self.api_denied.clone(), refused: self.connections_refused.clone() }
     }
 
     /// Refreshes the state gauges and renders the Prometheus text exposition.

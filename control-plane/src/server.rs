@@ -105,6 +105,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         },
         tracker: tracker.clone(),
         quorum: quorum.clone(),
+        log_followers: Default::default(),
     });
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -140,7 +141,8 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let stop = shutdown.clone().cancelled_owned();
     let grpc: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &tls {
         Some(tls) => {
-            let incoming = crate::tls::incoming(grpc_listener, tls.clone(), &tasks, shutdown.clone());
+            let incoming =
+                crate::tls::incoming(grpc_listener, tls.clone(), metrics.accept_metrics(), &tasks, shutdown.clone());
             Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
         }
         // Without TCP_NODELAY, small replies sit behind Nagle and delayed ACKs (~40 ms).

@@ -13,9 +13,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use drover_identity::SpiffeId;
@@ -25,20 +23,18 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::Connected;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::TlsFiles;
 
+/// Bound on dialling a peer and on its TLS handshake (outbound; inbound handshakes are
+/// bounded by [`crate::accept::AcceptLimits`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const ACCEPT_QUEUE: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -180,92 +176,20 @@ pub enum ProbeError {
     NotAServer(String),
 }
 
-/// What the interceptor learns about a TLS connection.
-#[derive(Clone, Debug)]
-pub struct PeerInfo {
-    pub remote: Option<SocketAddr>,
-    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
-}
+pub use crate::accept::{PeerInfo, PeerStream};
 
-/// An accepted, handshaken TLS connection.
-pub struct PeerStream {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
-    info: PeerInfo,
-}
-
-impl Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// Accepts TCP connections and completes TLS handshakes (each bounded in time, off the
-/// accept loop) with the configuration current at accept time. A failed handshake is
-/// logged and dropped; the listener keeps serving.
+/// The gRPC listener's connections: TCP accepted and TLS handshaken by
+/// [`crate::accept`] (each handshake in its own task, bounded in time and number) with
+/// the configuration current at accept time.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<NodeTls>,
+    metrics: crate::accept::AcceptMetrics,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-) -> ReceiverStream<Result<PeerStream, io::Error>> {
-    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-    let handshakes = tracker.clone();
-    tracker.spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.current());
-            let tx = tx.clone();
-            handshakes.spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(inner)) => {
-                        let certs = inner.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec()));
-                        let stream = PeerStream { inner, info: PeerInfo { remote: Some(remote), certs } };
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
+) -> impl tokio_stream::Stream<Item = Result<PeerStream, io::Error>> + use<> {
+    use tokio_stream::StreamExt;
+    let acceptor = move || TlsAcceptor::from(tls.current());
+    let rx = crate::accept::spawn("grpc", listener, acceptor, crate::accept::GRPC_LIMITS, metrics, tracker, shutdown);
+    ReceiverStream::new(rx).map(Ok)
 }

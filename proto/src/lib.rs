@@ -36,5 +36,9 @@ pub use drover::agent::v1 as agent;
 pub use drover::raft::v1 as raft;
 pub use drover::v1;
 
+/// Environment variables the agent sets in every task container. A code's `env` may not
+/// name them (nor anything starting `DROVER_`): the control plane refuses such a code.
+pub const TASK_ENV: [&str; 5] = ["TASK_ID", "TASK_ATTEMPT", "LEASE_EPOCH", "PAYLOAD_FILE", "CONFIG_FILE"];
+
 /// Codec version carried in every `raft.v1.RaftMessage`: postcard over serde.
 pub const RAFT_CODEC_POSTCARD: u32 = 1;

@@ -95,12 +95,21 @@ pub async fn serve<T: ControlTarget>(listener: UnixListener, path: PathBuf, agen
     let _ = tokio::fs::remove_file(&path).await;
 }
 
-/// Serves read-only `GET /metrics` on a loopback TCP listener until `cancel` fires.
+/// Open connections to the metrics listener; beyond it a new one is closed at once.
+pub const MAX_METRICS_CONNECTIONS: usize = 64;
+/// How long a metrics connection may take to send its request head.
+pub const METRICS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves read-only `GET /metrics` on a loopback TCP listener until `cancel` fires. Every
+/// connection is served in its own task (a slow one delays nobody), at most
+/// [`MAX_METRICS_CONNECTIONS`] at once, each with [`METRICS_HEADER_TIMEOUT`] to send its
+/// request head.
 pub async fn serve_metrics<T: ControlTarget>(
     listener: tokio::net::TcpListener,
     agent: Arc<T>,
     cancel: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -112,8 +121,13 @@ pub async fn serve_metrics<T: ControlTarget>(
             },
             _ = cancel.cancelled() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(limit = MAX_METRICS_CONNECTIONS, "metrics connection limit reached; closing a new one");
+            continue;
+        };
         let agent = agent.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let agent = agent.clone();
                 async move {
@@ -125,7 +139,11 @@ pub async fn serve_metrics<T: ControlTarget>(
                     })
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

@@ -223,9 +223,27 @@ async fn backlog(
     drover_chaos::eventually(Duration::from_secs(30), "node 4 to listen", || async { cluster.status(new).await.ok() })
         .await?;
     let t0 = Instant::now();
+    // Returns once node 4 is a learner; it catches up in the background (the leader's
+    // `raft status` shows how far), which on a large state outlasts any call deadline.
     clients::admin(&addr)?.add_learner(pa::AddLearnerRequest { node_id: new, addr: new_addr }).await?;
+    println!("learner added in {:.1?}; catching up", t0.elapsed());
     let want = snap.snapshot_index;
+    let reported = std::sync::Mutex::new(Instant::now());
     drover_chaos::eventually(Duration::from_secs(600), "node 4 to install the snapshot", || async {
+        let due = {
+            let mut last = reported.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.elapsed() >= Duration::from_secs(10);
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if due
+            && let Ok(s) = cluster.status(leader).await
+            && let Some(p) = s.replication.iter().find(|p| p.node_id == new)
+        {
+            println!("  {:.0?}: node 4 matched index {} ({} behind)", t0.elapsed(), p.matched_index, p.behind);
+        }
         let s = cluster.status(new).await.ok()?;
         (s.snapshot_index >= want && s.last_applied_index >= want).then_some(())
     })

@@ -62,6 +62,9 @@ pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
                     "snapshot_index": s.snapshot_index,
                     "purged_index": s.purged_index,
                     "nodes": nodes_json(&s.nodes),
+                    "replication": s.replication.iter().map(|p| serde_json::json!({
+                        "node_id": p.node_id, "matched_index": p.matched_index, "behind": p.behind,
+                    })).collect::<Vec<_>>(),
                 }));
                 return Ok(());
             }
@@ -75,6 +78,12 @@ pub async fn run(a: OperatorArgs) -> anyhow::Result<()> {
                 s.purged_index
             );
             print_nodes(Format::Table, &s.nodes);
+            if !s.replication.is_empty() {
+                outln!("{:<6} {:<14} BEHIND", "ID", "MATCHED");
+                for p in &s.replication {
+                    outln!("{:<6} {:<14} {}", p.node_id, p.matched_index, p.behind);
+                }
+            }
         }
         RaftCmd::AddLearner { node_id, addr } => {
             let r = with_leader(&conn, |ch| {

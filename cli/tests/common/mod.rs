@@ -10,8 +10,16 @@ use drover_proto::admin as pa;
 use drover_proto::agent as pg;
 use drover_proto::v1 as pv;
 
+/// The `drover` binary under test; `DROVER_TEST_BIN` names another build (to measure a
+/// fix against the binary before it).
 pub fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_drover"))
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("DROVER_TEST_BIN")
+            .filter(|p| !p.is_empty())
+            .map(Into::into)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_drover").into())
+    })
 }
 
 pub async fn cluster(opts: ClusterOptions) -> Cluster {

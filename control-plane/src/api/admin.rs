@@ -25,6 +25,9 @@ pub struct AdminService {
 }
 
 const MAX_INSPECT_WAIT: Duration = Duration::from_secs(60);
+/// A learner more entries than this behind the leader's log is not promoted: as a voter it
+/// would count toward quorums it cannot yet help to form.
+pub const MAX_PROMOTE_LAG_ENTRIES: u64 = 1_000;
 
 impl AdminService {
     fn nodes(&self) -> Vec<pa::NodeInfo> {
@@ -35,6 +38,27 @@ impl AdminService {
             .nodes()
             .map(|(id, n)| pa::NodeInfo { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
             .collect()
+    }
+
+    /// On the leader: each other member's matched log index and how far it is behind.
+    fn replication(&self) -> Vec<pa::ReplicationProgress> {
+        let m = self.ctx.node.metrics();
+        let last = m.last_log_index.unwrap_or(0);
+        m.replication
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != m.id)
+                    .map(|(id, matched)| {
+                        let matched_index = matched.map(|l| l.index).unwrap_or(0);
+                        pa::ReplicationProgress {
+                            node_id: *id,
+                            matched_index,
+                            behind: last.saturating_sub(matched_index),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     async fn change(&self, changes: ChangeMembers<u64, Node>, retain: bool) -> ApiResult<pa::MembershipResponse> {
@@ -64,6 +88,7 @@ impl Admin for AdminService {
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             nodes: self.nodes(),
+            replication: self.replication(),
         }))
     }
 
@@ -92,11 +117,14 @@ impl Admin for AdminService {
                 .into());
             }
         }
-        // Blocks until the learner has caught up (from a snapshot if the log was purged).
+        // Returns once the learner is in the membership; it catches up in the background (from
+        // a snapshot if the log was purged), which on a large state takes longer than any
+        // call deadline. Progress: `raft status` (`replication`); `promote` refuses a
+        // learner still far behind.
         self.ctx
             .node
             .raft
-            .add_learner(r.node_id, Node { addr: r.addr }, true)
+            .add_learner(r.node_id, Node { addr: r.addr }, false)
             .await
             .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
         Ok(Response::new(pa::MembershipResponse { nodes: self.nodes() }))
@@ -106,6 +134,20 @@ impl Admin for AdminService {
         let ids: BTreeSet<u64> = req.into_inner().node_ids.into_iter().collect();
         if ids.is_empty() {
             return Err(ApiError::invalid("node_ids", "must name at least one learner").into());
+        }
+        self.ctx.require_leader()?;
+        let progress = self.replication();
+        for id in &ids {
+            if let Some(p) = progress.iter().find(|p| p.node_id == *id)
+                && p.behind > MAX_PROMOTE_LAG_ENTRIES
+            {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "node {id} is still catching up: it matches the log to index {} and is {} entries behind \
+                     (promote once it is within {MAX_PROMOTE_LAG_ENTRIES}; see `drover operator raft status`)",
+                    p.matched_index, p.behind
+                ))
+                .into());
+            }
         }
         self.change(ChangeMembers::AddVoterIds(ids), true).await
     }

@@ -43,26 +43,7 @@ fn attrs_in(a: Option<pa::AgentAttributes>) -> Result<AgentAttrs, ApiError> {
         egress_ip: a.egress_ip,
         labels: a.labels.into_iter().collect(),
     };
-    for (field, v) in [
-        ("attributes.region", &attrs.region),
-        ("attributes.cluster", &attrs.cluster),
-        ("attributes.vpc", &attrs.vpc),
-        ("attributes.ip_pool", &attrs.ip_pool),
-        ("attributes.egress_ip", &attrs.egress_ip),
-    ] {
-        if v.len() > validate::MAX_NAME_BYTES {
-            return Err(ApiError::invalid(
-                field,
-                format!("{} bytes is over the limit of {}", v.len(), validate::MAX_NAME_BYTES),
-            ));
-        }
-    }
-    if attrs.labels.len() > validate::MAX_LABELS {
-        return Err(ApiError::invalid(
-            "attributes.labels",
-            format!("over the limit of {} labels", validate::MAX_LABELS),
-        ));
-    }
+    validate::agent_attrs("attributes", &attrs)?;
     Ok(attrs)
 }
 
@@ -73,7 +54,61 @@ fn valid_ms(received: Instant, now: Instant, valid: Duration) -> u64 {
     (now.saturating_duration_since(received) + valid).as_millis() as u64
 }
 
+/// The most bytes of granted tasks one `Lease` answer carries: agents decode up to 64 MiB,
+/// and 256 grants of 1 MiB payloads would not fit. Grants past it are handed back.
+pub const MAX_LEASE_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Builds the answer for committed grants one by one: a grant that cannot be built (its
+/// task unreadable) or that would take the answer past `max_bytes` is left out and
+/// returned in the second list, to be handed back, instead of failing the whole answer and
+/// orphaning every lease in it until its TTL. The first grant is always answered when it
+/// can be built (one task is at most a 1 MiB payload).
+pub fn answer_grants(
+    grants: &[LeaseRef],
+    max_bytes: usize,
+    mut build: impl FnMut(LeaseRef) -> Result<pa::GrantedTask, ApiError>,
+) -> (Vec<pa::GrantedTask>, Vec<LeaseRef>) {
+    use prost::Message;
+    let mut tasks = Vec::with_capacity(grants.len());
+    let mut unanswered = Vec::new();
+    let mut bytes = 0usize;
+    for &lease in grants {
+        match build(lease) {
+            Ok(t) => {
+                let len = t.encoded_len() + 8;
+                if tasks.is_empty() || bytes + len <= max_bytes {
+                    bytes += len;
+                    tasks.push(t);
+                } else {
+                    unanswered.push(lease);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(task_id = lease.task_id, epoch = lease.epoch, error = %e, "granted task not answered; handing it back");
+                unanswered.push(lease);
+            }
+        }
+    }
+    (tasks, unanswered)
+}
+
 impl AgentService {
+    /// Hands back committed grants the agent will never hear of, so their tasks are queued
+    /// again now rather than when the lease expires. Best effort: if it fails, the lease
+    /// tracker expires them after the TTL as before.
+    async fn hand_back_unanswered(&self, agent_id: &str, leases: Vec<LeaseRef>) {
+        if leases.is_empty() {
+            return;
+        }
+        let n = leases.len();
+        match self.ctx.propose(Command::HandBack { agent_id: agent_id.to_string(), leases }).await {
+            Ok(_) => tracing::info!(agent = %agent_id, leases = n, "handed back grants left out of a lease answer"),
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, leases = n, error = %e, "handing back unanswered grants failed; they expire after the TTL")
+            }
+        }
+    }
+
     /// Whether the leader's current state has a task this agent could be granted.
     fn has_work(&self, attrs: &AgentAttrs) -> Result<bool, ApiError> {
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
@@ -172,16 +207,26 @@ impl Agent for AgentService {
                     // long poll is valid for the time it was held plus what is left of
                     // the TTL, counted from the agent's send time.
                     let now = Instant::now();
-                    let window = self.ctx.lease_validity(now).inspect_err(|e| {
-                        // The grants are committed but cannot be vouched for: they expire
-                        // after the TTL and are re-queued.
-                        tracing::warn!(agent = %agent_id, grants = grants.len(), error = %e, "granted leases not answered");
-                    })?;
-                    let mut tasks = Vec::with_capacity(grants.len());
-                    for g in grants {
-                        self.ctx.tracker.touch(LeaseRef { task_id: g.task_id, epoch: g.epoch }, now);
-                        tasks.push(self.granted(g.task_id, g.epoch)?);
+                    let window = match self.ctx.lease_validity(now) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            // The grants are committed but cannot be vouched for: hand them
+                            // back (if this node can still propose), else they expire after
+                            // the TTL and are re-queued.
+                            tracing::warn!(agent = %agent_id, grants = grants.len(), error = %e, "granted leases not answered");
+                            let refs = grants.iter().map(|g| LeaseRef { task_id: g.task_id, epoch: g.epoch }).collect();
+                            self.hand_back_unanswered(&agent_id, refs).await;
+                            return Err(e.into());
+                        }
+                    };
+                    let refs: Vec<LeaseRef> =
+                        grants.iter().map(|g| LeaseRef { task_id: g.task_id, epoch: g.epoch }).collect();
+                    let (tasks, unanswered) =
+                        answer_grants(&refs, MAX_LEASE_RESPONSE_BYTES, |l| self.granted(l.task_id, l.epoch));
+                    for t in &tasks {
+                        self.ctx.tracker.touch(LeaseRef { task_id: t.task_id, epoch: t.lease_epoch }, now);
                     }
+                    self.hand_back_unanswered(&agent_id, unanswered).await;
                     let lease_valid_ms = valid_ms(received, now, window.valid);
                     tracing::debug!(
                         agent = %agent_id,
@@ -319,13 +364,6 @@ impl Agent for AgentService {
                 Ok(pa::LogStream::Stderr) => LogStream::Stderr,
                 _ => return Err(ApiError::invalid(format!("chunks[{i}].stream"), "must be STDOUT or STDERR").into()),
             };
-            if c.data.len() > logs::MAX_CHUNK_BYTES {
-                return Err(ApiError::invalid(
-                    format!("chunks[{i}].data"),
-                    format!("{} bytes is over the limit of {}", c.data.len(), logs::MAX_CHUNK_BYTES),
-                )
-                .into());
-            }
             chunks.push(LogAppend {
                 lease: LeaseRef { task_id: lease.task_id, epoch: lease.lease_epoch },
                 seq: c.seq,
@@ -333,6 +371,7 @@ impl Agent for AgentService {
                 data: c.data,
             });
         }
+        logs::check_chunks(&chunks).map_err(ApiError::from)?;
         self.check_owned(&agent_id, chunks.iter().map(|c| (c.lease.task_id, c.lease.epoch)))?;
         let leases: Vec<LeaseRef> = chunks.iter().map(|c| c.lease).collect();
         let cmd = Command::AppendLogs { agent_id, max_task_log_bytes: self.ctx.cfg.max_task_log_bytes, chunks };
@@ -348,5 +387,39 @@ impl Agent for AgentService {
             }
         }
         Ok(Response::new(pa::AppendLogsResponse { stale }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: u64, payload_bytes: usize) -> pa::GrantedTask {
+        pa::GrantedTask { task_id: id, lease_epoch: 7, payload: vec![1; payload_bytes], ..Default::default() }
+    }
+
+    #[test]
+    fn one_failing_grant_leaves_the_others_answered() {
+        let grants: Vec<LeaseRef> = (1..=4).map(|id| LeaseRef { task_id: id, epoch: 7 }).collect();
+        let (tasks, unanswered) = answer_grants(&grants, MAX_LEASE_RESPONSE_BYTES, |l| {
+            if l.task_id == 2 {
+                Err(ApiError::Internal("granted task 2 vanished".into()))
+            } else {
+                Ok(task(l.task_id, 10))
+            }
+        });
+        assert_eq!(tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(unanswered, [LeaseRef { task_id: 2, epoch: 7 }]);
+    }
+
+    #[test]
+    fn grants_past_the_answer_budget_are_handed_back() {
+        let grants: Vec<LeaseRef> = (1..=5).map(|id| LeaseRef { task_id: id, epoch: 7 }).collect();
+        let (tasks, unanswered) = answer_grants(&grants, 2500, |l| Ok(task(l.task_id, 1000)));
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(unanswered.iter().map(|l| l.task_id).collect::<Vec<_>>(), [3, 4, 5]);
+        // The first grant is answered even when alone it is over the budget.
+        let (tasks, unanswered) = answer_grants(&grants[..1], 10, |l| Ok(task(l.task_id, 1000)));
+        assert_eq!((tasks.len(), unanswered.len()), (1, 0));
     }
 }

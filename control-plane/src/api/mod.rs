@@ -50,6 +50,52 @@ pub struct ApiCtx {
     pub cfg: ApiConfig,
     pub tracker: Arc<LeaseTracker>,
     pub quorum: Arc<QuorumClock>,
+    /// Open `GetTaskLog` follow streams per tenant.
+    pub log_followers: LogFollowers,
+}
+
+/// Most `GetTaskLog` streams with `follow` one tenant may hold open on one node.
+pub const MAX_FOLLOW_STREAMS_PER_TENANT: usize = 16;
+
+/// Counts open follow streams per tenant; a [`FollowSlot`] gives its place back on drop.
+#[derive(Default)]
+pub struct LogFollowers {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One open follow stream of a tenant.
+pub struct FollowSlot {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl LogFollowers {
+    /// A slot for one more follow stream of `tenant`, or `ResourceExhausted` naming the
+    /// limit.
+    pub fn acquire(&self, tenant: &str) -> Result<FollowSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(tenant.to_string()).or_default();
+        if *n >= MAX_FOLLOW_STREAMS_PER_TENANT {
+            return Err(ApiError::Exhausted(format!(
+                "tenant {tenant} has {n} GetTaskLog follow streams open on this node, \
+                 the limit is {MAX_FOLLOW_STREAMS_PER_TENANT}"
+            )));
+        }
+        *n += 1;
+        Ok(FollowSlot { open: self.open.clone(), tenant: tenant.to_string() })
+    }
+}
+
+impl Drop for FollowSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl ApiCtx {

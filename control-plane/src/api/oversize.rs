@@ -1,10 +1,15 @@
-//! Over-size requests answer `ResourceExhausted` naming the limit.
+//! Over-size requests answer `ResourceExhausted` naming the limit, and request bodies that
+//! are not valid protobuf answer `InvalidArgument`.
 //!
 //! tonic refuses a request message over the service's decoding limit itself, before any
 //! handler, with `OutOfRange` ("decoded message length too large"). The API's rule is that
 //! a limit violation is `InvalidArgument` or `ResourceExhausted` naming the limit, so this
 //! layer rewrites that one answer (its status arrives in the response trailers, or in the
 //! headers of a trailers-only response) and leaves everything else untouched.
+//!
+//! tonic-prost likewise answers a request body prost cannot decode with `Internal`
+//! ("failed to decode Protobuf message: …"), before any handler; that is the client's
+//! fault, so it becomes `InvalidArgument` with the decoder's words (which name the field).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,17 +38,29 @@ pub struct Oversize<S> {
 
 const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: &str = "8";
+const INTERNAL: &str = "13";
+const INVALID_ARGUMENT: &str = "3";
+/// How tonic-prost's decoder error begins (prost's `DecodeError` display).
+const DECODE_FAILURE: &str = "failed to decode Protobuf message";
 
 /// Rewrites tonic's over-size refusal in place; anything else is left alone. (A passed
 /// deadline cannot be rewritten here: tonic's timeout layer sits outside user layers and
 /// answers `Cancelled` "Timeout expired".)
 pub fn rewrite(headers: &mut http::HeaderMap, limit: usize) {
-    let is_oversize = headers.get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE)
-        && headers
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            // Percent-encoded on the wire (spaces as %20).
-            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    // Percent-encoded on the wire (spaces as %20).
+    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).map(|m| m.replace("%20", " "));
+    let status = headers.get("grpc-status");
+    if status.is_some_and(|v| v == INTERNAL) && message.as_deref().is_some_and(|m| m.starts_with(DECODE_FAILURE)) {
+        headers.insert("grpc-status", HeaderValue::from_static(INVALID_ARGUMENT));
+        if let Some(m) = message
+            && let Ok(v) = HeaderValue::from_str(&format!("invalid request message: {m}").replace(' ', "%20"))
+        {
+            headers.insert("grpc-message", v);
+        }
+        return;
+    }
+    let is_oversize = status.is_some_and(|v| v == OUT_OF_RANGE)
+        && message.as_deref().is_some_and(|m| m.contains("message length too large"));
     if !is_oversize {
         return;
     }
@@ -136,5 +153,23 @@ mod tests {
         other.insert("grpc-message", HeaderValue::from_static("something else"));
         rewrite(&mut other, 16);
         assert_eq!(other["grpc-status"], "11");
+    }
+
+    #[test]
+    fn undecodable_requests_are_invalid_argument() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", HeaderValue::from_static("13"));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("failed%20to%20decode%20Protobuf%20message:%20invalid%20wire%20type"),
+        );
+        rewrite(&mut h, 16);
+        assert_eq!(h["grpc-status"], "3");
+        assert!(h["grpc-message"].to_str().expect("ascii").starts_with("invalid%20request%20message:%20failed"));
+        let mut other = http::HeaderMap::new();
+        other.insert("grpc-status", HeaderValue::from_static("13"));
+        other.insert("grpc-message", HeaderValue::from_static("internal%20error:%20disk"));
+        rewrite(&mut other, 16);
+        assert_eq!(other["grpc-status"], "13");
     }
 }

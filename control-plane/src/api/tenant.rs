@@ -188,11 +188,15 @@ pub(super) async fn list_codes(ctx: &ApiCtx, tenant: &str) -> Result<pv::ListCod
 const LOG_BATCH_BYTES: usize = 256 * 1024;
 /// A follower re-reads at least this often even without an apply notification.
 const LOG_RECHECK: Duration = Duration::from_secs(1);
+/// ... and at most this often: every apply wakes every follow stream, and under a busy
+/// log a stream would otherwise re-read on each one.
+const LOG_MIN_REREAD: Duration = Duration::from_millis(100);
 
 /// Streams a task's log from `from_index`; with `follow`, until the task has finished and
 /// all its output is sent. Reads state before chunks each round: every chunk of a task is
 /// committed before its completion (the agent flushes first; later chunks are refused),
-/// so a finished task with no chunks left has nothing more to come.
+/// so a finished task with no chunks left has nothing more to come. Follow streams are
+/// bounded per tenant ([`super::MAX_FOLLOW_STREAMS_PER_TENANT`]).
 pub(super) async fn task_log(
     ctx: Arc<ApiCtx>,
     tenant: String,
@@ -203,10 +207,19 @@ pub(super) async fn task_log(
     if views::get_task(&ctx.node.sm.kv(), Some(&tenant), id)?.is_none() {
         return Err(ApiError::NotFound(format!("task {id} not found")));
     }
+    let slot = if r.follow { Some(ctx.log_followers.acquire(&tenant)?) } else { None };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut from = r.from_index;
+        let mut last_read: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(at) = last_read {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at + LOG_MIN_REREAD) => {}
+                    _ = tx.closed() => return,
+                }
+            }
             let notified = ctx.node.sm.applied.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -233,6 +246,7 @@ pub(super) async fn task_log(
             if !r.follow || finished {
                 return;
             }
+            last_read = Some(tokio::time::Instant::now());
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tx.closed() => return,

@@ -31,6 +31,11 @@ impl StateMachine {
                 format!("{} is over the limit of {}", requests.len(), validate::MAX_LEASE_REQUESTS),
             )));
         }
+        for (i, r) in requests.iter().enumerate() {
+            if let Err(e) = validate::agent_attrs(&format!("requests[{i}].attributes"), &r.attrs) {
+                return Ok(Err(e));
+            }
+        }
         let mut grants = Vec::new();
         let cursor_before = self.rr_cursor.clone();
         for req in requests {

@@ -23,6 +23,36 @@ use super::machine::{ApplyCtx, StateMachine};
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// Most chunks in one append command.
 pub const MAX_CHUNKS_PER_APPEND: usize = 1_000;
+/// Highest chunk sequence number an agent may use (it counts from 0), so `seq + 1` and
+/// every later step stay in range.
+pub const MAX_CHUNK_SEQ: u64 = i64::MAX as u64;
+
+/// Refuses a whole append before anything is written: too many chunks, a chunk over
+/// [`MAX_CHUNK_BYTES`], or a `seq` over [`MAX_CHUNK_SEQ`]. The API edge and `apply` both
+/// run it.
+pub fn check_chunks(chunks: &[LogAppend]) -> Result<(), StateError> {
+    if chunks.len() > MAX_CHUNKS_PER_APPEND {
+        return Err(StateError::invalid(
+            "chunks",
+            format!("{} entries is over the limit of {MAX_CHUNKS_PER_APPEND}", chunks.len()),
+        ));
+    }
+    for (i, c) in chunks.iter().enumerate() {
+        if c.data.len() > MAX_CHUNK_BYTES {
+            return Err(StateError::invalid(
+                format!("chunks[{i}].data"),
+                format!("{} bytes is over the limit of {MAX_CHUNK_BYTES}", c.data.len()),
+            ));
+        }
+        if c.seq > MAX_CHUNK_SEQ {
+            return Err(StateError::invalid(
+                format!("chunks[{i}].seq"),
+                format!("{} is over the limit of {MAX_CHUNK_SEQ}", c.seq),
+            ));
+        }
+    }
+    Ok(())
+}
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogStream {
@@ -102,17 +132,8 @@ impl StateMachine {
         max_task_log_bytes: u64,
         chunks: &[LogAppend],
     ) -> Applied {
-        if chunks.len() > MAX_CHUNKS_PER_APPEND {
-            return Ok(Err(StateError::invalid(
-                "chunks",
-                format!("{} entries is over the limit of {MAX_CHUNKS_PER_APPEND}", chunks.len()),
-            )));
-        }
-        if let Some((i, c)) = chunks.iter().enumerate().find(|(_, c)| c.data.len() > MAX_CHUNK_BYTES) {
-            return Ok(Err(StateError::invalid(
-                format!("chunks[{i}].data"),
-                format!("{} bytes is over the limit of {MAX_CHUNK_BYTES}", c.data.len()),
-            )));
+        if let Err(e) = check_chunks(chunks) {
+            return Ok(Err(e));
         }
         let mut results = Vec::with_capacity(chunks.len());
         for c in chunks {
@@ -145,7 +166,13 @@ impl StateMachine {
         if c.seq < meta.next_seq {
             return Ok(Ok(()));
         }
-        meta.next_seq = c.seq + 1;
+        // Checked, though `check_chunks` keeps `seq` far below the top: `apply` must not
+        // be able to panic on anything a command carries.
+        meta.next_seq = c.seq.saturating_add(1);
+        // A chunk index is a u32; a log that would need more is cut like one over its cap.
+        if meta.chunks >= u32::MAX - 1 {
+            meta.truncated = true;
+        }
         if !meta.truncated && !c.data.is_empty() {
             let room = cap.saturating_sub(meta.bytes);
             let keep = (c.data.len() as u64).min(room) as usize;
@@ -153,7 +180,7 @@ impl StateMachine {
                 let chunk = LogChunk { epoch, stream: c.stream, stamp_ms: ctx.now_ms, data: c.data[..keep].to_vec() };
                 txn.put(chunk_key(task_id, meta.chunks), keys::encode(&chunk));
                 meta.chunks += 1;
-                meta.bytes += keep as u64;
+                meta.bytes = meta.bytes.saturating_add(keep as u64);
             }
             if keep < c.data.len() {
                 let marker =

@@ -6,13 +6,14 @@
 //! * [`indexes`] — in-memory indexes derived from the tables.
 //! * [`kv`], [`keys`] — the key-value interface and the table layout.
 //! * [`logs`] — task output appended by agents, capped per task.
-//! * [`validate`] — input limits; [`views`] — read queries; [`invariants`] — checks.
+//! * [`validate`] — input limits ([`image_ref`]: the registry reference grammar); [`views`] — read queries; [`invariants`] — checks.
 //!
 //! Nothing here reads a clock, the network or randomness; the same log applied to the
 //! same tables yields byte-identical tables on every replica.
 
 pub mod command;
 pub mod error;
+pub mod image_ref;
 pub mod indexes;
 pub mod invariants;
 pub mod keys;
@@ -28,6 +29,8 @@ pub mod views;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod validate_props;
 
 pub use command::{Command, Proposal, Request, Response};
 pub use error::StateError;

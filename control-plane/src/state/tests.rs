@@ -173,7 +173,7 @@ fn limits(max_queued_tasks: u64, max_concurrency: u32) -> TenantLimits {
 fn spec(name: &str, max_concurrency: u32, default_retries: u32) -> CodeSpec {
     CodeSpec {
         name: name.into(),
-        image: "registry.example/app@sha256:00".into(),
+        image: format!("registry.example/app@sha256:{}", "0".repeat(64)),
         command: vec!["run".into()],
         env: BTreeMap::new(),
         limits: CodeLimits { timeout_ms: 60_000, ..Default::default() },

@@ -4,7 +4,7 @@
 
 use super::command::{CodeSpec, NewTask};
 use super::error::StateError;
-use super::model::{Placement, TenantLimits};
+use super::model::{AgentAttrs, Placement, TenantLimits};
 
 pub const MAX_BATCH_TASKS: usize = 1_000;
 pub const MAX_NAME_BYTES: usize = 128;
@@ -19,6 +19,17 @@ pub const MAX_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
 pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_RETRIES: u32 = 100;
 pub const MAX_LABELS: usize = 32;
+/// A label key: 1..=63 bytes of `[A-Za-z0-9._/-]`, starting and ending alphanumeric.
+pub const MAX_LABEL_KEY_BYTES: usize = 63;
+/// A label value: 0..=256 bytes of printable ASCII (space to `~`).
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+/// All keys and values of one label map together.
+pub const MAX_LABELS_TOTAL_BYTES: usize = 4096;
+/// An environment variable name of a code.
+pub const MAX_ENV_KEY_BYTES: usize = 128;
+/// Environment names the agent sets itself start with this (as well as the names in
+/// [`drover_proto::TASK_ENV`]); a code may not set them.
+pub const RESERVED_ENV_PREFIX: &str = "DROVER_";
 pub const MAX_ENV_VARS: usize = 128;
 pub const MAX_COMMAND_ARGS: usize = 128;
 pub const MAX_VALUE_BYTES: usize = 4096;
@@ -54,24 +65,119 @@ fn bounded(field: &str, value: &str, max: usize) -> Result<(), StateError> {
     Ok(())
 }
 
-fn map(field: &str, m: &std::collections::BTreeMap<String, String>, max_len: usize) -> Result<(), StateError> {
-    if m.len() > max_len {
-        return Err(StateError::invalid(field, format!("{} entries is over the limit of {max_len}", m.len())));
+/// A label map (an agent's attributes or a task's placement constraint): count, total
+/// size, and each key and value ([`MAX_LABEL_KEY_BYTES`], [`MAX_LABEL_VALUE_BYTES`]).
+pub fn labels(field: &str, m: &std::collections::BTreeMap<String, String>) -> Result<(), StateError> {
+    if m.len() > MAX_LABELS {
+        return Err(StateError::invalid(field, format!("{} entries is over the limit of {MAX_LABELS}", m.len())));
     }
+    let mut total = 0usize;
     for (k, v) in m {
-        if k.is_empty() {
-            return Err(StateError::invalid(field, "keys must not be empty"));
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY_BYTES
+            && k.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'))
+            && k.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+            && k.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric);
+        if !key_ok {
+            return Err(StateError::invalid(
+                format!("{field}[{}]", printable(k)),
+                format!(
+                    "a label key is 1..={MAX_LABEL_KEY_BYTES} bytes of A-Z a-z 0-9 . _ / -, \
+                     starting and ending with a letter or digit"
+                ),
+            ));
         }
-        bounded(&format!("{field}[{k}]"), k, MAX_NAME_BYTES)?;
-        bounded(&format!("{field}[{k}]"), v, MAX_VALUE_BYTES)?;
+        if v.len() > MAX_LABEL_VALUE_BYTES || !v.bytes().all(|c| (b' '..=b'~').contains(&c)) {
+            return Err(StateError::invalid(
+                format!("{field}[{k}]"),
+                format!(
+                    "a label value is 0..={MAX_LABEL_VALUE_BYTES} bytes of printable ASCII; this one is {} bytes",
+                    v.len()
+                ),
+            ));
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_LABELS_TOTAL_BYTES {
+        return Err(StateError::invalid(
+            field,
+            format!("{total} bytes of keys and values is over the limit of {MAX_LABELS_TOTAL_BYTES}"),
+        ));
     }
     Ok(())
+}
+
+/// A field name fit for an error message: at most 64 characters, control characters
+/// escaped (the offending key itself may be megabytes of anything).
+fn printable(s: &str) -> String {
+    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// A code's environment: count; names non-empty, at most [`MAX_ENV_KEY_BYTES`], without
+/// `=` or NUL, and not one the agent sets ([`drover_proto::TASK_ENV`],
+/// [`RESERVED_ENV_PREFIX`]`*`); values at most [`MAX_VALUE_BYTES`], without NUL.
+pub fn env(field: &str, m: &std::collections::BTreeMap<String, String>) -> Result<(), StateError> {
+    if m.len() > MAX_ENV_VARS {
+        return Err(StateError::invalid(field, format!("{} entries is over the limit of {MAX_ENV_VARS}", m.len())));
+    }
+    for (k, v) in m {
+        let at = || format!("{field}[{}]", printable(k));
+        if k.is_empty() {
+            return Err(StateError::invalid(field, "names must not be empty"));
+        }
+        if k.len() > MAX_ENV_KEY_BYTES {
+            return Err(StateError::invalid(
+                at(),
+                format!("the name is {} bytes, over the limit of {MAX_ENV_KEY_BYTES}", k.len()),
+            ));
+        }
+        if k.contains(['=', '\0']) {
+            return Err(StateError::invalid(at(), "a name must not contain '=' or NUL"));
+        }
+        if drover_proto::TASK_ENV.contains(&k.as_str()) || k.starts_with(RESERVED_ENV_PREFIX) {
+            return Err(StateError::invalid(
+                at(),
+                format!(
+                    "{k} is reserved: the agent sets {} and {RESERVED_ENV_PREFIX}*",
+                    drover_proto::TASK_ENV.join(", ")
+                ),
+            ));
+        }
+        if v.len() > MAX_VALUE_BYTES {
+            return Err(StateError::invalid(
+                at(),
+                format!("the value is {} bytes, over the limit of {MAX_VALUE_BYTES}", v.len()),
+            ));
+        }
+        if v.contains('\0') {
+            return Err(StateError::invalid(at(), "a value must not contain NUL"));
+        }
+    }
+    Ok(())
+}
+
+/// An agent's attributes: names at most [`MAX_NAME_BYTES`], labels as [`labels`].
+pub fn agent_attrs(field: &str, a: &AgentAttrs) -> Result<(), StateError> {
+    for (name, v) in [
+        ("region", &a.region),
+        ("cluster", &a.cluster),
+        ("vpc", &a.vpc),
+        ("ip_pool", &a.ip_pool),
+        ("egress_ip", &a.egress_ip),
+    ] {
+        bounded(&format!("{field}.{name}"), v, MAX_NAME_BYTES)?;
+    }
+    labels(&format!("{field}.labels"), &a.labels)
 }
 
 pub fn placement(field: &str, p: &Placement) -> Result<(), StateError> {
     bounded(&format!("{field}.cluster"), &p.cluster, MAX_NAME_BYTES)?;
     bounded(&format!("{field}.region"), &p.region, MAX_NAME_BYTES)?;
-    map(&format!("{field}.labels"), &p.labels, MAX_LABELS)
+    labels(&format!("{field}.labels"), &p.labels)
 }
 
 pub const MAX_CIDRS: usize = 64;
@@ -101,13 +207,8 @@ pub fn tenant_limits(l: &TenantLimits) -> Result<(), StateError> {
 
 pub fn code_spec(s: &CodeSpec) -> Result<(), StateError> {
     name("name", &s.name)?;
-    if s.image.is_empty() {
-        return Err(StateError::invalid("image", "must not be empty"));
-    }
     bounded("image", &s.image, MAX_IMAGE_BYTES)?;
-    if s.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(StateError::invalid("image", "must not contain whitespace"));
-    }
+    super::image_ref::check(&s.image).map_err(|why| StateError::invalid("image", why))?;
     if s.command.len() > MAX_COMMAND_ARGS {
         return Err(StateError::invalid(
             "command",
@@ -117,7 +218,7 @@ pub fn code_spec(s: &CodeSpec) -> Result<(), StateError> {
     for a in &s.command {
         bounded("command", a, MAX_VALUE_BYTES)?;
     }
-    map("env", &s.env, MAX_ENV_VARS)?;
+    env("env", &s.env)?;
     if s.limits.timeout_ms > MAX_TIMEOUT_MS {
         return Err(StateError::invalid("limits.timeout_ms", format!("over the limit of {MAX_TIMEOUT_MS}")));
     }
@@ -203,6 +304,41 @@ mod tests {
         assert!(name("name", "a b").is_err());
         assert!(name("name", "-a").is_err());
         assert!(name("name", &"x".repeat(129)).unwrap_err().to_string().contains("limit of 128"));
+    }
+
+    #[test]
+    fn labels_are_bounded_in_length_charset_and_total() {
+        let m = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        assert!(labels("l", &m(&[("gpu", "1".into()), ("drover.io/zone", "eu-west a".into())])).is_ok());
+        let e = labels("attributes.labels", &m(&[("big", "x".repeat(5 << 20))])).unwrap_err().to_string();
+        assert!(e.contains("attributes.labels[big]") && e.contains("0..=256 bytes"), "{e}");
+        let e = labels("l", &m(&[("a\nb", String::new())])).unwrap_err().to_string();
+        assert!(e.contains("l[a\\nb]") && e.contains("label key"), "{e}");
+        assert!(labels("l", &m(&[("", String::new())])).is_err());
+        assert!(labels("l", &m(&[("-a", String::new())])).is_err());
+        assert!(labels("l", &m(&[(&"k".repeat(64), String::new())])).is_err());
+        assert!(labels("l", &m(&[("k", "\u{0}".into())])).is_err());
+        let many: Vec<(String, String)> = (0..20).map(|i| (format!("k{i}"), "v".repeat(250))).collect();
+        let e = labels("l", &many.into_iter().collect()).unwrap_err().to_string();
+        assert!(e.contains("over the limit of 4096"), "{e}");
+    }
+
+    #[test]
+    fn env_names_and_values() {
+        let m = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect();
+        assert!(env("env", &m("MINE", "a=b c")).is_ok());
+        for (k, v, why) in [
+            ("", "x", "must not be empty"),
+            ("A=B", "x", "'=' or NUL"),
+            ("A\0", "x", "'=' or NUL"),
+            ("TASK_ID", "x", "reserved"),
+            ("PAYLOAD_FILE", "x", "reserved"),
+            ("DROVER_ANYTHING", "x", "reserved"),
+            ("OK", "a\0b", "NUL"),
+        ] {
+            let e = env("env", &m(k, v)).unwrap_err().to_string();
+            assert!(e.contains(why) && e.starts_with("invalid env"), "{k:?}={v:?}: {e}");
+        }
     }
 
     #[test]

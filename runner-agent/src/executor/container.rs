@@ -92,7 +92,8 @@ fn container_name(agent: &str, task: u64, epoch: u64) -> String {
     format!("drover-{clean}-{task}-{epoch}")
 }
 
-const DROVER_ENV: [&str; 5] = ["TASK_ID", "TASK_ATTEMPT", "LEASE_EPOCH", "PAYLOAD_FILE", "CONFIG_FILE"];
+/// The agent's own variables win over a code's (which the control plane refuses anyway).
+const DROVER_ENV: [&str; 5] = drover_proto::TASK_ENV;
 
 impl DockerExecutor {
     /// Connects to the engine (`DOCKER_HOST`, else the local socket) and negotiates the API
