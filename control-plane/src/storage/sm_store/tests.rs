@@ -10,7 +10,19 @@ use crate::state::Command;
 use crate::state::command::LeaseRef;
 
 fn store(dir: &Path) -> (sled::Db, SmStore) {
-    let db = sled::Config::new().path(dir.join("sled")).open().expect("sled");
+    // A store of the same directory dropped just before may still hold sled's file lock
+    // until its flusher thread exits: retry the open for a while.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new().path(dir.join("sled")).open() {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < until => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("opening sled: {e}"),
+        }
+    };
     let sm = SmStore::open(Arc::new(RealFs), &db, &dir.join("snapshots"), super::super::suite::test_metrics())
         .expect("open");
     (db, sm)
@@ -326,7 +338,8 @@ fn running_tasks(sm: &SmStore, tasks: usize) -> Vec<LeaseRef> {
             tenant: "acme".into(),
             spec: CodeSpec {
                 name: "work".into(),
-                image: "registry.example/app@sha256:00".into(),
+                image: "registry.example/app@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                    .into(),
                 command: vec!["run".into()],
                 env: BTreeMap::new(),
                 limits: CodeLimits { timeout_ms: 60_000, ..Default::default() },
