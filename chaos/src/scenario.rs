@@ -41,20 +41,6 @@ pub enum Scenario {
     Wan,
 }
 
-/// The scenarios of `suite ci`.
-pub const CI: [Scenario; 10] = [
-    Scenario::LeaderKill,
-    Scenario::FollowerPause,
-    Scenario::LeaderIsolated,
-    Scenario::AgentsCut,
-    Scenario::AgentPause,
-    Scenario::RollingRestart,
-    Scenario::DelayResetStorm,
-    Scenario::LeaderOneWay,
-    Scenario::MemberReplace,
-    Scenario::EngineRestart,
-];
-
 pub const ALL: [Scenario; 11] = [
     Scenario::LeaderKill,
     Scenario::FollowerPause,
@@ -70,6 +56,11 @@ pub const ALL: [Scenario; 11] = [
 ];
 
 impl Scenario {
+    /// In `suite ci` (every scenario but the slow WAN one, which `suite long` runs).
+    pub fn in_ci(self) -> bool {
+        self != Scenario::Wan
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::LeaderKill => "leader-kill",
