@@ -81,7 +81,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     .map_err(|e| ServerError::Raft(e.to_string()))?;
     let tls = cfg.tls.as_ref().map(NodeTls::load).transpose()?.map(Arc::new);
     let dialer = Dialer { tls: tls.as_ref().map(|t| t.client.clone()), overrides: Arc::new(cfg.dial.clone()) };
-    let network = NetworkFactory { dialer: dialer.clone(), splits: metrics.append_splits.clone() };
+    let network = NetworkFactory::new(dialer.clone(), metrics.append_splits.clone());
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm_store)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;

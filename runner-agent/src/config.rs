@@ -125,6 +125,10 @@ impl Default for ImageConfig {
     }
 }
 
+/// Largest `logs.batch_bytes`: a batch may pass it by one chunk (64 KiB), and the control
+/// plane takes at most 1 MiB of output per append call.
+pub const MAX_LOG_BATCH_BYTES: u64 = 960 * 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -196,6 +200,12 @@ impl AgentConfig {
         {
             return invalid("metrics_listen", format!("{addr} is not a loopback address"));
         }
+        if self.logs.batch_bytes.as_u64() > MAX_LOG_BATCH_BYTES {
+            return invalid(
+                "logs.batch_bytes",
+                format!("{} is over the limit of {}", self.logs.batch_bytes, bytesize::ByteSize(MAX_LOG_BATCH_BYTES)),
+            );
+        }
         if self.limits.memory.as_u64() < 4 * 1024 * 1024 {
             return invalid("limits.memory", "must be at least 4 MiB (Docker's minimum)".into());
         }
@@ -234,5 +244,6 @@ mod tests {
         assert!(err("dev_agent_id = \"a\"\nmetrics_listen = \"0.0.0.0:9100\"").contains("invalid metrics_listen"));
         assert!(err("dev_agent_id = \"a\"\n[limits]\nmemory = \"1 MiB\"").contains("invalid limits.memory"));
         assert!(err("dev_agent_id = \"a\"\nslotz = 3").contains("unknown field"));
+        assert!(err("dev_agent_id = \"a\"\n[logs]\nbatch_bytes = \"2 MiB\"").contains("invalid logs.batch_bytes"));
     }
 }

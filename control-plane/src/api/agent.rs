@@ -372,6 +372,7 @@ impl Agent for AgentService {
             });
         }
         logs::check_chunks(&chunks).map_err(ApiError::from)?;
+        logs::check_append_bytes(&chunks).map_err(ApiError::from)?;
         self.check_owned(&agent_id, chunks.iter().map(|c| (c.lease.task_id, c.lease.epoch)))?;
         let leases: Vec<LeaseRef> = chunks.iter().map(|c| c.lease).collect();
         let cmd = Command::AppendLogs { agent_id, max_task_log_bytes: self.ctx.cfg.max_task_log_bytes, chunks };

@@ -5,10 +5,16 @@
 //!
 //! AppendEntries is also bounded in bytes: a message over [`APPEND_TARGET_BYTES`] with
 //! more than one entry is refused locally with `PayloadTooLarge` and a hint of how many
-//! entries fit, and openraft resends fewer. Entries of batched queue calls run to 16 MiB,
-//! so a count limit alone let one message reach hundreds of MiB on both sides.
+//! entries fit, and openraft resends fewer. A count limit alone let one message reach
+//! hundreds of MiB on both sides; and openraft allows each call only the heartbeat
+//! interval, so a message must be small enough to cross, be written and be acknowledged
+//! within it (see [`super::batcher::MAX_ENTRY_BYTES`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use drover_proto::raft::raft_client::RaftClient;
 use openraft::error::{
@@ -28,7 +34,7 @@ use super::types::{Node, NodeId, TypeConfig};
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// AppendEntries messages larger than this are split (unless they hold a single entry).
-pub const APPEND_TARGET_BYTES: usize = 8 * 1024 * 1024;
+pub const APPEND_TARGET_BYTES: usize = 1024 * 1024;
 
 /// How this node dials its peers: plaintext (development) or mutual TLS with its own
 /// server certificate.
@@ -78,6 +84,18 @@ pub struct NetworkFactory {
     pub dialer: Dialer,
     /// Counts AppendEntries split for size.
     pub splits: prometheus::IntCounter,
+    /// One channel per peer address, shared by every client openraft makes for it.
+    /// openraft makes a new client for each leadership check (every linearizable read)
+    /// and gives it one heartbeat interval; a fresh TCP and TLS handshake per read did
+    /// not fit in that on a loaded machine, and reads failed "not enough for a quorum".
+    /// A channel reconnects by itself after its connection breaks.
+    pub channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl NetworkFactory {
+    pub fn new(dialer: Dialer, splits: prometheus::IntCounter) -> Self {
+        NetworkFactory { dialer, splits, channels: Arc::default() }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -90,6 +108,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             dialer: self.dialer.clone(),
             client: None,
             splits: self.splits.clone(),
+            channels: self.channels.clone(),
         }
     }
 }
@@ -100,6 +119,7 @@ pub struct PeerClient {
     dialer: Dialer,
     client: Option<RaftClient<Channel>>,
     splits: prometheus::IntCounter,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
@@ -109,7 +129,18 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ch = channel(&self.addr, &self.dialer).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let ch = {
+            let mut channels = self.channels.lock();
+            match channels.get(&self.addr) {
+                Some(ch) => ch.clone(),
+                None => {
+                    let ch = channel(&self.addr, &self.dialer)
+                        .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                    channels.insert(self.addr.clone(), ch.clone());
+                    ch
+                }
+            }
+        };
         let c = raft_client(ch);
         self.client = Some(c.clone());
         Ok(c)
@@ -177,11 +208,12 @@ mod tests {
     #[test]
     fn large_appends_are_split_by_bytes() {
         const M: usize = 1024 * 1024;
+        const T: usize = APPEND_TARGET_BYTES;
         assert_eq!(entries_that_fit(1, 100 * M), None, "one entry is sent whatever its size");
-        assert_eq!(entries_that_fit(8, 8 * M), None);
-        assert_eq!(entries_that_fit(8, 64 * M), Some(1));
-        assert_eq!(entries_that_fit(8, 16 * M), Some(4));
-        assert_eq!(entries_that_fit(8, 8 * M + 1), Some(7), "always fewer than before");
+        assert_eq!(entries_that_fit(8, T), None);
+        assert_eq!(entries_that_fit(8, 8 * T), Some(1));
+        assert_eq!(entries_that_fit(8, 2 * T), Some(4));
+        assert_eq!(entries_that_fit(8, T + 1), Some(7), "always fewer than before");
         assert_eq!(entries_that_fit(2, 200 * M), Some(1));
     }
 }

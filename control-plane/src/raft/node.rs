@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_proto::raft::ReadIndexRequest;
 use drover_proto::raft::raft_client::RaftClient;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
@@ -29,6 +29,8 @@ use crate::storage::sm_store::SmShared;
 
 /// Maximum leader hops one proposal follows (a leader change mid-forward).
 const MAX_HOPS: usize = 3;
+/// Pause before asking the quorum again when a leadership check went unanswered.
+const READ_RETRY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
 pub enum ProposeError {
@@ -234,11 +236,7 @@ impl RaftNode {
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let timeout_ms = self.propose_timeout.as_millis() as u64;
         if self.is_leader() {
-            return match tokio::time::timeout(self.propose_timeout, self.raft.ensure_linearizable()).await {
-                Err(_) => Err(ProposeError::Timeout(timeout_ms)),
-                Ok(Err(e)) => Err(ProposeError::Raft(e.to_string())),
-                Ok(Ok(_)) => Ok(()),
-            };
+            return self.read_index().await.map(|_| ());
         }
         let (leader, addr) = match self.leader() {
             Some(l) => l,
@@ -267,10 +265,23 @@ impl RaftNode {
     /// reader must have applied.
     pub async fn read_index(&self) -> Result<u64, ProposeError> {
         let timeout_ms = self.propose_timeout.as_millis() as u64;
-        match tokio::time::timeout(self.propose_timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(ProposeError::Timeout(timeout_ms)),
-            Ok(Err(e)) => Err(ProposeError::Raft(e.to_string())),
-            Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+        let deadline = tokio::time::Instant::now() + self.propose_timeout;
+        // A quorum that does not answer one round within a heartbeat interval (followers
+        // busy writing a large entry, a loaded machine) is asked again until the deadline;
+        // a lost leadership ends the wait at once.
+        loop {
+            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                Err(_) => return Err(ProposeError::Timeout(timeout_ms)),
+                Ok(Ok(log_id)) => return Ok(log_id.map(|l| l.index).unwrap_or(0)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) if self.is_leader() => {
+                    let retry_at = tokio::time::Instant::now() + READ_RETRY;
+                    if retry_at >= deadline {
+                        return Err(ProposeError::Timeout(timeout_ms));
+                    }
+                    tokio::time::sleep_until(retry_at).await;
+                }
+                Ok(Err(e)) => return Err(ProposeError::Raft(e.to_string())),
+            }
         }
     }
 }

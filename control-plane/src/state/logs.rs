@@ -23,6 +23,10 @@ use super::machine::{ApplyCtx, StateMachine};
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// Most chunks in one append command.
 pub const MAX_CHUNKS_PER_APPEND: usize = 1_000;
+/// Most chunk bytes in one append call (one Raft command, which must fit an entry of
+/// [`crate::raft::batcher::MAX_ENTRY_BYTES`]). Checked at the API edge only: `apply`
+/// keeps accepting what earlier versions committed.
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
 /// Highest chunk sequence number an agent may use (it counts from 0), so `seq + 1` and
 /// every later step stay in range.
 pub const MAX_CHUNK_SEQ: u64 = i64::MAX as u64;
@@ -50,6 +54,18 @@ pub fn check_chunks(chunks: &[LogAppend]) -> Result<(), StateError> {
                 format!("{} is over the limit of {MAX_CHUNK_SEQ}", c.seq),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Refuses an append call whose chunks hold more than [`MAX_APPEND_BYTES`] together.
+pub fn check_append_bytes(chunks: &[LogAppend]) -> Result<(), StateError> {
+    let total: usize = chunks.iter().map(|c| c.data.len()).sum();
+    if total > MAX_APPEND_BYTES {
+        return Err(StateError::invalid(
+            "chunks",
+            format!("{total} data bytes in one call is over the limit of {MAX_APPEND_BYTES}; send fewer chunks per call"),
+        ));
     }
     Ok(())
 }

@@ -12,8 +12,9 @@ pub const MAX_IMAGE_BYTES: usize = 512;
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 /// Hard ceiling on one payload, whatever a tenant's limit says.
 pub const MAX_PAYLOAD_BYTES: u64 = 1024 * 1024;
-/// Ceiling on the payload bytes of one queue call (one Raft entry).
-pub const MAX_BATCH_PAYLOAD_BYTES: u64 = 8 * 1024 * 1024;
+/// Ceiling on the payload bytes of one queue call (one Raft command, which must fit an
+/// entry of [`crate::raft::batcher::MAX_ENTRY_BYTES`]).
+pub const MAX_BATCH_PAYLOAD_BYTES: u64 = 1024 * 1024;
 pub const MAX_PRIORITY: u8 = 2;
 pub const MAX_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
 pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
