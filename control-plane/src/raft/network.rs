@@ -134,8 +134,8 @@ impl PeerClient {
             match channels.get(&self.addr) {
                 Some(ch) => ch.clone(),
                 None => {
-                    let ch = channel(&self.addr, &self.dialer)
-                        .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                    let ch =
+                        channel(&self.addr, &self.dialer).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
                     channels.insert(self.addr.clone(), ch.clone());
                     ch
                 }

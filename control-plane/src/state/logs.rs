@@ -64,7 +64,9 @@ pub fn check_append_bytes(chunks: &[LogAppend]) -> Result<(), StateError> {
     if total > MAX_APPEND_BYTES {
         return Err(StateError::invalid(
             "chunks",
-            format!("{total} data bytes in one call is over the limit of {MAX_APPEND_BYTES}; send fewer chunks per call"),
+            format!(
+                "{total} data bytes in one call is over the limit of {MAX_APPEND_BYTES}; send fewer chunks per call"
+            ),
         ));
     }
     Ok(())
