@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::StateError;
 use super::model::{AgentAttrs, Code, CodeLimits, Placement, Task, Tenant, TenantLimits};
+use super::schedules::{Fired, Schedule, ScheduleFire, ScheduleSpec};
 
 /// One Raft entry's application data.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -187,6 +188,30 @@ pub enum Command {
         max_tasks: u32,
         max_keys: u64,
     },
+    /// Creates a schedule (see [`super::schedules`]); answered with
+    /// [`Response::Schedule`].
+    CreateSchedule {
+        tenant: String,
+        spec: ScheduleSpec,
+    },
+    DeleteSchedule {
+        tenant: String,
+        id: u64,
+    },
+    /// Pauses or resumes a schedule.
+    PauseSchedule {
+        tenant: String,
+        id: u64,
+        paused: bool,
+    },
+    /// The leader's schedule ticker: fires the named ticks, each accepted only if it is
+    /// the tick its schedule expects (so a tick fires once across leader changes).
+    /// `term`: the proposing leader's term (see [`Command::leader_term`]). Answered with
+    /// [`Response::Fired`].
+    FireSchedules {
+        term: u64,
+        fires: Vec<ScheduleFire>,
+    },
 }
 
 impl Command {
@@ -205,6 +230,7 @@ impl Command {
             | Command::PromoteDelayed { term, .. }
             | Command::Purge { term, .. }
             | Command::PurgeBounded { term, .. }
+            | Command::FireSchedules { term, .. }
             | Command::Lease { term, .. } => Some(*term),
             _ => None,
         }
@@ -255,5 +281,11 @@ pub enum Response {
     /// The tasks a [`Command::HandBack`] re-queued, in the order named.
     HandedBack {
         task_ids: Vec<u64>,
+    },
+    Schedule(Box<Schedule>),
+    ScheduleDeleted,
+    /// One result per fire, in order.
+    Fired {
+        results: Vec<Result<Fired, StateError>>,
     },
 }
