@@ -42,6 +42,8 @@ enum Command {
     Code(commands::code::CodeArgs),
     /// Queue, inspect, follow and wait for tasks (tenant).
     Task(commands::task::TaskArgs),
+    /// Queue tasks on a cron expression or a fixed period (tenant).
+    Schedule(commands::schedule::ScheduleArgs),
     /// Run a runner agent, or inspect and drain one on this host.
     Agent(commands::agent::AgentArgs),
     /// Create a CA and issue role certificates.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
             Command::Agent(a) => commands::agent::run(a).await,
             Command::Code(a) => commands::code::run(a).await,
             Command::Agents(a) => commands::agents::run(a).await,
+            Command::Schedule(a) => commands::schedule::run(a).await,
             Command::Dev(a) => commands::dev::run(a).await,
             Command::Task(a) => return commands::task::run(a).await,
         };

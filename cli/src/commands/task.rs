@@ -95,7 +95,7 @@ enum TaskCmd {
     },
 }
 
-fn read_payload(payload: Option<String>, file: Option<PathBuf>, raw: bool) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read_payload(payload: Option<String>, file: Option<PathBuf>, raw: bool) -> anyhow::Result<Vec<u8>> {
     let (bytes, what) = match (payload, file) {
         (Some(p), _) => (p.into_bytes(), "--payload".to_string()),
         (None, Some(f)) if f.as_os_str() == "-" => {
