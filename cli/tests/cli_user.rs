@@ -187,6 +187,33 @@ fn a_user_session_against_drover_dev() {
     assert_eq!(tasks[0]["id"].to_string(), id);
     assert_eq!((tasks[0]["state"].as_str(), tasks[0]["result"]["exit_code"].as_i64()), (Some("error"), Some(7)));
 
+    // A schedule: twice, a second apart, the same payload; both runs complete.
+    let created = ok(&drover(
+        &dev,
+        &["schedule", "create", "cat", "--every", "1s", "--run-times", "2", "--payload", "{\"s\": 1}"],
+        &[],
+        None,
+    ));
+    let sid = created.split_whitespace().nth(1).expect("schedule <id> created").to_string();
+    assert!(created.starts_with(&format!("schedule {sid} created; first run ")), "{created}");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s: serde_json::Value =
+            serde_json::from_str(&ok(&drover(&dev, &["schedule", "get", &sid, "-o", "json"], &[], None)))
+                .expect("JSON");
+        if s["fired"] == 2 && s["last_task_state"] == "complete" {
+            assert_eq!(s["next_ticks_ms"].as_array().map(Vec::len), Some(0), "run_times 2 ends the schedule: {s}");
+            break;
+        }
+        assert!(Instant::now() < until, "the schedule did not run twice: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shown = ok(&drover(&dev, &["schedule", "get", &sid], &[], None));
+    assert!(shown.contains("ended: no more ticks") && shown.contains("2 fired, 0 missed"), "{shown}");
+    let listed = ok(&drover(&dev, &["schedule", "list"], &[], None));
+    assert!(listed.contains("every 1s") && listed.contains("ended"), "{listed}");
+    ok(&drover(&dev, &["schedule", "delete", &sid], &[], None));
+
     // Cancel a long task while it runs; wait then exits 125.
     ok(&drover(
         &dev,

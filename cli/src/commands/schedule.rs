@@ -32,54 +32,57 @@ enum OverlapArg {
     QueueOne,
 }
 
+#[derive(Args)]
+struct CreateArgs {
+    code: String,
+    /// A cron expression: 5 fields (minute first) or 6 (second first), or @hourly etc.
+    #[arg(long, required_unless_present = "every", conflicts_with = "every")]
+    cron: Option<String>,
+    /// The IANA time zone of --cron (default UTC), for example Europe/Berlin.
+    #[arg(long, requires = "cron")]
+    tz: Option<String>,
+    /// A fixed period, for example 30s or 1h (at least 1s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    every: Option<Duration>,
+    /// No run before this time (RFC 3339, for example 2027-01-01T09:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    start_at: Option<SystemTime>,
+    /// No run after this time (RFC 3339).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    end_at: Option<SystemTime>,
+    /// Stop after this many runs.
+    #[arg(long)]
+    run_times: Option<u32>,
+    /// What a tick does while the previous run is still active.
+    #[arg(long, value_enum, default_value = "skip")]
+    overlap: OverlapArg,
+    /// After an outage, run the latest missed tick if it is at most this old (default 1m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    catch_up: Option<Duration>,
+    /// The payload, JSON text.
+    #[arg(long, conflicts_with = "payload_file")]
+    payload: Option<String>,
+    /// Read the payload from a file (`-`: standard input). Must be JSON unless --raw.
+    #[arg(long)]
+    payload_file: Option<PathBuf>,
+    /// Send the payload as bytes, without checking that it is JSON.
+    #[arg(long)]
+    raw: bool,
+    /// 0 (default) to 2 (most urgent).
+    #[arg(long, default_value_t = 0)]
+    priority: u32,
+    /// Overrides the code's timeout.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Overrides the code's retries.
+    #[arg(long)]
+    retries: Option<u32>,
+}
+
 #[derive(Subcommand)]
 enum ScheduleCmd {
     /// Queue CODE on a cron expression or every fixed period.
-    Create {
-        code: String,
-        /// A cron expression: 5 fields (minute first) or 6 (second first), or @hourly etc.
-        #[arg(long, required_unless_present = "every", conflicts_with = "every")]
-        cron: Option<String>,
-        /// The IANA time zone of --cron (default UTC), for example Europe/Berlin.
-        #[arg(long, requires = "cron")]
-        tz: Option<String>,
-        /// A fixed period, for example 30s or 1h (at least 1s).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        every: Option<Duration>,
-        /// No run before this time (RFC 3339, for example 2027-01-01T09:00:00Z).
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
-        start_at: Option<SystemTime>,
-        /// No run after this time (RFC 3339).
-        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
-        end_at: Option<SystemTime>,
-        /// Stop after this many runs.
-        #[arg(long)]
-        run_times: Option<u32>,
-        /// What a tick does while the previous run is still active.
-        #[arg(long, value_enum, default_value = "skip")]
-        overlap: OverlapArg,
-        /// After an outage, run the latest missed tick if it is at most this old (default 1m).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        catch_up: Option<Duration>,
-        /// The payload, JSON text.
-        #[arg(long, conflicts_with = "payload_file")]
-        payload: Option<String>,
-        /// Read the payload from a file (`-`: standard input). Must be JSON unless --raw.
-        #[arg(long)]
-        payload_file: Option<PathBuf>,
-        /// Send the payload as bytes, without checking that it is JSON.
-        #[arg(long)]
-        raw: bool,
-        /// 0 (default) to 2 (most urgent).
-        #[arg(long, default_value_t = 0)]
-        priority: u32,
-        /// Overrides the code's timeout.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<Duration>,
-        /// Overrides the code's retries.
-        #[arg(long)]
-        retries: Option<u32>,
-    },
+    Create(Box<CreateArgs>),
     List,
     /// A schedule, its next five fire times and its last run.
     Get {
@@ -207,23 +210,24 @@ fn print_one(s: &pv::Schedule) {
 pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
     let mut t = tenant(&a.conn).await?;
     let one = match a.cmd {
-        ScheduleCmd::Create {
-            code,
-            cron,
-            tz,
-            every,
-            start_at,
-            end_at,
-            run_times,
-            overlap,
-            catch_up,
-            payload,
-            payload_file,
-            raw,
-            priority,
-            timeout,
-            retries,
-        } => {
+        ScheduleCmd::Create(c) => {
+            let CreateArgs {
+                code,
+                cron,
+                tz,
+                every,
+                start_at,
+                end_at,
+                run_times,
+                overlap,
+                catch_up,
+                payload,
+                payload_file,
+                raw,
+                priority,
+                timeout,
+                retries,
+            } = *c;
             let payload = super::task::read_payload(payload, payload_file, raw)?;
             let req = pv::CreateScheduleRequest {
                 cron: cron.unwrap_or_default(),
