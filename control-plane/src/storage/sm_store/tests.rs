@@ -345,6 +345,7 @@ fn running_tasks(sm: &SmStore, tasks: usize) -> Vec<LeaseRef> {
                 limits: CodeLimits { timeout_ms: 60_000, ..Default::default() },
                 max_concurrency: 0,
                 default_retries: 0,
+                retry: Default::default(),
                 placement: Default::default(),
             },
         },
@@ -360,6 +361,7 @@ fn running_tasks(sm: &SmStore, tasks: usize) -> Vec<LeaseRef> {
                     delay_ms: 0,
                     timeout_ms: 0,
                     retries: None,
+                    retry: Default::default(),
                     placement: None,
                 };
                 tasks
