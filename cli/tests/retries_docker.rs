@@ -120,7 +120,10 @@ async fn failed_containers_are_retried_after_their_backoff_until_retries_or_retr
         );
         assert!(next.started_ms >= next.granted_ms && next.started_ms > 0, "started after its grant: {next:?}");
     }
-    assert!(log.iter().all(|a| a.agent_id == "runner" && a.lease_epoch > 0 && a.finished_ms >= a.started_ms));
+    assert!(
+        log.iter().all(|a| a.agent_id == log[0].agent_id && a.lease_epoch > 0 && a.finished_ms >= a.started_ms),
+        "{log:?}"
+    );
 
     // max_retries 1: two failures, ends `error` with reason exit_code.
     let t = wait_finished(&c, one_retry, Duration::from_secs(60), &[&a]).await;
@@ -155,6 +158,9 @@ async fn failed_containers_are_retried_after_their_backoff_until_retries_or_retr
     let json: serde_json::Value = serde_json::from_str(&task_get(&c, oom, true)).expect("task get JSON");
     assert_eq!((json["state"].as_str(), json["reason"].as_str()), (Some("error"), Some("oom")));
     assert_eq!(json["retry_on"], serde_json::json!(["exit_code", "timeout"]));
+    let human = task_get(&c, twice_then_ok, false);
+    eprintln!("drover task get {twice_then_ok}:\n{human}");
+    assert!(human.contains("retries: 0 of 2 left, delay 1s doubling to at most 10s"), "{human}");
     let human = task_get(&c, one_retry, false);
     assert!(human.contains("[exit_code]"), "the final state names its reason:\n{human}");
     assert_eq!(human.lines().filter(|l| l.contains(" exit_code ")).count(), 2, "one line per attempt:\n{human}");

@@ -200,7 +200,7 @@ impl RetryOverride {
 /// The capped exponential wait before retry `n` (1 = the first retry), before jitter.
 pub fn capped_delay_ms(p: &RetryPolicy, n: u32) -> u64 {
     let shift = n.saturating_sub(1).min(63);
-    let exp = p.retry_delay_ms.checked_mul(1u64 << shift).unwrap_or(u64::MAX);
+    let exp = p.retry_delay_ms.saturating_mul(1u64 << shift);
     exp.min(p.backoff_max_ms)
 }
 
