@@ -41,6 +41,7 @@ impl Bench {
                 limits: CodeLimits::default(),
                 max_concurrency: 0,
                 default_retries: 0,
+                retry: Default::default(),
                 placement: Placement::default(),
             },
         });
@@ -61,6 +62,7 @@ fn queue_cmd(n: usize) -> Command {
                 delay_ms: 0,
                 timeout_ms: 0,
                 retries: None,
+                retry: Default::default(),
                 placement: None,
             })
             .collect(),

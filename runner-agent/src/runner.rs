@@ -157,6 +157,8 @@ impl Agent {
             RunOutcome::Error => (pa::Outcome::Error, "error"),
             RunOutcome::Timeout => (pa::Outcome::Timeout, "timeout"),
             RunOutcome::Killed => (pa::Outcome::Killed, "killed"),
+            RunOutcome::ImagePull => (pa::Outcome::ImagePull, "image_pull"),
+            RunOutcome::Infrastructure => (pa::Outcome::Infrastructure, "infrastructure"),
         };
         self.metrics.tasks.with_label_values(&[label]).inc();
         let req = pa::CompleteRequest {

@@ -54,7 +54,7 @@ fn agent_id(name: &str) -> String {
 }
 
 #[tokio::test]
-async fn an_image_that_cannot_be_pulled_is_an_error_and_leaves_nothing() {
+async fn an_image_that_cannot_be_pulled_is_an_image_pull_failure_and_leaves_nothing() {
     let work = tempfile::tempdir().expect("tempdir");
     let (ex, metrics) = executor(work.path()).await;
     let agent = agent_id("nopull");
@@ -64,7 +64,11 @@ async fn an_image_that_cannot_be_pulled_is_an_error_and_leaves_nothing() {
             Box::pin(async { true })
         })
         .await;
-    assert_eq!(r.outcome, RunOutcome::Error);
+    assert_eq!(
+        (r.outcome, r.infrastructure),
+        (RunOutcome::ImagePull, false),
+        "reported as image_pull, not handed back"
+    );
     assert!(r.error.contains("drover-test/absent:404") && r.error.contains("pull failed"), "{}", r.error);
     assert!(r.container_id.is_empty());
     assert_eq!(metrics.image_misses.get(), 1);

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use drover_proto::v1 as pv;
 
 use super::client::{Conn, explain, tenant};
-use super::output::{Format, code_json, print_json};
+use super::output::{Format, code_json, print_json, retry_on_arg};
 
 #[derive(Args)]
 pub struct CodeArgs {
@@ -20,41 +20,55 @@ pub struct CodeArgs {
     cmd: CodeCmd,
 }
 
+/// `drover code register`.
+#[derive(Args)]
+struct RegisterArgs {
+    name: String,
+    /// Image reference, for example registry.example.com/team/worker:1.4
+    #[arg(long)]
+    image: String,
+    /// A shell command line, run as `sh -c CMD` (the image needs a shell).
+    #[arg(long = "cmd", conflicts_with = "args")]
+    cmd: Option<String>,
+    /// The command and its arguments exactly, after `--` (default: the image's own).
+    #[arg(last = true)]
+    args: Vec<String>,
+    /// Memory limit, for example 128MiB (default: the agent's).
+    #[arg(long)]
+    memory: Option<bytesize::ByteSize>,
+    /// CPUs, for example 0.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(long)]
+    pids: Option<u32>,
+    /// Timeout per run, for example 10m (default: 1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Most tasks of this code running at once (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    max_concurrency: u32,
+    /// Retries after a failed run (max_retries).
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Wait before the first retry, for example 2s; doubles per retry (default: 1s, at most 1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retry_delay: Option<Duration>,
+    /// Cap on the retry wait, for example 5m (default: 5m, or the delay if larger; at most 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retry_backoff_max: Option<Duration>,
+    /// Which failures are retried: exit_code, oom, timeout, image_pull, runner_lost,
+    /// infrastructure, cancelled (comma-separated or repeated; default: all but cancelled).
+    #[arg(long)]
+    retry_on: Vec<String>,
+    /// Environment for the container, KEY=VALUE (repeatable).
+    #[arg(long = "env")]
+    env: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum CodeCmd {
     /// Register a code (a container image and how to run it), or update it.
-    Register {
-        name: String,
-        /// Image reference, for example registry.example.com/team/worker:1.4
-        #[arg(long)]
-        image: String,
-        /// A shell command line, run as `sh -c CMD` (the image needs a shell).
-        #[arg(long = "cmd", conflicts_with = "args")]
-        cmd: Option<String>,
-        /// The command and its arguments exactly, after `--` (default: the image's own).
-        #[arg(last = true)]
-        args: Vec<String>,
-        /// Memory limit, for example 128MiB (default: the agent's).
-        #[arg(long)]
-        memory: Option<bytesize::ByteSize>,
-        /// CPUs, for example 0.5.
-        #[arg(long)]
-        cpus: Option<f64>,
-        #[arg(long)]
-        pids: Option<u32>,
-        /// Timeout per run, for example 10m (default: 1h).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<Duration>,
-        /// Most tasks of this code running at once (0: unlimited).
-        #[arg(long, default_value_t = 0)]
-        max_concurrency: u32,
-        /// Retries after a failed run.
-        #[arg(long, default_value_t = 0)]
-        retries: u32,
-        /// Environment for the container, KEY=VALUE (repeatable).
-        #[arg(long = "env")]
-        env: Vec<String>,
-    },
+    Register(Box<RegisterArgs>),
     List,
     Get {
         name: String,
@@ -82,7 +96,23 @@ fn print_codes(codes: &[pv::Code]) {
 pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
     let mut t = tenant(&a.conn).await?;
     match a.cmd {
-        CodeCmd::Register { name, image, cmd, args, memory, cpus, pids, timeout, max_concurrency, retries, env } => {
+        CodeCmd::Register(r) => {
+            let RegisterArgs {
+                name,
+                image,
+                cmd,
+                args,
+                memory,
+                cpus,
+                pids,
+                timeout,
+                max_concurrency,
+                retries,
+                retry_delay,
+                retry_backoff_max,
+                retry_on,
+                env,
+            } = *r;
             let mut envs = HashMap::new();
             for kv in env {
                 let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
@@ -111,6 +141,9 @@ pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
                 max_concurrency,
                 default_retries: retries,
                 placement: None,
+                retry_delay_ms: retry_delay.map(|d| d.as_millis() as u64),
+                retry_backoff_max_ms: retry_backoff_max.map(|d| d.as_millis() as u64),
+                retry_on: retry_on_arg(&retry_on)?,
             };
             let c = t.register_code(req).await.map_err(|s| explain(&s))?.into_inner();
             match a.output {

@@ -66,12 +66,79 @@ pub fn finished(s: i32) -> bool {
     !matches!(pv::TaskState::try_from(s), Ok(pv::TaskState::Delayed | pv::TaskState::Queued | pv::TaskState::Running))
 }
 
+/// The taxonomy name of a failure reason; `None` for no failure.
+pub fn reason_name(r: i32) -> Option<&'static str> {
+    Some(match pv::FailureReason::try_from(r) {
+        Ok(pv::FailureReason::ExitCode) => "exit_code",
+        Ok(pv::FailureReason::Oom) => "oom",
+        Ok(pv::FailureReason::Timeout) => "timeout",
+        Ok(pv::FailureReason::ImagePull) => "image_pull",
+        Ok(pv::FailureReason::RunnerLost) => "runner_lost",
+        Ok(pv::FailureReason::Infrastructure) => "infrastructure",
+        Ok(pv::FailureReason::Cancelled) => "cancelled",
+        Ok(pv::FailureReason::Unspecified) => return None,
+        Err(_) => "unknown",
+    })
+}
+
+/// Parses `--retry-on` values (the taxonomy names).
+pub fn parse_reason(s: &str) -> anyhow::Result<pv::FailureReason> {
+    Ok(match s {
+        "exit_code" => pv::FailureReason::ExitCode,
+        "oom" => pv::FailureReason::Oom,
+        "timeout" => pv::FailureReason::Timeout,
+        "image_pull" => pv::FailureReason::ImagePull,
+        "runner_lost" => pv::FailureReason::RunnerLost,
+        "infrastructure" => pv::FailureReason::Infrastructure,
+        "cancelled" => pv::FailureReason::Cancelled,
+        other => anyhow::bail!(
+            "--retry-on {other:?}: expected one of exit_code, oom, timeout, image_pull, runner_lost, infrastructure, cancelled"
+        ),
+    })
+}
+
+/// `--retry-on` values as wire enum numbers (comma-separated or repeated).
+pub fn retry_on_arg(values: &[String]) -> anyhow::Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for v in values.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|v| !v.is_empty()) {
+        out.push(parse_reason(v)? as i32);
+    }
+    Ok(out)
+}
+
+fn reasons_json(list: &[i32]) -> Value {
+    Value::Array(list.iter().filter_map(|r| reason_name(*r)).map(|n| json!(n)).collect())
+}
+
+fn attempt_json(a: &pv::Attempt) -> Value {
+    json!({
+        "number": a.number,
+        "agent_id": a.agent_id,
+        "lease_epoch": a.lease_epoch,
+        "granted_ms": a.granted_ms,
+        "started_ms": a.started_ms,
+        "finished_ms": a.finished_ms,
+        "exit_code": a.exit_code,
+        "reason": reason_name(a.reason),
+        "peak_memory_bytes": a.peak_memory_bytes,
+        "error": a.error,
+        "retry_delay_ms": a.retry_delay_ms,
+    })
+}
+
 pub fn task_json(t: &pv::Task) -> Value {
     let r = t.result.clone().unwrap_or_default();
     json!({
         "id": t.id,
         "code": t.code,
         "state": state_name(t.state),
+        "reason": reason_name(t.reason),
+        "max_retries": t.max_retries,
+        "retry_delay_ms": t.retry_delay_ms,
+        "retry_backoff_max_ms": t.retry_backoff_max_ms,
+        "retry_on": reasons_json(&t.retry_on),
+        "ready_at_ms": t.ready_at_ms,
+        "attempt_log": t.attempt_log.iter().map(attempt_json).collect::<Vec<_>>(),
         "priority": t.priority,
         "attempts": t.attempts,
         "retries_left": t.retries_left,
@@ -105,6 +172,9 @@ pub fn code_json(c: &pv::Code) -> Value {
         "timeout_ms": l.timeout_ms,
         "max_concurrency": c.max_concurrency,
         "default_retries": c.default_retries,
+        "retry_delay_ms": c.retry_delay_ms,
+        "retry_backoff_max_ms": c.retry_backoff_max_ms,
+        "retry_on": reasons_json(&c.retry_on),
     })
 }
 
@@ -118,6 +188,10 @@ pub fn task_table(tasks: &[pv::Task]) {
         let r = t.result.clone().unwrap_or_default();
         let exit = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
         let note = if r.oom_killed { "out of memory".to_string() } else { r.error.clone() };
+        let note = match reason_name(t.reason) {
+            Some(why) if finished(t.state) => format!("[{why}] {note}"),
+            _ => note,
+        };
         outln!(
             "{:<22} {:<20} {:<10} {:>4} {:>8} {:>5}  {}",
             t.id,
@@ -127,6 +201,65 @@ pub fn task_table(tasks: &[pv::Task]) {
             t.attempts,
             exit,
             note
+        );
+    }
+}
+
+fn ms(d: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(d)).to_string()
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, milliseconds), or `-` for 0.
+fn at(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+/// `task get`: the task, its retry policy, and one line per attempt.
+pub fn task_detail(t: &pv::Task) {
+    task_table(std::slice::from_ref(t));
+    let on: Vec<&str> = t.retry_on.iter().filter_map(|r| reason_name(*r)).collect();
+    outln!(
+        "retries: {} of {} left, delay {} doubling to at most {}, on {}",
+        t.retries_left,
+        t.max_retries,
+        ms(t.retry_delay_ms),
+        ms(t.retry_backoff_max_ms),
+        if on.is_empty() { "-".to_string() } else { on.join(",") }
+    );
+    if pv::TaskState::try_from(t.state) == Ok(pv::TaskState::Delayed) && !t.attempt_log.is_empty() {
+        outln!("waiting for retry backoff until {}", at(t.ready_at_ms));
+    }
+    if t.attempt_log.is_empty() {
+        return;
+    }
+    outln!(
+        "{:>3} {:<16} {:>10} {:<24} {:<24} {:>5} {:<14} {:>10} {:>8}  ERROR",
+        "#",
+        "AGENT",
+        "EPOCH",
+        "STARTED",
+        "ENDED",
+        "EXIT",
+        "REASON",
+        "PEAK MEM",
+        "BACKOFF"
+    );
+    for a in &t.attempt_log {
+        outln!(
+            "{:>3} {:<16} {:>10} {:<24} {:<24} {:>5} {:<14} {:>10} {:>8}  {}",
+            a.number,
+            a.agent_id,
+            a.lease_epoch,
+            at(if a.started_ms > 0 { a.started_ms } else { a.granted_ms }),
+            at(a.finished_ms),
+            a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            reason_name(a.reason).unwrap_or("-"),
+            if a.peak_memory_bytes > 0 { bytesize::ByteSize(a.peak_memory_bytes).to_string() } else { "-".into() },
+            if a.retry_delay_ms > 0 { ms(a.retry_delay_ms) } else { "-".into() },
+            a.error
         );
     }
 }

@@ -10,7 +10,7 @@ use drover_proto::v1 as pv;
 use serde_json::{Value, json};
 
 use super::client::{Conn, explain, tenant};
-use super::output::{Format, print_json, state_name};
+use super::output::{Format, print_json, retry_on_arg, state_name};
 
 #[derive(Args)]
 pub struct ScheduleArgs {
@@ -77,6 +77,16 @@ struct CreateArgs {
     /// Overrides the code's retries.
     #[arg(long)]
     retries: Option<u32>,
+    /// Overrides the code's delay before the first retry, for example 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retry_delay: Option<Duration>,
+    /// Overrides the code's longest delay between retries.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retry_backoff_max: Option<Duration>,
+    /// Overrides which failures are retried: exit_code, oom, timeout, image_pull,
+    /// runner_lost, infrastructure, cancelled (comma-separated or repeated).
+    #[arg(long)]
+    retry_on: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -227,7 +237,11 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
                 priority,
                 timeout,
                 retries,
+                retry_delay,
+                retry_backoff_max,
+                retry_on,
             } = *c;
+            let retry_on = retry_on_arg(&retry_on)?;
             let payload = super::task::read_payload(payload, payload_file, raw)?;
             let req = pv::CreateScheduleRequest {
                 cron: cron.unwrap_or_default(),
@@ -243,6 +257,9 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
                     delay_ms: 0,
                     timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
                     retries,
+                    retry_delay_ms: retry_delay.map(|d| d.as_millis() as u64),
+                    retry_backoff_max_ms: retry_backoff_max.map(|d| d.as_millis() as u64),
+                    retry_on,
                     placement: None,
                 }),
                 overlap: match overlap {

@@ -14,7 +14,9 @@ use clap::{Args, Subcommand};
 use drover_proto::v1 as pv;
 
 use super::client::{Conn, TenantClient, explain, tenant};
-use super::output::{Format, finished, parse_state, print_json, state_name, task_json, task_table};
+use super::output::{
+    Format, finished, parse_state, print_json, retry_on_arg, state_name, task_detail, task_json, task_table,
+};
 
 pub const EXIT_TIMEOUT: u8 = 124;
 pub const EXIT_CANCELLED: u8 = 125;
@@ -54,9 +56,19 @@ enum TaskCmd {
         /// Overrides the code's timeout.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
-        /// Overrides the code's retries.
+        /// Overrides the code's retries (max_retries).
         #[arg(long)]
         retries: Option<u32>,
+        /// Overrides the code's wait before the first retry, for example 2s (doubles per retry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retry_delay: Option<Duration>,
+        /// Overrides the code's cap on the retry wait, for example 5m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retry_backoff_max: Option<Duration>,
+        /// Overrides which failures are retried: exit_code, oom, timeout, image_pull,
+        /// runner_lost, infrastructure, cancelled (comma-separated or repeated).
+        #[arg(long)]
+        retry_on: Vec<String>,
         /// Queue this many identical tasks.
         #[arg(long, default_value_t = 1)]
         count: u32,
@@ -159,8 +171,22 @@ pub fn exit_status(t: &pv::Task) -> u8 {
 pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
     let mut t = tenant(&a.conn).await?;
     match a.cmd {
-        TaskCmd::Queue { code, payload, payload_file, raw, priority, delay, timeout, retries, count } => {
+        TaskCmd::Queue {
+            code,
+            payload,
+            payload_file,
+            raw,
+            priority,
+            delay,
+            timeout,
+            retries,
+            retry_delay,
+            retry_backoff_max,
+            retry_on,
+            count,
+        } => {
             let payload = read_payload(payload, payload_file, raw)?;
+            let retry_on = retry_on_arg(&retry_on)?;
             if count == 0 {
                 anyhow::bail!("--count 0: nothing to queue");
             }
@@ -177,6 +203,9 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
                     timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
                     retries,
                     placement: None,
+                    retry_delay_ms: retry_delay.map(|d| d.as_millis() as u64),
+                    retry_backoff_max_ms: retry_backoff_max.map(|d| d.as_millis() as u64),
+                    retry_on: retry_on.clone(),
                 };
                 let req =
                     pv::QueueTasksRequest { tasks: vec![task; n as usize], idempotency_key: idempotency_key(part) };
@@ -193,7 +222,7 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
             let task = get(&mut t, id).await?;
             match a.output {
                 Format::Json => print_json(&task_json(&task)),
-                Format::Table => task_table(&[task]),
+                Format::Table => task_detail(&task),
             }
         }
         TaskCmd::List { state, code, limit } => {

@@ -289,10 +289,12 @@ impl Agent for AgentService {
                 Ok(pa::Outcome::Error) => Outcome::Error,
                 Ok(pa::Outcome::Timeout) => Outcome::Timeout,
                 Ok(pa::Outcome::Killed) => Outcome::Killed,
+                Ok(pa::Outcome::ImagePull) => Outcome::ImagePull,
+                Ok(pa::Outcome::Infrastructure) => Outcome::Infrastructure,
                 _ => {
                     return Err(ApiError::invalid(
                         format!("completions[{i}].outcome"),
-                        "must be SUCCESS, ERROR, TIMEOUT or KILLED",
+                        "must be SUCCESS, ERROR, TIMEOUT, KILLED, IMAGE_PULL or INFRASTRUCTURE",
                     )
                     .into());
                 }

@@ -5,7 +5,10 @@ use drover_proto::{admin as pa, v1 as pv};
 
 use super::error::ApiError;
 use crate::state::command::{CodeSpec, NewTask};
-use crate::state::model::{Code, CodeLimits, Placement, Task, TaskResult, TaskState, Tenant, TenantLimits};
+use crate::state::model::{
+    Attempt, Code, CodeLimits, FailureReason, Placement, RetryOn, Task, TaskResult, TaskState, Tenant, TenantLimits,
+};
+use crate::state::retry::{RetryOverride, RetryPolicy};
 use crate::state::validate;
 
 pub fn placement_in(p: Option<pv::Placement>) -> Placement {
@@ -21,9 +24,60 @@ pub fn placement_out(p: &Placement) -> pv::Placement {
     }
 }
 
-pub fn code_spec_in(r: pv::RegisterCodeRequest) -> CodeSpec {
+pub fn reason_out(r: Option<FailureReason>) -> pv::FailureReason {
+    match r {
+        None => pv::FailureReason::Unspecified,
+        Some(FailureReason::ExitCode) => pv::FailureReason::ExitCode,
+        Some(FailureReason::Oom) => pv::FailureReason::Oom,
+        Some(FailureReason::Timeout) => pv::FailureReason::Timeout,
+        Some(FailureReason::ImagePull) => pv::FailureReason::ImagePull,
+        Some(FailureReason::RunnerLost) => pv::FailureReason::RunnerLost,
+        Some(FailureReason::Infrastructure) => pv::FailureReason::Infrastructure,
+        Some(FailureReason::Cancelled) => pv::FailureReason::Cancelled,
+    }
+}
+
+/// A wire `retry_on` list: empty is "not set"; each entry must name a reason.
+pub fn retry_on_in(field: &str, list: &[i32]) -> Result<Option<RetryOn>, ApiError> {
+    if list.is_empty() {
+        return Ok(None);
+    }
+    let mut reasons = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let r = match pv::FailureReason::try_from(*v) {
+            Ok(pv::FailureReason::ExitCode) => FailureReason::ExitCode,
+            Ok(pv::FailureReason::Oom) => FailureReason::Oom,
+            Ok(pv::FailureReason::Timeout) => FailureReason::Timeout,
+            Ok(pv::FailureReason::ImagePull) => FailureReason::ImagePull,
+            Ok(pv::FailureReason::RunnerLost) => FailureReason::RunnerLost,
+            Ok(pv::FailureReason::Infrastructure) => FailureReason::Infrastructure,
+            Ok(pv::FailureReason::Cancelled) => FailureReason::Cancelled,
+            Ok(pv::FailureReason::Unspecified) | Err(_) => {
+                return Err(ApiError::invalid(
+                    format!("{field}[{i}]"),
+                    format!(
+                        "{v} is not a failure reason (exit_code, oom, timeout, image_pull, runner_lost, infrastructure, cancelled)"
+                    ),
+                ));
+            }
+        };
+        reasons.push(r);
+    }
+    Ok(Some(RetryOn::from_reasons(reasons)))
+}
+
+fn retry_on_out(on: RetryOn) -> Vec<i32> {
+    on.reasons().into_iter().map(|r| reason_out(Some(r)) as i32).collect()
+}
+
+pub fn code_spec_in(r: pv::RegisterCodeRequest) -> Result<CodeSpec, ApiError> {
     let l = r.limits.unwrap_or_default();
-    CodeSpec {
+    let retry = RetryOverride {
+        retry_delay_ms: r.retry_delay_ms,
+        backoff_max_ms: r.retry_backoff_max_ms,
+        retry_on: retry_on_in("retry_on", &r.retry_on)?,
+    };
+    Ok(CodeSpec {
         name: r.name,
         image: r.image,
         command: r.command,
@@ -36,8 +90,9 @@ pub fn code_spec_in(r: pv::RegisterCodeRequest) -> CodeSpec {
         },
         max_concurrency: r.max_concurrency,
         default_retries: r.default_retries,
+        retry,
         placement: placement_in(r.placement),
-    }
+    })
 }
 
 pub fn code_out(c: &Code) -> pv::Code {
@@ -58,6 +113,9 @@ pub fn code_out(c: &Code) -> pv::Code {
         placement: Some(placement_out(&c.placement)),
         created_ms: c.created_ms,
         updated_ms: c.updated_ms,
+        retry_delay_ms: c.retry.retry_delay_ms,
+        retry_backoff_max_ms: c.retry.backoff_max_ms,
+        retry_on: retry_on_out(c.retry.retry_on),
     }
 }
 
@@ -79,6 +137,11 @@ pub fn new_task_in(prefix: &str, t: pv::NewTask) -> Result<NewTask, ApiError> {
             format!("{} is out of range 0..={}", t.priority, validate::MAX_PRIORITY),
         )
     })?;
+    let retry = RetryOverride {
+        retry_delay_ms: t.retry_delay_ms,
+        backoff_max_ms: t.retry_backoff_max_ms,
+        retry_on: retry_on_in(&format!("{prefix}.retry_on"), &t.retry_on)?,
+    };
     Ok(NewTask {
         code: t.code,
         payload: t.payload,
@@ -86,6 +149,7 @@ pub fn new_task_in(prefix: &str, t: pv::NewTask) -> Result<NewTask, ApiError> {
         delay_ms: t.delay_ms,
         timeout_ms: t.timeout_ms,
         retries: t.retries,
+        retry,
         placement: t.placement.map(|p| placement_in(Some(p))),
     })
 }
@@ -98,6 +162,9 @@ pub fn new_task_out(t: &NewTask) -> pv::NewTask {
         delay_ms: t.delay_ms,
         timeout_ms: t.timeout_ms,
         retries: t.retries,
+        retry_delay_ms: t.retry.retry_delay_ms,
+        retry_backoff_max_ms: t.retry.backoff_max_ms,
+        retry_on: t.retry.retry_on.map(retry_on_out).unwrap_or_default(),
         placement: t.placement.as_ref().map(placement_out),
     }
 }
@@ -141,7 +208,24 @@ fn result_out(r: &TaskResult) -> pv::TaskResult {
     }
 }
 
+fn attempt_out(a: &Attempt) -> pv::Attempt {
+    pv::Attempt {
+        number: a.number,
+        agent_id: a.agent_id.clone(),
+        lease_epoch: a.epoch,
+        granted_ms: a.granted_ms,
+        started_ms: a.started_ms,
+        finished_ms: a.finished_ms,
+        exit_code: a.exit_code,
+        reason: reason_out(a.reason) as i32,
+        peak_memory_bytes: a.peak_memory_bytes,
+        error: a.error.clone(),
+        retry_delay_ms: a.retry_delay_ms,
+    }
+}
+
 pub fn task_out(t: &Task) -> pv::Task {
+    let RetryPolicy { retry_delay_ms, backoff_max_ms, retry_on } = t.retry;
     pv::Task {
         id: t.id,
         tenant: t.tenant.clone(),
@@ -162,6 +246,12 @@ pub fn task_out(t: &Task) -> pv::Task {
         payload: Vec::new(),
         schedule_id: t.schedule.map(|r| r.schedule_id).unwrap_or(0),
         schedule_tick_ms: t.schedule.map(|r| r.tick_ms).unwrap_or(0),
+        max_retries: t.max_retries,
+        retry_delay_ms,
+        retry_backoff_max_ms: backoff_max_ms,
+        retry_on: retry_on_out(retry_on),
+        attempt_log: t.attempt_log.iter().map(attempt_out).collect(),
+        reason: reason_out(t.reason) as i32,
     }
 }
 

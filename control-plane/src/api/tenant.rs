@@ -56,7 +56,7 @@ impl Tenant for TenantService {
 
     async fn register_code(&self, req: Request<pv::RegisterCodeRequest>) -> ApiResult<pv::Code> {
         let tenant = caller::tenant(&req)?;
-        let spec = convert::code_spec_in(req.into_inner());
+        let spec = convert::code_spec_in(req.into_inner())?;
         validate::code_spec(&spec).map_err(ApiError::from)?;
         match self.ctx.propose(Command::RegisterCode { tenant, spec }).await? {
             SmResponse::Code(c) => Ok(Response::new(convert::code_out(&c))),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::StateError;
 use super::model::{AgentAttrs, Code, CodeLimits, Placement, Task, Tenant, TenantLimits};
+use super::retry::RetryOverride;
 use super::schedules::{Fired, Schedule, ScheduleFire, ScheduleSpec};
 
 /// One Raft entry's application data.
@@ -33,6 +34,8 @@ pub struct CodeSpec {
     pub limits: CodeLimits,
     pub max_concurrency: u32,
     pub default_retries: u32,
+    /// Unset fields take the defaults of [`super::retry`].
+    pub retry: RetryOverride,
     pub placement: Placement,
 }
 
@@ -47,6 +50,8 @@ pub struct NewTask {
     pub timeout_ms: u64,
     /// None takes the code's default.
     pub retries: Option<u32>,
+    /// Unset fields take the code's.
+    pub retry: RetryOverride,
     pub placement: Option<Placement>,
 }
 
@@ -64,12 +69,21 @@ pub struct LeaseRef {
     pub epoch: u64,
 }
 
+/// How an attempt ended, as the agent classified it. `Error` is a non-zero exit, or an
+/// OOM kill when `oom_killed` is set, or (with no exit code) a failure to prepare or
+/// create the container; `Killed` is a run stopped on purpose (reason `cancelled`).
+/// `ImagePull` and `Infrastructure` name the failure reasons the older variants could
+/// not. (New variants are appended so older entries keep their tags.)
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Success,
     Error,
     Timeout,
     Killed,
+    /// The image could not be pulled or resolved.
+    ImagePull,
+    /// The container engine failed the run, and the agent reports it rather than hand it back.
+    Infrastructure,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -99,20 +113,23 @@ pub enum Command {
         limits: TenantLimits,
         allowed_cidrs: Vec<String>,
     },
-    RegisterCode {
+    /// [`Command::RegisterCode`] as written before retry policies (see [`super::legacy`]):
+    /// applied with the retry defaults. Kept for entries already in logs.
+    RegisterCodeV1 {
         tenant: String,
-        spec: CodeSpec,
+        spec: super::legacy::CodeSpecV1,
     },
     DeleteCode {
         tenant: String,
         name: String,
     },
-    QueueTasks {
+    /// [`Command::QueueTasks`] as written before retry policies (see [`super::legacy`]):
+    /// its tasks take their code's retry policy. Kept for entries already in logs.
+    QueueTasksV1 {
         tenant: String,
         idempotency_key: Option<String>,
-        /// How long the key is remembered, from the entry's stamp.
         idempotency_ttl_ms: u64,
-        tasks: Vec<NewTask>,
+        tasks: Vec<super::legacy::NewTaskV1>,
     },
     /// Grants leases to the agents whose long polls the leader is serving. `term`: the
     /// term in which that leader checked it may grant (see [`Command::leader_term`]): a
@@ -211,6 +228,23 @@ pub enum Command {
     FireSchedules {
         term: u64,
         fires: Vec<ScheduleFire>,
+    },
+    /// Registers or updates a code, with its retry policy (`spec.retry`: unset fields take
+    /// the defaults of [`super::retry`]). Answered with [`Response::Code`]. Replaces
+    /// [`Command::RegisterCodeV1`]. (Appended last so the other variants keep their tags.)
+    RegisterCode {
+        tenant: String,
+        spec: CodeSpec,
+    },
+    /// Queues a batch of tasks, each with its retry settings (`NewTask::retry`: unset
+    /// fields take the code's). Answered with [`Response::Queued`]. Replaces
+    /// [`Command::QueueTasksV1`]. (Appended last so the other variants keep their tags.)
+    QueueTasks {
+        tenant: String,
+        idempotency_key: Option<String>,
+        /// How long the key is remembered, from the entry's stamp.
+        idempotency_ttl_ms: u64,
+        tasks: Vec<NewTask>,
     },
 }
 

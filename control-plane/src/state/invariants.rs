@@ -39,6 +39,23 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
         if (t.state == TaskState::Running) != t.lease.is_some() {
             problems.push(format!("task {} is {:?} with lease {:?}", t.id, t.state, t.lease));
         }
+        // Retries only count down; the attempt log is bounded and never runs ahead of the
+        // grants; a finished task other than `complete` names why.
+        if t.retries_left > t.max_retries || t.attempt_log.len() > super::retry::MAX_ATTEMPTS_KEPT {
+            problems.push(format!(
+                "task {} has {} of {} retries left and {} attempts logged",
+                t.id,
+                t.retries_left,
+                t.max_retries,
+                t.attempt_log.len()
+            ));
+        }
+        if t.attempt_log.last().is_some_and(|a| a.number > t.attempts) {
+            problems.push(format!("task {} logs an attempt past its {} grants", t.id, t.attempts));
+        }
+        if t.state.is_finished() && t.state != TaskState::Complete && t.reason.is_none() {
+            problems.push(format!("task {} is {:?} without a reason", t.id, t.state));
+        }
     }
     let ids: std::collections::BTreeSet<u64> = tasks.iter().map(|t| t.id).collect();
     let mut metas = std::collections::BTreeMap::new();

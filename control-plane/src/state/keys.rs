@@ -15,7 +15,8 @@
 //! | `r/`   | name                     | owned by the Raft storage adapter (applied index, membership) |
 //!
 //! Integers in keys are big-endian so ranges iterate in order. Values are one version
-//! byte followed by the postcard encoding of the type.
+//! byte followed by the postcard encoding of the type. Task and code rows are version 2
+//! since retry policies; version 1 rows are still read (see [`super::legacy`]).
 //!
 //! One key per task, payload inline: sled 0.34 spends memory per *key* written (page
 //! splits and copy-on-write node garbage that its cache limit does not bound), so a
@@ -32,7 +33,8 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::kv::KvError;
-use super::model::Task;
+use super::legacy::{CodeV1, TaskV1};
+use super::model::{Code, Task};
 
 pub const TENANT: &[u8] = b"t/";
 pub const CODE: &[u8] = b"c/";
@@ -45,6 +47,8 @@ pub const META_RR_CURSOR: &[u8] = b"m/rr_cursor";
 pub const RAFT_OWNED: &[u8] = b"r/";
 
 const VALUE_VERSION: u8 = 1;
+/// Task and code rows with retry policies and attempt logs.
+const RETRY_ROW_VERSION: u8 = 2;
 
 fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -101,7 +105,7 @@ pub fn encode_task(task: &Task, payload: &[u8]) -> Vec<u8> {
         Err(e) => unreachable!("postcard encoding of a task failed: {e}"),
     };
     let mut out = Vec::with_capacity(5 + record.len() + payload.len());
-    out.push(VALUE_VERSION);
+    out.push(RETRY_ROW_VERSION);
     // A record is a few hundred bytes (strings are length-limited by validation).
     out.extend_from_slice(&(record.len() as u32).to_be_bytes());
     out.extend_from_slice(&record);
@@ -113,7 +117,7 @@ pub fn encode_task(task: &Task, payload: &[u8]) -> Vec<u8> {
 fn split_task(bytes: &[u8]) -> Result<(Task, usize), KvError> {
     const HEAD: usize = 5;
     match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => {
+        Some((&v @ (VALUE_VERSION | RETRY_ROW_VERSION), rest)) => {
             let len = rest
                 .get(..4)
                 .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -122,7 +126,12 @@ fn split_task(bytes: &[u8]) -> Result<(Task, usize), KvError> {
             let record = bytes
                 .get(HEAD..HEAD + len)
                 .ok_or_else(|| KvError(format!("corrupt task row: record of {len} bytes in {}", bytes.len())))?;
-            let task = postcard::from_bytes(record).map_err(|e| KvError(format!("corrupt task record: {e}")))?;
+            let corrupt = |e: postcard::Error| KvError(format!("corrupt task record: {e}"));
+            let task = if v == VALUE_VERSION {
+                postcard::from_bytes::<TaskV1>(record).map_err(corrupt)?.into()
+            } else {
+                postcard::from_bytes(record).map_err(corrupt)?
+            };
             Ok((task, HEAD + len))
         }
         Some((v, _)) => Err(KvError(format!("unknown value version {v}"))),
@@ -158,6 +167,24 @@ impl TaskRow {
     pub fn into_parts(mut self) -> (Task, Vec<u8>) {
         self.row.drain(..self.payload_at);
         (self.task, self.row)
+    }
+}
+
+/// A code row (version 2; version 1 read as [`CodeV1`]).
+pub fn encode_code(code: &Code) -> Vec<u8> {
+    let mut out = encode(code);
+    out[0] = RETRY_ROW_VERSION;
+    out
+}
+
+pub fn decode_code(bytes: &[u8]) -> Result<Code, KvError> {
+    match bytes.split_first() {
+        Some((&VALUE_VERSION, _)) => decode::<CodeV1>(bytes).map(Code::from),
+        Some((&RETRY_ROW_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| KvError(format!("corrupt code: {e}")))
+        }
+        Some((v, _)) => Err(KvError(format!("unknown value version {v}"))),
+        None => Err(KvError("empty value".into())),
     }
 }
 

@@ -11,14 +11,16 @@ use super::error::StateError;
 use super::keys::{self, TaskRow};
 use super::kv::{KvError, Txn};
 use super::machine::{ApplyCtx, StateMachine};
-use super::model::{AgentRecord, Lease, TaskResult, TaskState};
+use super::model::{AgentRecord, Attempt, FailureReason, Lease, Task, TaskResult, TaskState};
 use super::placement;
-use super::tasks::finish;
+use super::retry::{self, MAX_ATTEMPT_ERROR_BYTES, MAX_ATTEMPTS_KEPT};
 use super::validate;
 
-/// The most leases a task may lose: the fifth lost lease ends the task `error`, where the
-/// first four re-queue it. Lost leases are counted apart from failures (`retries`), and a
-/// hand-back ([`Command::HandBack`](super::command::Command)) is not a lost lease.
+/// The most leases a task may lose: the fifth lost lease ends the task `error` (reason
+/// `runner_lost`), where the first four re-queue it at once, unless `retry_on` leaves
+/// `runner_lost` out, when the first does. Lost leases are counted apart from failures
+/// (`retries`), and a hand-back ([`Command::HandBack`](super::command::Command)) is not a
+/// lost lease.
 pub const MAX_LOST_LEASES: u32 = 5;
 
 type Applied = Result<Result<Response, StateError>, KvError>;
@@ -122,26 +124,15 @@ impl StateMachine {
                 }
             };
             let mut t = old.task.clone();
-            t.lease = None;
-            let result = TaskResult {
+            let end = AttemptEnd {
+                reason: classify(c),
                 exit_code: c.exit_code,
                 oom_killed: c.oom_killed,
-                error: c.error.clone(),
                 started_ms: c.started_ms,
-                finished_ms: ctx.now_ms,
                 peak_memory_bytes: c.peak_memory_bytes,
+                error: c.error.clone(),
             };
-            t.state = match c.outcome {
-                Outcome::Success => TaskState::Complete,
-                Outcome::Error if t.retries_left > 0 => {
-                    t.retries_left -= 1;
-                    TaskState::Queued
-                }
-                Outcome::Error => TaskState::Error,
-                Outcome::Timeout => TaskState::Timeout,
-                Outcome::Killed => TaskState::Killed,
-            };
-            t.result = Some(result);
+            settle(&mut t, end, ctx.now_ms, Settle::Retry);
             self.write_task(txn, &old, &t);
             results.push(Ok(()));
         }
@@ -161,26 +152,17 @@ impl StateMachine {
             // leader's view may be one entry behind.
             let Ok(old) = self.current(txn, *lease, None)? else { continue };
             let mut t = old.task.clone();
-            t.lease = None;
-            match reason {
-                ExpireReason::LeaseLost => {
-                    t.lost_leases += 1;
-                    if t.lost_leases >= MAX_LOST_LEASES {
-                        t.state = TaskState::Error;
-                        let mut r = finish(t.result.take(), ctx.now_ms);
-                        r.error = format!("lease lost {} times", t.lost_leases);
-                        t.result = Some(r);
-                    } else {
-                        t.state = TaskState::Queued;
-                    }
-                }
-                ExpireReason::TimedOut => {
-                    t.state = TaskState::Timeout;
-                    let mut r = finish(t.result.take(), ctx.now_ms);
-                    r.error = format!("timed out after {} ms (control plane backstop)", t.timeout_ms);
-                    t.result = Some(r);
-                }
-            }
+            let end = match reason {
+                ExpireReason::LeaseLost => AttemptEnd::failed(
+                    FailureReason::RunnerLost,
+                    "lease lost: its agent went silent past the lease TTL".into(),
+                ),
+                ExpireReason::TimedOut => AttemptEnd::failed(
+                    FailureReason::Timeout,
+                    format!("timed out after {} ms (control plane backstop)", t.timeout_ms),
+                ),
+            };
+            settle(&mut t, end, ctx.now_ms, Settle::Retry);
             self.write_task(txn, &old, &t);
             expired.push(lease.task_id);
         }
@@ -189,7 +171,13 @@ impl StateMachine {
 
     /// Re-queues each task whose current lease `agent_id` hands back; `lost_leases` and
     /// `retries_left` stay as they are (see [`Command::HandBack`](super::command::Command)).
-    pub(super) fn hand_back(&mut self, txn: &mut Txn<'_>, agent_id: &str, leases: &[LeaseRef]) -> Applied {
+    pub(super) fn hand_back(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        agent_id: &str,
+        leases: &[LeaseRef],
+    ) -> Applied {
         if leases.len() > validate::MAX_COMPLETIONS {
             return Ok(Err(StateError::invalid(
                 "leases",
@@ -202,11 +190,124 @@ impl StateMachine {
             // would be refused. A lease named twice is skipped the second time.
             let Ok(old) = self.current(txn, *lease, Some(agent_id))? else { continue };
             let mut t = old.task.clone();
-            t.lease = None;
-            t.state = TaskState::Queued;
+            let end = AttemptEnd::failed(
+                FailureReason::Infrastructure,
+                format!("handed back by agent {agent_id} (draining, or its container engine failed); no retry used"),
+            );
+            settle(&mut t, end, ctx.now_ms, Settle::HandBack);
             self.write_task(txn, &old, &t);
             handed_back.push(lease.task_id);
         }
         Ok(Ok(Response::HandedBack { task_ids: handed_back }))
     }
+}
+
+/// What ended an attempt, before the task's next state is decided.
+pub(super) struct AttemptEnd {
+    reason: Option<FailureReason>,
+    exit_code: Option<i32>,
+    oom_killed: bool,
+    started_ms: u64,
+    peak_memory_bytes: u64,
+    error: String,
+}
+
+impl AttemptEnd {
+    /// An end the control plane records itself (no container facts).
+    pub(super) fn failed(reason: FailureReason, error: String) -> AttemptEnd {
+        AttemptEnd {
+            reason: Some(reason),
+            exit_code: None,
+            oom_killed: false,
+            started_ms: 0,
+            peak_memory_bytes: 0,
+            error,
+        }
+    }
+}
+
+/// Whether the end may use the retry policy, re-queues at no cost (a hand-back), or
+/// ends the task `cancelled` (the tenant cancelled it while it ran).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settle {
+    Retry,
+    HandBack,
+    Cancel,
+}
+
+/// The failure reason of an agent's report (see [`Outcome`]).
+pub(super) fn classify(c: &Completion) -> Option<FailureReason> {
+    match c.outcome {
+        Outcome::Success => None,
+        Outcome::Error if c.oom_killed => Some(FailureReason::Oom),
+        Outcome::Error if c.exit_code.is_some() => Some(FailureReason::ExitCode),
+        Outcome::Error | Outcome::Infrastructure => Some(FailureReason::Infrastructure),
+        Outcome::Timeout => Some(FailureReason::Timeout),
+        Outcome::Killed => Some(FailureReason::Cancelled),
+        Outcome::ImagePull => Some(FailureReason::ImagePull),
+    }
+}
+
+/// Ends a running task's attempt at `now_ms`: records it, then decides the next state by
+/// the rules of [`super::retry`]: success completes; a retried failure re-queues, after
+/// its backoff as a delayed task; anything else finishes the task with the state its
+/// reason calls for (`timeout`, `killed` for `cancelled`, `error` for the rest).
+pub(super) fn settle(t: &mut Task, end: AttemptEnd, now_ms: u64, how: Settle) {
+    let lease = t.lease.take().unwrap_or(Lease { agent_id: String::new(), epoch: 0, granted_ms: now_ms });
+    let mut attempt = Attempt {
+        number: t.attempts,
+        agent_id: lease.agent_id,
+        epoch: lease.epoch,
+        granted_ms: lease.granted_ms,
+        started_ms: end.started_ms,
+        finished_ms: now_ms,
+        exit_code: end.exit_code,
+        reason: end.reason,
+        peak_memory_bytes: end.peak_memory_bytes,
+        error: retry::truncate_error(&end.error, MAX_ATTEMPT_ERROR_BYTES),
+        retry_delay_ms: 0,
+    };
+    t.reason = end.reason;
+    let next = match (end.reason, how) {
+        (_, Settle::Cancel) => TaskState::Cancelled,
+        (None, _) => TaskState::Complete,
+        (Some(_), Settle::HandBack) => TaskState::Queued,
+        (Some(FailureReason::RunnerLost), Settle::Retry) => {
+            t.lost_leases += 1;
+            if t.lost_leases < MAX_LOST_LEASES && t.retry.retry_on.contains(FailureReason::RunnerLost) {
+                TaskState::Queued
+            } else {
+                TaskState::Error
+            }
+        }
+        (Some(r), Settle::Retry) if t.retries_left > 0 && t.retry.retry_on.contains(r) => {
+            t.retries_left -= 1;
+            let n = t.max_retries.saturating_sub(t.retries_left).max(1);
+            attempt.retry_delay_ms = retry::backoff_ms(&t.retry, t.id, n);
+            t.ready_at_ms = now_ms.saturating_add(attempt.retry_delay_ms);
+            if attempt.retry_delay_ms > 0 { TaskState::Delayed } else { TaskState::Queued }
+        }
+        (Some(FailureReason::Timeout), Settle::Retry) => TaskState::Timeout,
+        (Some(FailureReason::Cancelled), Settle::Retry) => TaskState::Killed,
+        (Some(_), Settle::Retry) => TaskState::Error,
+    };
+    if next.is_finished() || how != Settle::HandBack {
+        let mut error = end.error;
+        if next == TaskState::Error && end.reason == Some(FailureReason::RunnerLost) {
+            error = format!("lease lost {} times", t.lost_leases);
+        }
+        t.result = Some(TaskResult {
+            exit_code: end.exit_code,
+            oom_killed: end.oom_killed,
+            error,
+            started_ms: end.started_ms,
+            finished_ms: now_ms,
+            peak_memory_bytes: end.peak_memory_bytes,
+        });
+    }
+    if t.attempt_log.len() >= MAX_ATTEMPTS_KEPT {
+        t.attempt_log.remove(0);
+    }
+    t.attempt_log.push(attempt);
+    t.state = next;
 }

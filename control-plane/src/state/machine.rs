@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use super::command::{Command, Request, Response};
+use super::command::{Command, NewTask, Request, Response};
 use super::error::StateError;
 use super::indexes::Indexes;
 use super::keys;
@@ -66,7 +66,7 @@ impl StateMachine {
             }))
         })?;
         kv.scan(keys::CODE, keys::CODE, &mut |_, v| {
-            keep(keys::decode::<Code>(v).map(|c| {
+            keep(keys::decode_code(v).map(|c| {
                 sm.codes.insert((c.tenant.clone(), c.name.clone()), c);
             }))
         })?;
@@ -172,9 +172,14 @@ impl StateMachine {
                 self.upsert_tenant(txn, ctx, id, limits, allowed_cidrs)
             }
             Command::RegisterCode { tenant, spec } => self.register_code(txn, ctx, tenant, spec),
+            Command::RegisterCodeV1 { tenant, spec } => self.register_code(txn, ctx, tenant, &spec.clone().into()),
             Command::DeleteCode { tenant, name } => self.delete_code(txn, tenant, name),
             Command::QueueTasks { tenant, idempotency_key, idempotency_ttl_ms, tasks } => {
                 self.queue_tasks(txn, ctx, tenant, idempotency_key.as_deref(), *idempotency_ttl_ms, tasks)
+            }
+            Command::QueueTasksV1 { tenant, idempotency_key, idempotency_ttl_ms, tasks } => {
+                let tasks: Vec<NewTask> = tasks.iter().cloned().map(NewTask::from).collect();
+                self.queue_tasks(txn, ctx, tenant, idempotency_key.as_deref(), *idempotency_ttl_ms, &tasks)
             }
             Command::Lease { requests, .. } => self.lease(txn, ctx, requests),
             Command::Complete { completions } => self.complete(txn, ctx, completions),
@@ -190,7 +195,7 @@ impl StateMachine {
             Command::AppendLogs { agent_id, max_task_log_bytes, chunks } => {
                 self.append_logs(txn, ctx, agent_id, *max_task_log_bytes, chunks)
             }
-            Command::HandBack { agent_id, leases } => self.hand_back(txn, agent_id, leases),
+            Command::HandBack { agent_id, leases } => self.hand_back(txn, ctx, agent_id, leases),
             Command::CreateSchedule { tenant, spec } => self.create_schedule(txn, ctx, tenant, spec),
             Command::DeleteSchedule { tenant, id } => self.delete_schedule(txn, tenant, *id),
             Command::PauseSchedule { tenant, id, paused } => self.pause_schedule(txn, ctx, tenant, *id, *paused),
@@ -257,11 +262,12 @@ impl StateMachine {
             limits: spec.limits.clone(),
             max_concurrency: spec.max_concurrency,
             default_retries: spec.default_retries,
+            retry: spec.retry.over(super::retry::RetryPolicy::default()),
             placement: spec.placement.clone(),
             created_ms,
             updated_ms: ctx.now_ms,
         };
-        txn.put(keys::code(tenant, &spec.name), keys::encode(&code));
+        txn.put(keys::code(tenant, &spec.name), keys::encode_code(&code));
         self.codes.insert(key, code.clone());
         Ok(Ok(Response::Code(code)))
     }

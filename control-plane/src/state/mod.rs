@@ -2,9 +2,9 @@
 //!
 //! * [`command`] — versioned, batched commands and responses (the Raft entry data).
 //! * [`machine`] — [`StateMachine`] and `apply`; [`tasks`] and [`leases`] hold the rules.
-//! * [`placement`] — which ready task an agent gets next.
+//! * [`placement`] — which ready task an agent gets next; [`retry`] — failure taxonomy and backoff.
 //! * [`indexes`] — in-memory indexes derived from the tables.
-//! * [`kv`], [`keys`] — the key-value interface and the table layout.
+//! * [`kv`], [`keys`] — the key-value interface and the table layout; [`legacy`] — older layouts still read.
 //! * [`logs`] — task output appended by agents, capped per task.
 //! * [`schedules`] — tasks queued on a timing, each tick once; [`timing`] — when ticks fall (cron, run_every).
 //! * [`validate`] — input limits ([`image_ref`]: the registry reference grammar); [`views`] — read queries; [`invariants`] — checks.
@@ -20,10 +20,12 @@ pub mod invariants;
 pub mod keys;
 pub mod kv;
 pub mod leases;
+pub mod legacy;
 pub mod logs;
 pub mod machine;
 pub mod model;
 pub mod placement;
+pub mod retry;
 pub mod schedules;
 pub mod tasks;
 pub mod timing;

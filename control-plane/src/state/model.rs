@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::retry::{FailureReason, RetryOn, RetryPolicy};
+
 /// Per-tenant limits. Zero means "unlimited" for concurrency.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct TenantLimits {
@@ -51,6 +53,8 @@ pub struct Code {
     /// 0 = unlimited.
     pub max_concurrency: u32,
     pub default_retries: u32,
+    /// Delay, backoff cap and `retry_on` for the code's tasks (see [`super::retry`]).
+    pub retry: RetryPolicy,
     pub placement: Placement,
     pub created_ms: u64,
     pub updated_ms: u64,
@@ -121,6 +125,30 @@ pub struct TaskResult {
     pub peak_memory_bytes: u64,
 }
 
+/// One attempt's end: a lease granted to an agent, and what became of it. `reason` is
+/// `None` for a success. Kept on the task (at most
+/// [`MAX_ATTEMPTS_KEPT`](super::retry::MAX_ATTEMPTS_KEPT), the oldest dropped first).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the first grant; counts every grant (retries, lost leases, hand-backs).
+    pub number: u32,
+    pub agent_id: String,
+    pub epoch: u64,
+    pub granted_ms: u64,
+    /// When the container started, by the agent's clock; 0 if it never did.
+    pub started_ms: u64,
+    /// When the control plane recorded the end (the entry's stamp).
+    pub finished_ms: u64,
+    pub exit_code: Option<i32>,
+    pub reason: Option<FailureReason>,
+    pub peak_memory_bytes: u64,
+    /// The agent's or control plane's explanation, cut to
+    /// [`MAX_ATTEMPT_ERROR_BYTES`](super::retry::MAX_ATTEMPT_ERROR_BYTES).
+    pub error: String,
+    /// The backoff wait this attempt's failure scheduled before the next one; 0 if none.
+    pub retry_delay_ms: u64,
+}
+
 /// A task record. Its payload is stored apart (`p/` table) so that state changes do not
 /// rewrite it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -134,8 +162,16 @@ pub struct Task {
     pub ready_at_ms: u64,
     pub timeout_ms: u64,
     pub retries_left: u32,
+    /// `retries_left` at queue time: the retry number of a failure is
+    /// `max_retries - retries_left` after it is counted.
+    pub max_retries: u32,
+    pub retry: RetryPolicy,
     pub attempts: u32,
     pub lost_leases: u32,
+    /// The ends of the latest attempts, oldest first.
+    pub attempt_log: Vec<Attempt>,
+    /// The reason of the last attempt that ended (None after a success or before any).
+    pub reason: Option<FailureReason>,
     pub placement: Placement,
     pub lease: Option<Lease>,
     pub result: Option<TaskResult>,

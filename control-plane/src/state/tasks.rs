@@ -5,8 +5,9 @@ use super::command::{NewTask, Response};
 use super::error::StateError;
 use super::keys;
 use super::kv::{KvError, Txn};
+use super::leases::{AttemptEnd, Settle, settle};
 use super::machine::{ApplyCtx, StateMachine};
-use super::model::{IdemRecord, Task, TaskResult, TaskState};
+use super::model::{FailureReason, IdemRecord, Task, TaskState};
 use super::validate;
 
 /// Task ids are `log_index << TASK_ID_SHIFT | position among the entry's tasks`: unique,
@@ -93,8 +94,12 @@ impl StateMachine {
                 ready_at_ms: ctx.now_ms.saturating_add(t.delay_ms),
                 timeout_ms,
                 retries_left: t.retries.unwrap_or(code.default_retries),
+                max_retries: t.retries.unwrap_or(code.default_retries),
+                retry: t.retry.over(code.retry),
                 attempts: 0,
                 lost_leases: 0,
+                attempt_log: Vec::new(),
+                reason: None,
                 placement: t.placement.clone().unwrap_or_else(|| code.placement.clone()),
                 lease: None,
                 result: None,
@@ -128,14 +133,24 @@ impl StateMachine {
             return Ok(Err(StateError::AlreadyFinished(id)));
         }
         let mut t = old.task.clone();
-        t.state = TaskState::Cancelled;
         // A running task's lease is revoked: the agent learns it at its next heartbeat
-        // and kills the container; anything it reports later carries a stale epoch.
-        t.lease = None;
-        let mut result = t.result.take().unwrap_or_default();
-        result.finished_ms = ctx.now_ms;
-        result.error = "cancelled".into();
-        t.result = Some(result);
+        // and kills the container; anything it reports later carries a stale epoch. Its
+        // attempt ends here, `cancelled`.
+        if t.state == TaskState::Running {
+            settle(
+                &mut t,
+                AttemptEnd::failed(FailureReason::Cancelled, "cancelled".into()),
+                ctx.now_ms,
+                Settle::Cancel,
+            );
+        } else {
+            t.state = TaskState::Cancelled;
+            t.reason = Some(FailureReason::Cancelled);
+            let mut result = t.result.take().unwrap_or_default();
+            result.finished_ms = ctx.now_ms;
+            result.error = "cancelled".into();
+            t.result = Some(result);
+        }
         self.write_task(txn, &old, &t);
         Ok(Ok(Response::Cancelled(Box::new(t))))
     }
@@ -212,11 +227,4 @@ impl StateMachine {
         }
         Ok(Ok(Response::Purged { tasks, idempotency_keys }))
     }
-}
-
-/// Finishes a task's result record at `now_ms`.
-pub(super) fn finish(result: Option<TaskResult>, now_ms: u64) -> TaskResult {
-    let mut r = result.unwrap_or_default();
-    r.finished_ms = now_ms;
-    r
 }

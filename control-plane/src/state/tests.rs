@@ -7,7 +7,8 @@
 //! (priority, FIFO, per-code concurrency, tenant round-robin, constraints), lease fencing
 //! (stale epochs change nothing but `m/clock`), term fencing of leader timer commands (an
 //! older term's are refused and change nothing), retries, lost leases and hand-backs,
-//! cancellation, retention purge, the clock clamp, and reloading from the tables. The
+//! cancellation, retention purge, the clock clamp, and reloading from the tables
+//! ([`retries`]: backoff, `retry_on`, the failure taxonomy and the attempt log). The
 //! property test drives random command sequences over two tenants, three codes, three
 //! agents and a series of terms, checks the invariants after every step, and replays the
 //! log to check determinism.
@@ -23,8 +24,12 @@ use super::indexes::Canonical;
 use super::leases::MAX_LOST_LEASES;
 use super::logs::{self, LogAppend, LogStream};
 use super::model::{AgentAttrs, CodeLimits, Placement, Task, TaskState, TenantLimits};
+use super::model::{FailureReason, RetryOn};
+use super::retry::{self, RetryOverride};
 use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
 use super::{invariants, keys, placement, validate, views};
+
+mod retries;
 
 const CLOCK: &[u8] = b"m/clock";
 
@@ -181,6 +186,7 @@ fn spec(name: &str, max_concurrency: u32, default_retries: u32) -> CodeSpec {
         limits: CodeLimits { timeout_ms: 60_000, ..Default::default() },
         max_concurrency,
         default_retries,
+        retry: Default::default(),
         placement: Placement::default(),
     }
 }
@@ -193,8 +199,14 @@ fn task(code: &str) -> NewTask {
         delay_ms: 0,
         timeout_ms: 0,
         retries: None,
+        retry: Default::default(),
         placement: None,
     }
+}
+
+/// Retries re-queued at once (a zero `retry_delay`).
+fn no_delay() -> RetryOverride {
+    RetryOverride { retry_delay_ms: Some(0), ..Default::default() }
 }
 
 fn prio(code: &str, priority: u8) -> NewTask {
@@ -495,7 +507,7 @@ fn timer_commands_from_an_older_term_are_refused_and_change_nothing() {
 #[test]
 fn errors_are_retried_then_fail() {
     let mut h = acme();
-    let id = h.queue("acme", vec![NewTask { retries: Some(1), ..task("work") }])[0];
+    let id = h.queue("acme", vec![NewTask { retries: Some(1), retry: no_delay(), ..task("work") }])[0];
     let e1 = h.lease("a1", &agent("", ""), 1)[0].epoch;
     h.complete("a1", id, e1, Outcome::Error).expect("current");
     let t = h.task(id);
@@ -532,7 +544,7 @@ fn lost_leases_are_bounded_and_timeouts_finish() {
 #[test]
 fn handed_back_tasks_keep_their_lost_leases_and_retries() {
     let mut h = acme();
-    let id = h.queue("acme", vec![NewTask { retries: Some(2), ..task("work") }])[0];
+    let id = h.queue("acme", vec![NewTask { retries: Some(2), retry: no_delay(), ..task("work") }])[0];
     for n in 1..=2 * MAX_LOST_LEASES {
         let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
         assert_eq!(h.hand_back("a1", id, e), vec![id]);
@@ -852,10 +864,21 @@ fn placements() -> [Option<Placement>; 4] {
 }
 
 /// Two tenants (t1 limited to 3 running and 12 waiting), each with codes solo (max 1
-/// running), duo (max 2) and free (unlimited), all with one retry.
+/// running), duo (max 2) and free (unlimited), all with one retry: solo's re-queued at
+/// once, duo's after the default backoff, free's after 0.5–2 s and only on `exit_code`
+/// and `timeout`.
 fn fleet() -> Harness {
     let mut h = Harness::new();
-    let codes = [spec(CODES[0], 1, 1), spec(CODES[1], 2, 1), spec(CODES[2], 0, 1)];
+    let free_retry = RetryOverride {
+        retry_delay_ms: Some(500),
+        backoff_max_ms: Some(2_000),
+        retry_on: Some(RetryOn::from_reasons([FailureReason::ExitCode, FailureReason::Timeout])),
+    };
+    let codes = [
+        CodeSpec { retry: no_delay(), ..spec(CODES[0], 1, 1) },
+        spec(CODES[1], 2, 1),
+        CodeSpec { retry: free_retry, ..spec(CODES[2], 0, 1) },
+    ];
     h.tenant("t0", limits(0, 0), &codes);
     h.tenant("t1", limits(12, 3), &codes);
     h
@@ -882,8 +905,14 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let outcome =
-        prop_oneof![Just(Outcome::Success), Just(Outcome::Error), Just(Outcome::Timeout), Just(Outcome::Killed)];
+    let outcome = prop_oneof![
+        3 => Just(Outcome::Success),
+        3 => Just(Outcome::Error),
+        1 => Just(Outcome::Timeout),
+        1 => Just(Outcome::Killed),
+        1 => Just(Outcome::ImagePull),
+        1 => Just(Outcome::Infrastructure),
+    ];
     let delay = prop_oneof![3 => Just(0u64), 1 => 1..3_000u64];
     let new_task = (0..3usize, 0..=2u8, delay, 0..4usize);
     prop_oneof![
@@ -976,16 +1005,33 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
             let running = &h.sm.indexes().running;
             let (&id, r) = running.iter().nth(pick % running.len()).expect("non-empty");
             let (agent_id, epoch) = (r.agent_id.clone(), r.epoch);
-            let retries_left = h.task(id).retries_left;
+            let was = h.task(id);
             h.complete(&agent_id, id, epoch, outcome).expect("current lease");
-            let want = match outcome {
-                Outcome::Success => TaskState::Complete,
-                Outcome::Error if retries_left > 0 => TaskState::Queued,
-                Outcome::Error => TaskState::Error,
-                Outcome::Timeout => TaskState::Timeout,
-                Outcome::Killed => TaskState::Killed,
+            // `completion` reports exit code 1 for every failure.
+            let reason = match outcome {
+                Outcome::Success => None,
+                Outcome::Error => Some(FailureReason::ExitCode),
+                Outcome::Timeout => Some(FailureReason::Timeout),
+                Outcome::Killed => Some(FailureReason::Cancelled),
+                Outcome::ImagePull => Some(FailureReason::ImagePull),
+                Outcome::Infrastructure => Some(FailureReason::Infrastructure),
             };
-            assert_eq!(h.task(id).state, want);
+            let want = match reason {
+                None => TaskState::Complete,
+                Some(r) if was.retries_left > 0 && was.retry.retry_on.contains(r) => {
+                    let n = was.max_retries - was.retries_left + 1;
+                    if retry::backoff_ms(&was.retry, id, n) > 0 { TaskState::Delayed } else { TaskState::Queued }
+                }
+                Some(FailureReason::Timeout) => TaskState::Timeout,
+                Some(FailureReason::Cancelled) => TaskState::Killed,
+                Some(_) => TaskState::Error,
+            };
+            let t = h.task(id);
+            assert_eq!((t.state, t.reason), (want, reason));
+            assert_eq!(
+                t.attempt_log.last().map(|a| (a.number, a.epoch, a.reason)),
+                Some((was.attempts, epoch, reason))
+            );
         }
         Op::Complete { pick, outcome, .. } => {
             let Some(g) = nth(grants, pick) else { return };

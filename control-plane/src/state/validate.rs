@@ -5,6 +5,7 @@
 use super::command::{CodeSpec, NewTask};
 use super::error::StateError;
 use super::model::{AgentAttrs, Placement, TenantLimits};
+use super::retry::{MAX_BACKOFF_MAX_MS, MAX_RETRY_DELAY_MS, RetryOverride};
 
 pub const MAX_BATCH_TASKS: usize = 1_000;
 pub const MAX_NAME_BYTES: usize = 128;
@@ -229,7 +230,39 @@ pub fn code_spec(s: &CodeSpec) -> Result<(), StateError> {
             format!("{} is over the limit of {MAX_RETRIES}", s.default_retries),
         ));
     }
+    retry_override(&|f| f.to_string(), &s.retry)?;
     placement("placement", &s.placement)
+}
+
+/// Checks retry settings (see [`super::retry`] for the bounds); `f` names the field.
+pub fn retry_override(f: &dyn Fn(&str) -> String, r: &RetryOverride) -> Result<(), StateError> {
+    if let Some(d) = r.retry_delay_ms
+        && d > MAX_RETRY_DELAY_MS
+    {
+        return Err(StateError::invalid(f("retry_delay_ms"), format!("{d} is over the limit of {MAX_RETRY_DELAY_MS}")));
+    }
+    if let Some(m) = r.backoff_max_ms
+        && m > MAX_BACKOFF_MAX_MS
+    {
+        return Err(StateError::invalid(
+            f("retry_backoff_max_ms"),
+            format!("{m} is over the limit of {MAX_BACKOFF_MAX_MS}"),
+        ));
+    }
+    if let (Some(d), Some(m)) = (r.retry_delay_ms, r.backoff_max_ms)
+        && m < d
+    {
+        return Err(StateError::invalid(
+            f("retry_backoff_max_ms"),
+            format!("{m} is below retry_delay_ms ({d}): the cap must be at least the first delay"),
+        ));
+    }
+    if let Some(on) = r.retry_on
+        && !on.is_valid()
+    {
+        return Err(StateError::invalid(f("retry_on"), "names a reason outside the failure taxonomy"));
+    }
+    Ok(())
 }
 
 /// Checks one task of a batch (`i` is its position, used in the field name).
@@ -265,6 +298,7 @@ pub fn new_task_at(prefix: &str, t: &NewTask, limits: &TenantLimits) -> Result<(
     {
         return Err(StateError::invalid(f("retries"), format!("{r} is over the limit of {MAX_RETRIES}")));
     }
+    retry_override(&f, &t.retry)?;
     if let Some(p) = &t.placement {
         placement(&f("placement"), p)?;
     }
@@ -356,6 +390,7 @@ mod tests {
             delay_ms: 0,
             timeout_ms: 0,
             retries: None,
+            retry: RetryOverride::default(),
             placement: None,
         };
         let e = new_task(3, &t, &DEFAULT_TENANT_LIMITS).unwrap_err();
@@ -364,5 +399,40 @@ mod tests {
         let e = new_task(0, &big, &DEFAULT_TENANT_LIMITS).unwrap_err();
         assert!(e.to_string().contains("tasks[0].payload"), "{e}");
         assert!(e.to_string().contains("262144"), "{e}");
+    }
+
+    #[test]
+    fn retry_fields_named_with_their_limits() {
+        let f = |x: &str| format!("tasks[1].{x}");
+        let cases = [
+            (
+                RetryOverride { retry_delay_ms: Some(MAX_RETRY_DELAY_MS + 1), ..Default::default() },
+                "tasks[1].retry_delay_ms",
+                "3600000",
+            ),
+            (
+                RetryOverride { backoff_max_ms: Some(MAX_BACKOFF_MAX_MS + 1), ..Default::default() },
+                "tasks[1].retry_backoff_max_ms",
+                "86400000",
+            ),
+            (
+                RetryOverride { retry_delay_ms: Some(2_000), backoff_max_ms: Some(1_000), ..Default::default() },
+                "tasks[1].retry_backoff_max_ms",
+                "below retry_delay_ms",
+            ),
+        ];
+        for (r, field, limit) in cases {
+            let e = retry_override(&f, &r).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(limit), "{r:?}: {e}");
+        }
+        let ok = RetryOverride {
+            retry_delay_ms: Some(MAX_RETRY_DELAY_MS),
+            backoff_max_ms: Some(MAX_BACKOFF_MAX_MS),
+            retry_on: None,
+        };
+        assert!(retry_override(&f, &ok).is_ok());
+        let bad_on = super::super::retry::RetryOn::from_bits(0x80);
+        let e = retry_override(&f, &RetryOverride { retry_on: Some(bad_on), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("tasks[1].retry_on"), "{e}");
     }
 }

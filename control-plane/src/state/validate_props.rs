@@ -14,7 +14,8 @@ use proptest::prelude::*;
 use super::command::{CodeSpec, Completion, LeaseRef, LeaseRequest, NewTask, Outcome};
 use super::indexes::Canonical;
 use super::logs::{self, LogAppend, LogStream};
-use super::model::{AgentAttrs, CodeLimits, Placement, TenantLimits};
+use super::model::{AgentAttrs, CodeLimits, Placement, RetryOn, TenantLimits};
+use super::retry::{MAX_BACKOFF_MAX_MS, MAX_RETRY_DELAY_MS, RetryOverride};
 use super::{Command, MemKv, Proposal, Request, Response, StateMachine, Txn};
 use super::{image_ref, invariants, validate};
 
@@ -73,6 +74,7 @@ impl World {
             limits: CodeLimits { timeout_ms: 60_000, ..Default::default() },
             max_concurrency: 0,
             default_retries: 1,
+            retry: Default::default(),
             placement: Placement::default(),
         };
         w.apply(Command::RegisterCode { tenant: "acme".into(), spec });
@@ -83,6 +85,7 @@ impl World {
             delay_ms: 0,
             timeout_ms: 0,
             retries: None,
+            retry: Default::default(),
             placement: None,
         };
         w.apply(Command::QueueTasks {
@@ -184,16 +187,32 @@ fn new_task() -> impl Strategy<Value = NewTask> {
         big_u64(),
         proptest::option::of(any::<u32>()),
         proptest::option::of(placement()),
+        retry_override(),
     )
-        .prop_map(|(code, payload, priority, delay_ms, timeout_ms, retries, placement)| NewTask {
+        .prop_map(|(code, payload, priority, delay_ms, timeout_ms, retries, placement, retry)| NewTask {
             code,
             payload,
             priority,
             delay_ms,
             timeout_ms,
             retries,
+            retry,
             placement,
         })
+}
+
+/// Retry settings around their bounds, and `retry_on` with any bits (a decoded entry
+/// could carry bits outside the taxonomy).
+fn retry_override() -> impl Strategy<Value = RetryOverride> {
+    let delay = prop_oneof![big_u64(), Just(MAX_RETRY_DELAY_MS), Just(MAX_RETRY_DELAY_MS + 1), 0..5_000u64];
+    let cap = prop_oneof![big_u64(), Just(MAX_BACKOFF_MAX_MS), Just(MAX_BACKOFF_MAX_MS + 1), 0..5_000u64];
+    (proptest::option::of(delay), proptest::option::of(cap), proptest::option::of(any::<u8>())).prop_map(
+        |(retry_delay_ms, backoff_max_ms, on)| RetryOverride {
+            retry_delay_ms,
+            backoff_max_ms,
+            retry_on: on.map(RetryOn::from_bits),
+        },
+    )
 }
 
 /// A lease reference: the seeded running one, one near it, or anything.
@@ -244,12 +263,12 @@ proptest! {
     fn register_code(tenant in prop_oneof![Just("acme".to_string()), text()], name in text(), image in image(),
                      command in proptest::collection::vec(text(), 0..3), env in string_map(),
                      mem in big_u64(), timeout_ms in big_u64(), max_concurrency in any::<u32>(),
-                     default_retries in any::<u32>(), placement in placement()) {
+                     default_retries in any::<u32>(), placement in placement(), retry in retry_override()) {
         let mut w = World::seeded();
         let spec = CodeSpec {
             name, image, command, env,
             limits: CodeLimits { memory_bytes: mem, cpu_millis: 0, pids: 0, timeout_ms },
-            max_concurrency, default_retries, placement,
+            max_concurrency, default_retries, retry, placement,
         };
         let edge = validate::code_spec(&spec);
         w.check(edge, Command::RegisterCode { tenant, spec })?;
@@ -277,14 +296,21 @@ proptest! {
 
     #[test]
     fn complete(picks in proptest::collection::vec(
-        (agent(), lease_ref(&World::seeded()), 0..4u8, proptest::option::of(any::<i32>()), text(), big_u64(), big_u64()),
+        (agent(), lease_ref(&World::seeded()), 0..6u8, proptest::option::of(any::<i32>()), text(), big_u64(), big_u64()),
         0..3)) {
         let mut w = World::seeded();
         let completions = picks
             .into_iter()
             .map(|(agent_id, lease, o, exit_code, error, started_ms, peak_memory_bytes)| Completion {
                 agent_id, lease,
-                outcome: [Outcome::Success, Outcome::Error, Outcome::Timeout, Outcome::Killed][o as usize],
+                outcome: [
+                    Outcome::Success,
+                    Outcome::Error,
+                    Outcome::Timeout,
+                    Outcome::Killed,
+                    Outcome::ImagePull,
+                    Outcome::Infrastructure,
+                ][o as usize],
                 exit_code, oom_killed: false, error, started_ms, peak_memory_bytes,
             })
             .collect();

@@ -129,12 +129,14 @@ impl DockerExecutor {
             Ok(g) => g,
             Err(e) => {
                 report.infrastructure = e.is_engine_failure();
+                report.outcome = RunOutcome::ImagePull;
                 report.error = e.to_string();
                 return report;
             }
         };
         let dir = self.cfg.work_dir.join(format!("{}-{}", spec.task_id, spec.lease_epoch));
         if let Err(e) = self.write_run_dir(spec, &dir).await {
+            report.outcome = RunOutcome::Infrastructure;
             report.error = format!("preparing the payload: {e}");
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return report;
@@ -160,6 +162,7 @@ impl DockerExecutor {
             }
             Err(e) => {
                 report.infrastructure = engine_failure(&e);
+                report.outcome = RunOutcome::Infrastructure;
                 report.error = format!("creating the container: {e}");
             }
         }

@@ -73,12 +73,17 @@ pub enum LogStream {
 pub enum RunOutcome {
     /// Exit code 0.
     Success,
-    /// Non-zero exit, OOM kill, or a failure to create/start the container.
+    /// Non-zero exit, OOM kill (`oom_killed`), or a failure to start the container.
     Error,
     /// Ran past its timeout and was stopped.
     Timeout,
     /// Stopped because the run was cancelled (lease lost, revoked, agent shutting down).
     Killed,
+    /// The image could not be pulled or resolved (not an engine failure).
+    ImagePull,
+    /// The agent could not prepare or create the container, and the engine itself answers
+    /// (an engine that does not is handed back instead: [`RunReport::infrastructure`]).
+    Infrastructure,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

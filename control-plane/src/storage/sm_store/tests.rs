@@ -333,6 +333,7 @@ fn running_tasks(sm: &SmStore, tasks: usize) -> Vec<LeaseRef> {
                 limits: CodeLimits { timeout_ms: 60_000, ..Default::default() },
                 max_concurrency: 0,
                 default_retries: 0,
+                retry: Default::default(),
                 placement: Default::default(),
             },
         },
@@ -348,6 +349,7 @@ fn running_tasks(sm: &SmStore, tasks: usize) -> Vec<LeaseRef> {
                     delay_ms: 0,
                     timeout_ms: 0,
                     retries: None,
+                    retry: Default::default(),
                     placement: None,
                 };
                 tasks
