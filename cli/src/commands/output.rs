@@ -105,6 +105,7 @@ pub fn code_json(c: &pv::Code) -> Value {
         "timeout_ms": l.timeout_ms,
         "max_concurrency": c.max_concurrency,
         "default_retries": c.default_retries,
+        "webhook_enabled": c.webhook_enabled,
     })
 }
 

@@ -58,6 +58,8 @@ pub fn code_out(c: &Code) -> pv::Code {
         placement: Some(placement_out(&c.placement)),
         created_ms: c.created_ms,
         updated_ms: c.updated_ms,
+        // Filled in by the handlers that read the webhook table.
+        webhook_enabled: false,
     }
 }
 

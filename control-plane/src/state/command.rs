@@ -187,6 +187,17 @@ pub enum Command {
         max_tasks: u32,
         max_keys: u64,
     },
+    /// Enables (or rotates) a code's webhook with `Some(hash)`, the SHA-256 of a secret
+    /// made at the API edge (randomness never enters `apply`); disables it with `None`
+    /// (disabling one that is off succeeds). Refused for an unknown tenant or code.
+    /// Answered with [`Response::Webhook`]. The hash goes to its own `w/` row, so the
+    /// `Code` record's encoding does not change. (Appended last so the other variants
+    /// keep their postcard tags.)
+    SetWebhook {
+        tenant: String,
+        code: String,
+        secret_sha256: Option<[u8; 32]>,
+    },
 }
 
 impl Command {
@@ -255,5 +266,10 @@ pub enum Response {
     /// The tasks a [`Command::HandBack`] re-queued, in the order named.
     HandedBack {
         task_ids: Vec<u64>,
+    },
+    /// A [`Command::SetWebhook`] applied: whether the code now has a webhook.
+    Webhook {
+        code: String,
+        enabled: bool,
     },
 }

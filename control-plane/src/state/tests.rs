@@ -24,6 +24,8 @@ use super::model::{AgentAttrs, CodeLimits, Placement, Task, TaskState, TenantLim
 use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
 use super::{invariants, keys, placement, validate, views};
 
+mod webhooks;
+
 const CLOCK: &[u8] = b"m/clock";
 
 type Snapshot = (BTreeMap<Vec<u8>, Vec<u8>>, Canonical);
