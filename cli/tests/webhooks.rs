@@ -54,11 +54,12 @@ impl Client {
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.cert.as_bytes()) {
             roots.add(cert.expect("CA PEM")).expect("CA certificate");
         }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Client { tls: tokio_rustls::TlsConnector::from(Arc::new(config)) }
     }
@@ -172,7 +173,8 @@ async fn webhooks_queue_tasks_over_https_without_client_certificates() {
 
     // 202 from a follower; the task runs with the body as its payload, byte for byte.
     let http = Client::new(&c);
-    let body: Vec<u8> = b"{\"event\": \"push\", \"bytes\": \"".iter().copied().chain([0xff, 0x00, 0x7f]).chain(*b"\"}").collect();
+    let body: Vec<u8> =
+        b"{\"event\": \"push\", \"bytes\": \"".iter().copied().chain([0xff, 0x00, 0x7f]).chain(*b"\"}").collect();
     let r = http.post(hook, path, &[("authorization", &auth)], &body).await;
     let id = r.task_id();
     assert_eq!(r.json()["deduplicated"], false);
@@ -194,7 +196,10 @@ async fn webhooks_queue_tasks_over_https_without_client_certificates() {
     let first = http.post(hook, path, &key, b"once").await;
     let again = http.post(other, path, &key, b"once").await;
     assert_eq!(first.task_id(), again.task_id());
-    assert_eq!((first.json()["deduplicated"].as_bool(), again.json()["deduplicated"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(
+        (first.json()["deduplicated"].as_bool(), again.json()["deduplicated"].as_bool()),
+        (Some(false), Some(true))
+    );
 
     // 401: a wrong secret, and none.
     let r = http.post(hook, path, &[("authorization", &bearer(&"0".repeat(64)))], b"x").await;

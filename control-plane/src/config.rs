@@ -205,7 +205,8 @@ impl ServerConfig {
             if self.webhook_listen.is_none() {
                 return bad("webhook_url", "needs webhook_listen".into());
             }
-            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://").filter(|_| self.dev_insecure));
+            let rest =
+                url.strip_prefix("https://").or_else(|| url.strip_prefix("http://").filter(|_| self.dev_insecure));
             match rest {
                 Some(host) if !host.is_empty() && !host.contains(['/', '?', '#']) => {}
                 _ => return bad("webhook_url", format!("{url:?} is not https://HOST[:PORT] (no path)")),

@@ -69,7 +69,10 @@ impl Metrics {
                 "AppendEntries messages over 8 MiB resent to a follower as fewer entries",
             )?,
             webhook_requests: IntCounterVec::new(
-                Opts::new("webhook_requests_total", "Webhook requests by result (rate_limited: refused for failed secrets)"),
+                Opts::new(
+                    "webhook_requests_total",
+                    "Webhook requests by result (rate_limited: refused for failed secrets)",
+                ),
                 &["result"],
             )?,
             term: IntGauge::new("raft_term", "Current Raft term")?,

@@ -169,7 +169,10 @@ pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
                     outln!("secret: {}", r.secret);
                     outln!();
                     outln!("The secret is shown only now; `drover code webhook enable` again makes a new one.");
-                    outln!("curl --cacert ca.pem -H 'Authorization: Bearer {}' --data-binary @payload.json {url}", r.secret);
+                    outln!(
+                        "curl --cacert ca.pem -H 'Authorization: Bearer {}' --data-binary @payload.json {url}",
+                        r.secret
+                    );
                 }
             }
         }

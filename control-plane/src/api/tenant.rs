@@ -119,7 +119,8 @@ impl Tenant for TenantService {
         let code = req.into_inner().name;
         validate::name("name", &code).map_err(ApiError::from)?;
         let secret = crate::webhook::secret::Secret::generate();
-        let cmd = Command::SetWebhook { tenant: tenant.clone(), code: code.clone(), secret_sha256: Some(secret.sha256()) };
+        let cmd =
+            Command::SetWebhook { tenant: tenant.clone(), code: code.clone(), secret_sha256: Some(secret.sha256()) };
         match self.ctx.propose(cmd).await? {
             SmResponse::Webhook { enabled: true, .. } => {}
             other => return Err(unexpected(other)),
@@ -129,10 +130,7 @@ impl Tenant for TenantService {
         Ok(Response::new(pv::EnableWebhookResponse { url, path, secret: secret.reveal().to_string() }))
     }
 
-    async fn disable_webhook(
-        &self,
-        req: Request<pv::DisableWebhookRequest>,
-    ) -> ApiResult<pv::DisableWebhookResponse> {
+    async fn disable_webhook(&self, req: Request<pv::DisableWebhookRequest>) -> ApiResult<pv::DisableWebhookResponse> {
         let tenant = caller::tenant(&req)?;
         let code = req.into_inner().name;
         match self.ctx.propose(Command::SetWebhook { tenant, code, secret_sha256: None }).await? {

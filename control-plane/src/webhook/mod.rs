@@ -185,7 +185,11 @@ impl Webhooks {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn handle(self: Arc<Self>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    async fn handle(
+        self: Arc<Self>,
+        peer: IpAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
         let (outcome, resp) = self.answer(peer, req).await;
         if outcome.is_failed_attempt() {
             self.failures().fail(peer, Instant::now());
@@ -197,7 +201,11 @@ impl Webhooks {
 
     async fn answer(&self, peer: IpAddr, req: Request<Incoming>) -> Answer {
         if let Some(wait) = self.failures().blocked(peer, Instant::now()) {
-            let a = error(Outcome::RateLimited, StatusCode::TOO_MANY_REQUESTS, "too many failed attempts from this address");
+            let a = error(
+                Outcome::RateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed attempts from this address",
+            );
             return retry_after(a, wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
         }
         let Some((tenant, code)) = parse_path(req.uri().path()).map(|(t, c)| (t.to_string(), c.to_string())) else {
@@ -235,22 +243,17 @@ impl Webhooks {
             Ok(p) => p,
             Err(a) => return a,
         };
-        let task = NewTask {
-            code,
-            payload,
-            priority: 0,
-            delay_ms: 0,
-            timeout_ms: 0,
-            retries: None,
-            placement: None,
-        };
+        let task = NewTask { code, payload, priority: 0, delay_ms: 0, timeout_ms: 0, retries: None, placement: None };
         match crate::api::tenant::queue(&self.ctx, tenant, key, vec![task]).await {
             Ok((ids, deduplicated)) => {
                 let Some(&task_id) = ids.first() else {
                     return error(Outcome::Error, StatusCode::INTERNAL_SERVER_ERROR, "no task id in the answer");
                 };
                 let outcome = if deduplicated { Outcome::Deduplicated } else { Outcome::Accepted };
-                (outcome, json(StatusCode::ACCEPTED, serde_json::json!({ "task_id": task_id, "deduplicated": deduplicated })))
+                (
+                    outcome,
+                    json(StatusCode::ACCEPTED, serde_json::json!({ "task_id": task_id, "deduplicated": deduplicated })),
+                )
             }
             Err(e) => api_error(e),
         }
