@@ -233,3 +233,51 @@ impl ServerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> ServerConfig {
+        let text = format!(
+            "node_id = 1\nlisten = \"127.0.0.1:7400\"\nhttp_listen = \"127.0.0.1:7401\"\ndata_dir = \"/tmp/x\"\n{extra}\n"
+        );
+        toml::from_str(&text).expect("config parses")
+    }
+
+    fn invalid_field(c: &ServerConfig) -> Option<&'static str> {
+        match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        }
+    }
+
+    const TLS: &str = "tls = { ca = \"ca.pem\", cert = \"s.pem\", key = \"s.key\" }";
+
+    #[test]
+    fn webhook_urls_default_to_the_listener_and_must_be_a_bare_origin() {
+        let c = parse(&format!("{TLS}\nwebhook_listen = \"0.0.0.0:7443\""));
+        assert_eq!(invalid_field(&c), None);
+        assert_eq!(c.webhook_base_url().as_deref(), Some("https://0.0.0.0:7443"));
+        let c =
+            parse(&format!("{TLS}\nwebhook_listen = \"0.0.0.0:7443\"\nwebhook_url = \"https://hooks.example.com\""));
+        assert_eq!(c.webhook_base_url().as_deref(), Some("https://hooks.example.com"));
+        assert_eq!(invalid_field(&c), None);
+        assert_eq!(parse(TLS).webhook_base_url(), None, "no listener, no webhooks");
+        for bad in ["http://hooks.example.com", "https://hooks.example.com/x", "hooks.example.com", "https://"] {
+            let c = parse(&format!("{TLS}\nwebhook_listen = \"0.0.0.0:7443\"\nwebhook_url = \"{bad}\""));
+            assert_eq!(invalid_field(&c), Some("webhook_url"), "{bad}");
+        }
+        let c = parse(&format!("{TLS}\nwebhook_url = \"https://hooks.example.com\""));
+        assert_eq!(invalid_field(&c), Some("webhook_url"), "a URL without a listener");
+    }
+
+    #[test]
+    fn a_plaintext_webhook_listener_must_be_on_loopback() {
+        let c = parse("dev_insecure = true\nwebhook_listen = \"0.0.0.0:7443\"");
+        assert_eq!(invalid_field(&c), Some("listen"));
+        let c = parse("dev_insecure = true\nwebhook_listen = \"127.0.0.1:7443\"");
+        assert_eq!(invalid_field(&c), None);
+        assert_eq!(c.webhook_base_url().as_deref(), Some("http://127.0.0.1:7443"));
+    }
+}
