@@ -127,7 +127,7 @@ async fn whole_cluster_crash_keeps_acknowledged_tasks() {
 }
 
 /// A follower that was down while large entries (batches of big payloads) were committed
-/// catches up after its restart: the leader splits AppendEntries past 8 MiB (openraft
+/// catches up after its restart: the leader splits AppendEntries past 1 MiB (openraft
 /// resends fewer entries on `PayloadTooLarge`), and every replica ends identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_catches_up_through_large_entries() {
@@ -138,9 +138,10 @@ async fn a_follower_catches_up_through_large_entries() {
     c.kill(down).expect("kill follower");
     let mut t = clients::tenant(c.addr(leader), "acme").expect("client");
     let mut acked = BTreeSet::new();
-    // 12 entries of about 6 MiB each: any two together are over the split threshold.
+    // 12 entries of about 800 KiB each (near the 1 MiB per-call payload limit): any two
+    // together are over the split threshold.
     for b in 0..12 {
-        let r = t.queue_tasks(batch(30, 200 * 1024, &format!("big-{b}"))).await.expect("queue with one node down");
+        let r = t.queue_tasks(batch(4, 200 * 1024, &format!("big-{b}"))).await.expect("queue with one node down");
         acked.extend(r.into_inner().task_ids);
     }
     c.restart(down).expect("restart follower");
@@ -153,7 +154,7 @@ async fn a_follower_catches_up_through_large_entries() {
         .find_map(|l| l.strip_prefix("drover_raft_append_splits_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no split counter in:\n{metrics}"));
-    assert!(splits > 0, "catching up through 6 MiB entries split at least one AppendEntries");
+    assert!(splits > 0, "catching up through 800 KiB entries split at least one AppendEntries");
 }
 
 /// With two of three nodes gone, a queue call fails fast with Unavailable instead of

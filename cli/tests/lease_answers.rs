@@ -34,9 +34,9 @@ async fn grants_that_do_not_fit_one_answer_are_handed_back_not_orphaned() {
     })
     .await
     .expect("code");
-    // 8 MiB per queue call: 7 tasks of 1 MiB (plus framing) each.
-    for (i, chunk) in (0..TASKS).collect::<Vec<_>>().chunks(7).enumerate() {
-        let mut b = common::batch(chunk.len(), PAYLOAD_BYTES, &format!("k{i}"));
+    // One task of (almost) 1 MiB per queue call, the most one call may carry.
+    for i in 0..TASKS {
+        let mut b = common::batch(1, PAYLOAD_BYTES, &format!("k{i}"));
         b.tasks.iter_mut().for_each(|t| t.payload.truncate(PAYLOAD_BYTES - 64));
         t.queue_tasks(b).await.expect("queue");
     }

@@ -14,6 +14,10 @@ pub struct Metrics {
     pub registry: Registry,
     pub apply: ApplyMetrics,
     pub leases_expired: IntCounterVec,
+    /// Schedule ticks this node fired as leader, by outcome.
+    pub schedule_fires: IntCounterVec,
+    /// Schedule ticks skipped by the catch-up rule (fired as leader by this node).
+    pub schedule_ticks_missed: IntCounter,
     pub api_denied: IntCounterVec,
     /// Connections a listener dropped before serving them (`listener`, `reason`).
     pub connections_refused: IntCounterVec,
@@ -53,6 +57,14 @@ impl Metrics {
                 Opts::new("leases_expired_total", "Leases expired by the leader"),
                 &["reason"],
             )?,
+            schedule_fires: IntCounterVec::new(
+                Opts::new("schedule_fires_total", "Schedule ticks fired by this node as leader, by outcome"),
+                &["outcome"],
+            )?,
+            schedule_ticks_missed: IntCounter::with_opts(Opts::new(
+                "schedule_ticks_missed_total",
+                "Schedule ticks skipped by the catch-up rule (due while no leader fired them)",
+            ))?,
             api_denied: IntCounterVec::new(
                 Opts::new("api_denied_total", "Calls refused before any handler ran, by reason"),
                 &["reason"],
@@ -92,6 +104,8 @@ impl Metrics {
         m.registry.register(Box::new(m.apply.apply_seconds.clone()))?;
         m.registry.register(Box::new(m.apply.applied_entries.clone()))?;
         m.registry.register(Box::new(m.leases_expired.clone()))?;
+        m.registry.register(Box::new(m.schedule_fires.clone()))?;
+        m.registry.register(Box::new(m.schedule_ticks_missed.clone()))?;
         m.registry.register(Box::new(m.api_denied.clone()))?;
         m.registry.register(Box::new(m.connections_refused.clone()))?;
         m.registry.register(Box::new(m.append_splits.clone()))?;

@@ -70,27 +70,38 @@ pub fn new_tasks_in(tasks: Vec<pv::NewTask>) -> Result<Vec<NewTask>, ApiError> {
             format!("{} tasks is over the batch limit of {}", tasks.len(), validate::MAX_BATCH_TASKS),
         ));
     }
-    tasks
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let priority = u8::try_from(t.priority).ok().filter(|p| *p <= validate::MAX_PRIORITY).ok_or_else(|| {
-                ApiError::invalid(
-                    format!("tasks[{i}].priority"),
-                    format!("{} is out of range 0..={}", t.priority, validate::MAX_PRIORITY),
-                )
-            })?;
-            Ok(NewTask {
-                code: t.code,
-                payload: t.payload,
-                priority,
-                delay_ms: t.delay_ms,
-                timeout_ms: t.timeout_ms,
-                retries: t.retries,
-                placement: t.placement.map(|p| placement_in(Some(p))),
-            })
-        })
-        .collect()
+    tasks.into_iter().enumerate().map(|(i, t)| new_task_in(&format!("tasks[{i}]"), t)).collect()
+}
+
+/// One task as the state machine takes it; errors name fields under `prefix`.
+pub fn new_task_in(prefix: &str, t: pv::NewTask) -> Result<NewTask, ApiError> {
+    let priority = u8::try_from(t.priority).ok().filter(|p| *p <= validate::MAX_PRIORITY).ok_or_else(|| {
+        ApiError::invalid(
+            format!("{prefix}.priority"),
+            format!("{} is out of range 0..={}", t.priority, validate::MAX_PRIORITY),
+        )
+    })?;
+    Ok(NewTask {
+        code: t.code,
+        payload: t.payload,
+        priority,
+        delay_ms: t.delay_ms,
+        timeout_ms: t.timeout_ms,
+        retries: t.retries,
+        placement: t.placement.map(|p| placement_in(Some(p))),
+    })
+}
+
+pub fn new_task_out(t: &NewTask) -> pv::NewTask {
+    pv::NewTask {
+        code: t.code.clone(),
+        payload: t.payload.clone(),
+        priority: u32::from(t.priority),
+        delay_ms: t.delay_ms,
+        timeout_ms: t.timeout_ms,
+        retries: t.retries,
+        placement: t.placement.as_ref().map(placement_out),
+    }
 }
 
 pub fn state_out(s: TaskState) -> pv::TaskState {
@@ -151,6 +162,8 @@ pub fn task_out(t: &Task) -> pv::Task {
         result: t.result.as_ref().map(result_out),
         payload_bytes: t.payload_bytes,
         payload: Vec::new(),
+        schedule_id: t.schedule.map(|r| r.schedule_id).unwrap_or(0),
+        schedule_tick_ms: t.schedule.map(|r| r.tick_ms).unwrap_or(0),
     }
 }
 

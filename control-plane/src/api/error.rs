@@ -42,11 +42,12 @@ impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         match e {
             StateError::Invalid { field, reason } => ApiError::Invalid { field, reason },
-            StateError::UnknownTenant(_) | StateError::CodeNotFound(_) | StateError::TaskNotFound(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            StateError::UnknownTenant(_)
+            | StateError::CodeNotFound(_)
+            | StateError::TaskNotFound(_)
+            | StateError::ScheduleNotFound(_) => ApiError::NotFound(e.to_string()),
             StateError::QuotaExceeded { .. } => ApiError::Exhausted(e.to_string()),
-            StateError::StaleEpoch { .. } | StateError::AlreadyFinished(_) => {
+            StateError::StaleEpoch { .. } | StateError::AlreadyFinished(_) | StateError::StaleTick { .. } => {
                 ApiError::FailedPrecondition(e.to_string())
             }
             // A leadership change under the proposal: the caller may retry.

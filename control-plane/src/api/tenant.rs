@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::error::{ApiError, ApiResult};
-use super::{ApiCtx, caller};
+use super::{ApiCtx, caller, schedules};
 use crate::state::command::{Command, NewTask};
 use crate::state::logs::{self, LogStream};
 use crate::state::{Response as SmResponse, validate, views};
@@ -101,6 +101,32 @@ impl Tenant for TenantService {
         }
         let (task_ids, deduplicated) = queue(&self.ctx, tenant, key, tasks).await?;
         Ok(Response::new(pv::QueueTasksResponse { task_ids, deduplicated }))
+    }
+
+    async fn create_schedule(&self, req: Request<pv::CreateScheduleRequest>) -> ApiResult<pv::Schedule> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(schedules::create(&self.ctx, tenant, req.into_inner()).await?))
+    }
+
+    async fn get_schedule(&self, req: Request<pv::GetScheduleRequest>) -> ApiResult<pv::Schedule> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(schedules::get(&self.ctx, &tenant, req.into_inner().id).await?))
+    }
+
+    async fn list_schedules(&self, req: Request<pv::ListSchedulesRequest>) -> ApiResult<pv::ListSchedulesResponse> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(schedules::list(&self.ctx, &tenant).await?))
+    }
+
+    async fn delete_schedule(&self, req: Request<pv::DeleteScheduleRequest>) -> ApiResult<pv::DeleteScheduleResponse> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(schedules::delete(&self.ctx, tenant, req.into_inner().id).await?))
+    }
+
+    async fn pause_schedule(&self, req: Request<pv::PauseScheduleRequest>) -> ApiResult<pv::Schedule> {
+        let tenant = caller::tenant(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(schedules::pause(&self.ctx, tenant, r.id, r.paused).await?))
     }
 
     async fn get_task(&self, req: Request<pv::GetTaskRequest>) -> ApiResult<pv::Task> {

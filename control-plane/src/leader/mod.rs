@@ -1,5 +1,5 @@
-//! Leader-only loops: lease expiry, delayed-task promotion, the timeout backstop and
-//! retention purge. [`supervise`] watches Raft's metrics and starts the loops (with a
+//! Leader-only loops: lease expiry, delayed-task promotion, the timeout backstop,
+//! retention purge and the schedule ticker. [`supervise`] watches Raft's metrics and starts the loops (with a
 //! child cancellation token) for each term in which this node leads, and cancels and
 //! joins them when that leadership ends (it stops leading, or leads again in a new term
 //! between two metric observations) or the server shuts down.
@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::raft::node::{RaftNode, now_ms};
 use crate::state::Response;
 use crate::state::command::{Command, ExpireReason, LeaseRef};
+use crate::state::schedules::{self, FireOutcome, ScheduleFire};
 
 /// Most tasks one timer command moves (bounds one log entry).
 const MAX_TASKS_PER_TIMER_COMMAND: u32 = 10_000;
@@ -103,11 +104,28 @@ struct Due {
     timed_out: Vec<LeaseRef>,
     promote: bool,
     purge: bool,
+    /// Schedule ticks due (and `queue_one` ticks whose previous run finished).
+    fires: Vec<ScheduleFire>,
 }
 
 fn due(node: &RaftNode, cfg: &LeaderConfig, now_ms: u64) -> Due {
     let Ok(sm) = node.sm.machine() else { return Due::default() };
     let idx = sm.indexes();
+    let mut fires: Vec<ScheduleFire> = sm
+        .schedules()
+        .due
+        .iter()
+        .take_while(|(at, _)| *at <= now_ms)
+        .take(schedules::MAX_FIRES)
+        .map(|(at, id)| ScheduleFire { id: *id, tick_ms: *at, owed: false })
+        .collect();
+    if !sm.schedules().owed.is_empty() {
+        let room = schedules::MAX_FIRES - fires.len();
+        match schedules::owed_ready(&node.sm.kv(), &sm.schedules().owed, room) {
+            Ok(owed) => fires.extend(owed),
+            Err(e) => tracing::warn!(error = %e, "reading owed schedule ticks"),
+        }
+    }
     let grace = cfg.timeout_grace.as_millis() as u64;
     let retention = cfg.retention.as_millis() as u64;
     Due {
@@ -122,6 +140,7 @@ fn due(node: &RaftNode, cfg: &LeaderConfig, now_ms: u64) -> Due {
         promote: idx.delayed.first().is_some_and(|(at, _)| *at <= now_ms),
         purge: idx.finished.first().is_some_and(|(at, _)| *at < now_ms.saturating_sub(retention))
             || idx.idem_expiry.first().is_some_and(|(at, _)| *at <= now_ms),
+        fires,
     }
 }
 
@@ -155,6 +174,9 @@ async fn run_loops(
             let n = propose(&node, term, cmd).await;
             metrics.leases_expired.with_label_values(&["timeout"]).inc_by(n);
         }
+        if !due.fires.is_empty() {
+            fire(&node, term, due.fires, &metrics).await;
+        }
         if due.promote {
             propose(&node, term, Command::PromoteDelayed { term, max_tasks: MAX_TASKS_PER_TIMER_COMMAND }).await;
         }
@@ -173,6 +195,32 @@ async fn run_loops(
                 }
             }
         }
+    }
+}
+
+/// Proposes the due schedule ticks as leader of `term` and counts what they did.
+async fn fire(node: &RaftNode, term: u64, fires: Vec<ScheduleFire>, metrics: &Metrics) {
+    match node.propose_as_leader(term, Command::FireSchedules { term, fires }).await {
+        Ok(Response::Fired { results }) => {
+            for r in results {
+                let Ok(f) = r else { continue };
+                metrics.schedule_ticks_missed.inc_by(f.missed);
+                let outcome = match &f.outcome {
+                    FireOutcome::Queued { .. } => "queued",
+                    FireOutcome::Skipped => "skipped",
+                    FireOutcome::Owed => "owed",
+                    FireOutcome::TooLate => "too_late",
+                    FireOutcome::Failed(e) => {
+                        tracing::info!(schedule = f.id, tick_ms = f.tick_ms, error = %e, "a schedule tick could not queue its task");
+                        "failed"
+                    }
+                };
+                metrics.schedule_fires.with_label_values(&[outcome]).inc();
+            }
+        }
+        Ok(Response::Rejected(e)) => tracing::info!(error = %e, "schedule fire refused"),
+        Ok(other) => tracing::warn!(?other, "schedule fire answered unexpectedly"),
+        Err(e) => tracing::warn!(error = %e, "schedule fire proposal failed"),
     }
 }
 

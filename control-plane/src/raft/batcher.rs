@@ -240,8 +240,8 @@ mod tests {
         Command::Lease { term: 1, requests: vec![req] }
     }
 
-    /// Full-size `AppendLogs` (16 MiB each: the old cap counted only queued payloads, so
-    /// these all shared one entry) and large-label `Lease` calls: every entry stays under
+    /// `AppendLogs` of 1 MiB (the old cap counted only queued payloads, so any number of
+    /// these shared one entry) and 1 MiB-label `Lease` calls: every entry stays under
     /// the entry bound, every caller is served, and a command too large for any entry is
     /// refused as `ResourceExhausted` naming the limit, without stopping the others.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,10 +266,10 @@ mod tests {
                 }
             }
             let cmd = match i {
-                0..8 => append_logs(64),
+                0..8 => append_logs(4),
                 8..27 => big_lease(),
-                // 40 MiB: over the entry bound by itself.
-                _ => append_logs(160),
+                // 2 MiB: over the entry bound by itself.
+                _ => append_logs(8),
             };
             let b = batcher.clone();
             calls.push(tokio::spawn(async move { b.propose(cmd).await }));
@@ -289,7 +289,7 @@ mod tests {
         let sizes = log.entry_bytes.lock().expect("sizes").clone();
         let biggest = sizes.iter().copied().max().unwrap_or(0);
         assert!(biggest <= MAX_ENTRY_BYTES + ENVELOPE_BYTES, "an entry of {biggest} bytes: {sizes:?}");
-        assert!(sizes.len() >= 5, "128 MiB of logs in entries of at most 32 MiB: {sizes:?}");
+        assert!(sizes.len() >= 18, "27 MiB of commands in entries of at most 1.5 MiB: {sizes:?}");
         assert_eq!(refused.len(), 1, "{refused:?}");
         let status = tonic::Status::from(crate::api::error::ApiError::from(refused.remove(0)));
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::StateError;
 use super::model::{AgentAttrs, Code, CodeLimits, Placement, Task, Tenant, TenantLimits};
+use super::schedules::{Fired, Schedule, ScheduleFire, ScheduleSpec};
 
 /// One Raft entry's application data.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -187,6 +188,30 @@ pub enum Command {
         max_tasks: u32,
         max_keys: u64,
     },
+    /// Creates a schedule (see [`super::schedules`]); answered with
+    /// [`Response::Schedule`].
+    CreateSchedule {
+        tenant: String,
+        spec: ScheduleSpec,
+    },
+    DeleteSchedule {
+        tenant: String,
+        id: u64,
+    },
+    /// Pauses or resumes a schedule.
+    PauseSchedule {
+        tenant: String,
+        id: u64,
+        paused: bool,
+    },
+    /// The leader's schedule ticker: fires the named ticks, each accepted only if it is
+    /// the tick its schedule expects (so a tick fires once across leader changes).
+    /// `term`: the proposing leader's term (see [`Command::leader_term`]). Answered with
+    /// [`Response::Fired`].
+    FireSchedules {
+        term: u64,
+        fires: Vec<ScheduleFire>,
+    },
     /// Enables (or rotates) a code's webhook with `Some(hash)`, the SHA-256 of a secret
     /// made at the API edge (randomness never enters `apply`); disables it with `None`
     /// (disabling one that is off succeeds). Refused for an unknown tenant or code.
@@ -216,6 +241,7 @@ impl Command {
             | Command::PromoteDelayed { term, .. }
             | Command::Purge { term, .. }
             | Command::PurgeBounded { term, .. }
+            | Command::FireSchedules { term, .. }
             | Command::Lease { term, .. } => Some(*term),
             _ => None,
         }
@@ -266,6 +292,12 @@ pub enum Response {
     /// The tasks a [`Command::HandBack`] re-queued, in the order named.
     HandedBack {
         task_ids: Vec<u64>,
+    },
+    Schedule(Box<Schedule>),
+    ScheduleDeleted,
+    /// One result per fire, in order.
+    Fired {
+        results: Vec<Result<Fired, StateError>>,
     },
     /// A [`Command::SetWebhook`] applied: whether the code now has a webhook.
     Webhook {

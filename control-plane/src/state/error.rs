@@ -24,6 +24,12 @@ pub enum StateError {
     /// above all) is not the current leader's. Refused; nothing changes.
     #[error("stale leader command: proposed by the leader of term {proposed}, committed in term {entry}")]
     StaleTerm { proposed: u64, entry: u64 },
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(u64),
+    /// A fire for a tick the schedule no longer expects (already fired, paused, or not yet
+    /// due): each tick fires once.
+    #[error("schedule {schedule_id} does not expect a fire for tick {tick_ms}")]
+    StaleTick { schedule_id: u64, tick_ms: u64 },
 }
 
 impl StateError {

@@ -6,6 +6,8 @@
 //! * every task row holds a payload of the length its record says;
 //! * log metadata and chunks belong to existing tasks, and a task's chunks are numbered
 //!   exactly `0..meta.chunks`;
+//! * the schedule indexes equal indexes rebuilt from the `s/` table, and a schedule's
+//!   counters only grow (checked by the tests that drive them).
 //! * every webhook belongs to an existing code, and the in-memory webhooks equal the
 //!   `w/` rows.
 
@@ -101,6 +103,18 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     let total: u64 = sm.idx.state_counts.iter().sum();
     if total != tasks.len() as u64 {
         problems.push(format!("state counts sum to {total}, table holds {}", tasks.len()));
+    }
+    let mut sched = super::schedules::ScheduleIndex::default();
+    kv.scan(keys::SCHEDULE, keys::SCHEDULE, &mut |_, v| {
+        match keys::decode::<super::schedules::Schedule>(v) {
+            Ok(s) => sched.insert(&s),
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    if (&sched.due, &sched.owed, &sched.by_tenant) != (&sm.sched.due, &sm.sched.owed, &sm.sched.by_tenant) {
+        problems.push(format!("schedule indexes diverge from the table:\n live {:?}\n want {sched:?}", sm.sched));
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }

@@ -9,6 +9,7 @@
 //! | `i/`   | tenant `\0` idem. key    | [`IdemRecord`]   |
 //! | `w/`   | tenant `\0` code name    | [`Webhook`] (the code's webhook, if enabled) |
 //! | `a/`   | agent id                 | [`AgentRecord`]  |
+//! | `s/`   | schedule id (u64 big-endian) | [`Schedule`](super::schedules::Schedule) |
 //! | `g/`   | task id                  | log metadata (see [`super::logs`]) |
 //! | `l/`   | task id, chunk index (u32) | log chunk      |
 //! | `m/`   | name                     | state metadata   |
@@ -40,6 +41,7 @@ pub const CODE: &[u8] = b"c/";
 pub const TASK: &[u8] = b"k/";
 pub const IDEM: &[u8] = b"i/";
 pub const AGENT: &[u8] = b"a/";
+pub const SCHEDULE: &[u8] = b"s/";
 pub const WEBHOOK: &[u8] = b"w/";
 pub const META_RR_CURSOR: &[u8] = b"m/rr_cursor";
 /// Keys under this prefix belong to the Raft adapter and are not part of the state digest.
@@ -56,6 +58,10 @@ fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         k.extend_from_slice(p);
     }
     k
+}
+
+pub fn schedule(id: u64) -> Vec<u8> {
+    join(SCHEDULE, &[&id.to_be_bytes()])
 }
 
 pub fn tenant(id: &str) -> Vec<u8> {

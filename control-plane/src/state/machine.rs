@@ -47,6 +47,7 @@ pub struct StateMachine {
     pub(super) webhooks: BTreeMap<(String, String), Webhook>,
     pub(super) rr_cursor: String,
     pub(super) clock_ms: u64,
+    pub(super) sched: super::schedules::ScheduleIndex,
 }
 
 impl StateMachine {
@@ -90,6 +91,7 @@ impl StateMachine {
         if let Some(e) = err {
             return Err(e);
         }
+        sm.load_schedules(kv)?;
         if let Some(v) = kv.get(keys::META_RR_CURSOR)? {
             sm.rr_cursor = keys::decode(&v)?;
         }
@@ -121,6 +123,20 @@ impl StateMachine {
                             took_effect = true;
                             if let Response::Queued { task_ids, deduplicated: false } = &r {
                                 ctx.first_task_seq += task_ids.len() as u64;
+                            }
+                            if let Response::Fired { results } = &r {
+                                ctx.first_task_seq += results
+                                    .iter()
+                                    .filter(|f| {
+                                        matches!(
+                                            f,
+                                            Ok(super::schedules::Fired {
+                                                outcome: super::schedules::FireOutcome::Queued { .. },
+                                                ..
+                                            })
+                                        )
+                                    })
+                                    .count() as u64;
                             }
                             r
                         }
@@ -182,6 +198,10 @@ impl StateMachine {
                 self.append_logs(txn, ctx, agent_id, *max_task_log_bytes, chunks)
             }
             Command::HandBack { agent_id, leases } => self.hand_back(txn, agent_id, leases),
+            Command::CreateSchedule { tenant, spec } => self.create_schedule(txn, ctx, tenant, spec),
+            Command::DeleteSchedule { tenant, id } => self.delete_schedule(txn, tenant, *id),
+            Command::PauseSchedule { tenant, id, paused } => self.pause_schedule(txn, ctx, tenant, *id, *paused),
+            Command::FireSchedules { term: _, fires } => self.fire_schedules(txn, ctx, fires),
             Command::SetWebhook { tenant, code, secret_sha256 } => {
                 self.set_webhook(txn, ctx, tenant, code, secret_sha256.as_ref())
             }

@@ -6,6 +6,7 @@
 //! * [`indexes`] — in-memory indexes derived from the tables.
 //! * [`kv`], [`keys`] — the key-value interface and the table layout.
 //! * [`logs`] — task output appended by agents, capped per task.
+//! * [`schedules`] — tasks queued on a timing, each tick once; [`timing`] — when ticks fall (cron, run_every).
 //! * [`validate`] — input limits ([`image_ref`]: the registry reference grammar); [`views`] — read queries; [`invariants`] — checks.
 //!
 //! Nothing here reads a clock, the network or randomness; the same log applied to the
@@ -23,7 +24,9 @@ pub mod logs;
 pub mod machine;
 pub mod model;
 pub mod placement;
+pub mod schedules;
 pub mod tasks;
+pub mod timing;
 pub mod validate;
 pub mod views;
 

@@ -140,6 +140,8 @@ pub struct Task {
     pub lease: Option<Lease>,
     pub result: Option<TaskResult>,
     pub payload_bytes: u64,
+    /// Set on a task a schedule queued.
+    pub schedule: Option<super::schedules::ScheduleRun>,
 }
 
 /// What an agent declares about itself; placement constraints are matched against it.

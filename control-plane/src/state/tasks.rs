@@ -26,6 +26,21 @@ impl StateMachine {
         idempotency_ttl_ms: u64,
         tasks: &[NewTask],
     ) -> Applied {
+        self.queue_tasks_from(txn, ctx, tenant_id, idempotency_key, idempotency_ttl_ms, tasks, None)
+    }
+
+    /// [`Self::queue_tasks`], recording the schedule run that queued the tasks (if any).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn queue_tasks_from(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        tenant_id: &str,
+        idempotency_key: Option<&str>,
+        idempotency_ttl_ms: u64,
+        tasks: &[NewTask],
+        schedule: Option<super::schedules::ScheduleRun>,
+    ) -> Applied {
         let Some(tenant) = self.tenants.get(tenant_id) else {
             return Ok(Err(StateError::UnknownTenant(tenant_id.to_string())));
         };
@@ -84,6 +99,7 @@ impl StateMachine {
                 lease: None,
                 result: None,
                 payload_bytes: t.payload.len() as u64,
+                schedule,
             };
             self.insert_task(txn, &task, &t.payload);
             ids.push(id);

@@ -12,6 +12,8 @@
 //! agents and a series of terms, checks the invariants after every step, and replays the
 //! log to check determinism.
 
+mod schedules;
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;

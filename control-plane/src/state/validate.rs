@@ -234,7 +234,12 @@ pub fn code_spec(s: &CodeSpec) -> Result<(), StateError> {
 
 /// Checks one task of a batch (`i` is its position, used in the field name).
 pub fn new_task(i: usize, t: &NewTask, limits: &TenantLimits) -> Result<(), StateError> {
-    let f = |field: &str| format!("tasks[{i}].{field}");
+    new_task_at(&format!("tasks[{i}]"), t, limits)
+}
+
+/// [`new_task`] for a task named `prefix` in error messages (`task` on a schedule).
+pub fn new_task_at(prefix: &str, t: &NewTask, limits: &TenantLimits) -> Result<(), StateError> {
+    let f = |field: &str| format!("{prefix}.{field}");
     name(&f("code"), &t.code)?;
     let max_payload = limits.max_payload_bytes.min(MAX_PAYLOAD_BYTES);
     if t.payload.len() as u64 > max_payload {

@@ -92,6 +92,21 @@ mod suite {
         }
     }
 
+    /// Opens sled at `path`. A store of the same directory dropped just before may still
+    /// hold sled's file lock until its flusher thread exits (longer on a loaded machine):
+    /// a lock failure is retried for up to 10 s; any other error is returned.
+    pub fn open_sled(path: &std::path::Path) -> sled::Result<sled::Db> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(path).open() {
+                Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
     struct Builder;
 
     impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for Builder {

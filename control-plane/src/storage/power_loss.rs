@@ -45,7 +45,7 @@ struct Node {
 }
 
 fn open(fs: &SimFs, sled_dir: &Path) -> Result<Node, super::StorageError> {
-    let db = sled::Config::new().path(sled_dir).open()?;
+    let db = super::suite::open_sled(sled_dir)?;
     let log = LogStore::open_with_target(Arc::new(fs.clone()), &db, Path::new(LOG_DIR), SEGMENT_BYTES)?;
     let sm = SmStore::open(Arc::new(fs.clone()), &db, Path::new(SNAP_DIR), super::suite::test_metrics())?;
     Ok(Node { db, log, sm })

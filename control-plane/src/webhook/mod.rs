@@ -26,8 +26,9 @@
 //! the leader when this node is a follower. Lookups pass a linearizable read barrier
 //! first, so a secret that was rotated or disabled stops working at once on every node.
 //!
-//! **Answers**, in the order they are decided (each counted in
-//! `drover_webhook_requests_total{result}`):
+//! **Answers** (each counted in `drover_webhook_requests_total{result}`). A blocked
+//! address is answered before anything else is looked at; the secret is checked before
+//! the body is read:
 //!
 //! | status | result label | when |
 //! |---|---|---|

@@ -10,19 +10,7 @@ use crate::state::Command;
 use crate::state::command::LeaseRef;
 
 fn store(dir: &Path) -> (sled::Db, SmStore) {
-    // A store of the same directory dropped just before may still hold sled's file lock
-    // until its flusher thread exits: retry the open for a while.
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    let db = loop {
-        match sled::Config::new().path(dir.join("sled")).open() {
-            Ok(db) => break db,
-            Err(e) if std::time::Instant::now() < until => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("opening sled: {e}"),
-        }
-    };
+    let db = super::super::suite::open_sled(&dir.join("sled")).expect("sled");
     let sm = SmStore::open(Arc::new(RealFs), &db, &dir.join("snapshots"), super::super::suite::test_metrics())
         .expect("open");
     (db, sm)
