@@ -40,6 +40,9 @@ pub struct NodeProc {
     pub id: u64,
     pub addr: String,
     pub http: String,
+    /// The webhook listener's address, in a cluster started with
+    /// [`Cluster::start_with_webhooks`].
+    pub webhook: Option<String>,
     pub data_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -94,6 +97,15 @@ fn unsafe_kill(pid: i32, sig: i32) -> i32 {
 impl Cluster {
     /// Starts `opts.nodes` servers that bootstrap one cluster, and waits for a leader.
     pub async fn start(bin: &Path, opts: ClusterOptions) -> anyhow::Result<Self> {
+        Self::start_inner(bin, opts, false).await
+    }
+
+    /// [`Cluster::start`], with a `webhook_listen` on every node ([`Cluster::webhook`]).
+    pub async fn start_with_webhooks(bin: &Path, opts: ClusterOptions) -> anyhow::Result<Self> {
+        Self::start_inner(bin, opts, true).await
+    }
+
+    async fn start_inner(bin: &Path, opts: ClusterOptions, webhooks: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("drover-cluster-").tempdir()?;
         let ca = if opts.tls { Some(certs::new_ca("drover test CA", 30)?) } else { None };
         let net = opts.proxied.map(|seed| std::sync::Arc::new(Net::new(seed)));
@@ -101,7 +113,10 @@ impl Cluster {
             Cluster { bin: bin.to_path_buf(), dir, nodes: BTreeMap::new(), opts: opts.clone(), ca, net, keep: false };
         let mut members = BTreeMap::new();
         for id in 1..=opts.nodes {
-            let n = c.make_node(id)?;
+            let mut n = c.make_node(id)?;
+            if webhooks {
+                n.webhook = Some(format!("127.0.0.1:{}", free_port()?));
+            }
             members.insert(id, n.addr.clone());
             c.nodes.insert(id, n);
         }
@@ -132,6 +147,7 @@ impl Cluster {
             id,
             addr: format!("127.0.0.1:{}", free_port()?),
             http: format!("127.0.0.1:{}", free_port()?),
+            webhook: None,
             data_dir: base.join("data"),
             config: base.join("drover.toml"),
             log: base.join("server.log"),
@@ -164,6 +180,9 @@ impl Cluster {
                     key.display().to_string()
                 ));
             }
+        }
+        if let Some(w) = &n.webhook {
+            toml.push_str(&format!("webhook_listen = \"{w}\"\n"));
         }
         if let Some(ttl) = &self.opts.lease_ttl {
             toml.push_str(&format!("lease_ttl = \"{ttl}\"\n"));
@@ -229,6 +248,12 @@ impl Cluster {
 
     pub fn http(&self, id: u64) -> &str {
         &self.nodes[&id].http
+    }
+
+    /// Node `id`'s webhook listener, in a cluster started with
+    /// [`Cluster::start_with_webhooks`].
+    pub fn webhook(&self, id: u64) -> Option<&str> {
+        self.nodes[&id].webhook.as_deref()
     }
 
     pub fn ids(&self) -> Vec<u64> {

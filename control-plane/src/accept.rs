@@ -1,4 +1,4 @@
-//! The TLS accept loop both listeners share (gRPC and the HTTPS side listener).
+//! The TLS accept loop every listener shares (gRPC, the HTTPS side listener, webhooks).
 //!
 //! The loop only accepts TCP: every handshake runs in its own task, bounded in time
 //! ([`AcceptLimits::handshake_timeout`]) and in number ([`AcceptLimits::max_handshakes`]),
@@ -50,6 +50,11 @@ pub const GRPC_LIMITS: AcceptLimits =
 /// The HTTPS side listener: probes and scrapers, short requests.
 pub const HTTP_LIMITS: AcceptLimits =
     AcceptLimits { handshake_timeout: Duration::from_secs(3), max_handshakes: 64, max_connections: 512 };
+
+/// The webhook listener: callers on the open internet without client certificates, one
+/// request per connection.
+pub const WEBHOOK_LIMITS: AcceptLimits =
+    AcceptLimits { handshake_timeout: Duration::from_secs(3), max_handshakes: 64, max_connections: 256 };
 
 /// What the interceptor learns about a TLS connection.
 #[derive(Clone, Debug)]

@@ -6,6 +6,8 @@
 //! listen = "127.0.0.1:7400"        # gRPC: tenant, agent, admin and node-to-node Raft
 //! advertise = "127.0.0.1:7400"     # address peers and clients use (default: listen)
 //! http_listen = "127.0.0.1:7401"   # /metrics /healthz /readyz
+//! webhook_listen = "0.0.0.0:7443"  # POST /v1/webhooks/<tenant>/<code> (HTTPS, no client certificate)
+//! webhook_url = "https://hooks.example.com"  # what webhook URLs start with (default: https://<webhook_listen>)
 //! data_dir = "/var/lib/drover"
 //! initial_members = { 1 = "127.0.0.1:7400", 2 = "127.0.0.1:7410", 3 = "127.0.0.1:7420" }
 //! lease_ttl = "10s"
@@ -45,6 +47,14 @@ pub struct ServerConfig {
     #[serde(default)]
     pub advertise: Option<String>,
     pub http_listen: SocketAddr,
+    /// The webhook listener (see `crate::webhook`): HTTPS with the node's certificate and
+    /// no client certificate. Off when absent.
+    #[serde(default)]
+    pub webhook_listen: Option<SocketAddr>,
+    /// The scheme, host and port webhook callers use (a load balancer or DNS name), for
+    /// the URL `drover code webhook enable` prints. Default: `https://<webhook_listen>`.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
     pub data_dir: PathBuf,
     /// Members to bootstrap a new cluster with (node id → advertised address). The node
     /// with the smallest id initializes the cluster if its storage is empty; a node
@@ -162,6 +172,13 @@ impl ServerConfig {
         self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
 
+    /// What webhook URLs start with, when this node serves webhooks.
+    pub fn webhook_base_url(&self) -> Option<String> {
+        let listen = self.webhook_listen?;
+        let scheme = if self.dev_insecure { "http" } else { "https" };
+        Some(self.webhook_url.clone().unwrap_or_else(|| format!("{scheme}://{listen}")))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
         if self.node_id == 0 {
@@ -175,10 +192,25 @@ impl ServerConfig {
                 return bad("tls", "set [tls] ca/cert/key, or dev_insecure = true for loopback development".into());
             }
             (Some(_), true) => return bad("dev_insecure", "cannot be combined with [tls]".into()),
-            (None, true) if !self.listen.ip().is_loopback() || !self.http_listen.ip().is_loopback() => {
+            (None, true)
+                if !self.listen.ip().is_loopback()
+                    || !self.http_listen.ip().is_loopback()
+                    || self.webhook_listen.is_some_and(|w| !w.ip().is_loopback()) =>
+            {
                 return bad("listen", "plaintext (dev_insecure) listeners must bind to loopback".into());
             }
             _ => {}
+        }
+        if let Some(url) = &self.webhook_url {
+            if self.webhook_listen.is_none() {
+                return bad("webhook_url", "needs webhook_listen".into());
+            }
+            let rest =
+                url.strip_prefix("https://").or_else(|| url.strip_prefix("http://").filter(|_| self.dev_insecure));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains(['/', '?', '#']) => {}
+                _ => return bad("webhook_url", format!("{url:?} is not https://HOST[:PORT] (no path)")),
+            }
         }
         if self.lease_ttl < Duration::from_millis(500) {
             return bad("lease_ttl", format!("{:?} is under the minimum of 500ms", self.lease_ttl));
@@ -199,5 +231,53 @@ impl ServerConfig {
             return bad("initial_members", format!("does not include this node ({})", self.node_id));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> ServerConfig {
+        let text = format!(
+            "node_id = 1\nlisten = \"127.0.0.1:7400\"\nhttp_listen = \"127.0.0.1:7401\"\ndata_dir = \"/tmp/x\"\n{extra}\n"
+        );
+        toml::from_str(&text).expect("config parses")
+    }
+
+    fn invalid_field(c: &ServerConfig) -> Option<&'static str> {
+        match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        }
+    }
+
+    const TLS: &str = "tls = { ca = \"ca.pem\", cert = \"s.pem\", key = \"s.key\" }";
+
+    #[test]
+    fn webhook_urls_default_to_the_listener_and_must_be_a_bare_origin() {
+        let c = parse(&format!("{TLS}\nwebhook_listen = \"0.0.0.0:7443\""));
+        assert_eq!(invalid_field(&c), None);
+        assert_eq!(c.webhook_base_url().as_deref(), Some("https://0.0.0.0:7443"));
+        let c =
+            parse(&format!("{TLS}\nwebhook_listen = \"0.0.0.0:7443\"\nwebhook_url = \"https://hooks.example.com\""));
+        assert_eq!(c.webhook_base_url().as_deref(), Some("https://hooks.example.com"));
+        assert_eq!(invalid_field(&c), None);
+        assert_eq!(parse(TLS).webhook_base_url(), None, "no listener, no webhooks");
+        for bad in ["http://hooks.example.com", "https://hooks.example.com/x", "hooks.example.com", "https://"] {
+            let c = parse(&format!("{TLS}\nwebhook_listen = \"0.0.0.0:7443\"\nwebhook_url = \"{bad}\""));
+            assert_eq!(invalid_field(&c), Some("webhook_url"), "{bad}");
+        }
+        let c = parse(&format!("{TLS}\nwebhook_url = \"https://hooks.example.com\""));
+        assert_eq!(invalid_field(&c), Some("webhook_url"), "a URL without a listener");
+    }
+
+    #[test]
+    fn a_plaintext_webhook_listener_must_be_on_loopback() {
+        let c = parse("dev_insecure = true\nwebhook_listen = \"0.0.0.0:7443\"");
+        assert_eq!(invalid_field(&c), Some("listen"));
+        let c = parse("dev_insecure = true\nwebhook_listen = \"127.0.0.1:7443\"");
+        assert_eq!(invalid_field(&c), None);
+        assert_eq!(c.webhook_base_url().as_deref(), Some("http://127.0.0.1:7443"));
     }
 }

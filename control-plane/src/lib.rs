@@ -10,8 +10,10 @@
 //! * [`api`] — tenant, agent and admin gRPC services; one error → status mapping.
 //! * [`leader`] — leader-only loops and the soft lease tracker.
 //! * [`tls`] — mutual-TLS material for the listener and for dialling peers.
-//! * [`accept`] — the TLS accept loop both listeners share (handshakes off the loop,
+//! * [`accept`] — the TLS accept loop every listener shares (handshakes off the loop,
 //!   bounded in time and number; refused certificates counted).
+//! * [`webhook`] — `POST /v1/webhooks/<tenant>/<code>` on its own HTTPS listener (no
+//!   client certificate; the webhook's secret), queueing through the `QueueTasks` path.
 //! * [`config`], [`metrics`], [`http`], [`server`] — validated config, Prometheus
 //!   registry, side HTTP listener, wiring and shutdown.
 //! * [`test_breaks`] — deliberate defects (debug builds only) that prove the chaos
@@ -32,3 +34,4 @@ pub mod state;
 pub mod storage;
 pub mod test_breaks;
 pub mod tls;
+pub mod webhook;

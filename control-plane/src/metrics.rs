@@ -23,6 +23,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// AppendEntries messages refused locally as too large and resent with fewer entries.
     pub append_splits: IntCounter,
+    /// Webhook requests by how they ended (`result`, see [`crate::webhook`]).
+    pub webhook_requests: IntCounterVec,
     term: IntGauge,
     last_log_index: IntGauge,
     applied_index: IntGauge,
@@ -78,6 +80,13 @@ impl Metrics {
                 "raft_append_splits_total",
                 "AppendEntries messages over 8 MiB resent to a follower as fewer entries",
             )?,
+            webhook_requests: IntCounterVec::new(
+                Opts::new(
+                    "webhook_requests_total",
+                    "Webhook requests by result (rate_limited: refused for failed secrets)",
+                ),
+                &["result"],
+            )?,
             term: IntGauge::new("raft_term", "Current Raft term")?,
             last_log_index: IntGauge::new("raft_last_log_index", "Index of the last entry in this node's log")?,
             applied_index: IntGauge::new("raft_applied_index", "Index of the last entry applied on this node")?,
@@ -100,6 +109,7 @@ impl Metrics {
         m.registry.register(Box::new(m.api_denied.clone()))?;
         m.registry.register(Box::new(m.connections_refused.clone()))?;
         m.registry.register(Box::new(m.append_splits.clone()))?;
+        m.registry.register(Box::new(m.webhook_requests.clone()))?;
         m.registry.register(Box::new(m.term.clone()))?;
         m.registry.register(Box::new(m.last_log_index.clone()))?;
         m.registry.register(Box::new(m.applied_index.clone()))?;

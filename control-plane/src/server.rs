@@ -1,5 +1,5 @@
 //! Wiring of one `drover server` node, and its shutdown tree: storage → Raft → gRPC
-//! services + HTTP listener + leader supervisor, all children of one cancellation token;
+//! services + HTTP listener + webhook listener + leader supervisor, all children of one cancellation token;
 //! shutdown cancels, joins every task, then shuts Raft down.
 
 use std::collections::BTreeMap;
@@ -101,6 +101,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             lease_ttl: cfg.lease_ttl,
             max_lease_wait: cfg.max_lease_wait,
             max_task_log_bytes: cfg.max_task_log_bytes.as_u64(),
+            webhook_base_url: cfg.webhook_base_url(),
             breaks: cfg.test_breaks,
         },
         tracker: tracker.clone(),
@@ -114,6 +115,15 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .map_err(|source| ServerError::Bind { addr: cfg.http_listen.to_string(), source })?;
+
+    let webhook_listener = match cfg.webhook_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?,
+        ),
+        None => None,
+    };
 
     maybe_initialize(&raft, &cfg).await?;
 
@@ -163,6 +173,14 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             }
         }
     });
+    if let Some(listener) = webhook_listener {
+        let hooks = Arc::new(crate::webhook::Webhooks::new(
+            ctx.clone(),
+            crate::webhook::limiter::DEFAULT_LIMITS,
+            metrics.webhook_requests.clone(),
+        ));
+        tasks.spawn(crate::webhook::serve(listener, tls.clone(), hooks, metrics.accept_metrics(), shutdown.clone()));
+    }
     let leader_cfg = LeaderConfig {
         lease_ttl: cfg.lease_ttl,
         tick: Duration::from_millis(200).min(cfg.lease_ttl / 4),
@@ -172,7 +190,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     tasks.spawn(quorum_clock::run(node.clone(), quorum, shutdown.clone()));
     tasks.spawn(supervise(node.clone(), tracker, leader_cfg, metrics, shutdown.clone()));
     tasks.close();
-    tracing::info!(node_id = cfg.node_id, listen = %cfg.listen, http = %cfg.http_listen, "drover server started");
+    tracing::info!(
+        node_id = cfg.node_id,
+        listen = %cfg.listen,
+        http = %cfg.http_listen,
+        webhook = ?cfg.webhook_listen,
+        "drover server started"
+    );
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");

@@ -102,13 +102,31 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::Read { path: path.display().to_string(), reason: e.to_string() })
 }
 
+/// The webhook listener's configuration: the same server certificate, no client
+/// certificate asked for (webhook callers authenticate with the webhook's secret).
+fn webhook_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs(&files.cert)?, key(&files.key)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
 struct ServerConfigs {
     grpc: Arc<ServerConfig>,
     http: Arc<ServerConfig>,
+    webhook: Arc<ServerConfig>,
 }
 
 fn server_configs(files: &TlsFiles) -> Result<ServerConfigs, TlsError> {
-    Ok(ServerConfigs { grpc: server_config(files, b"h2")?, http: server_config(files, b"http/1.1")? })
+    Ok(ServerConfigs {
+        grpc: server_config(files, b"h2")?,
+        http: server_config(files, b"http/1.1")?,
+        webhook: webhook_config(files)?,
+    })
 }
 
 pub struct NodeTls {
@@ -141,6 +159,12 @@ impl NodeTls {
     /// An acceptor for the HTTP side listener (HTTP/1.1, same certificates and CA).
     pub fn http_acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.server.read().unwrap_or_else(|p| p.into_inner()).http.clone())
+    }
+
+    /// An acceptor for the webhook listener (HTTP/1.1, same certificate, no client
+    /// certificate).
+    pub fn webhook_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.server.read().unwrap_or_else(|p| p.into_inner()).webhook.clone())
     }
 
     /// Connects to `addr` and returns the identity its (verified) certificate carries.

@@ -1,4 +1,4 @@
-//! `drover code register|list|get|delete` (tenant API).
+//! `drover code register|list|get|delete|webhook` (tenant API).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -76,10 +76,26 @@ enum CodeCmd {
     Delete {
         name: String,
     },
+    /// A code's webhook: POST /v1/webhooks/<tenant>/<code> on the servers' webhook
+    /// listener queues a task whose payload is the request body.
+    Webhook {
+        #[command(subcommand)]
+        cmd: WebhookCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookCmd {
+    /// Give the code a webhook and print its URL and secret. The secret is shown this
+    /// once (the servers keep only its hash); enabling again makes a new one and the old
+    /// one stops working.
+    Enable { name: String },
+    /// Remove the code's webhook.
+    Disable { name: String },
 }
 
 fn print_codes(codes: &[pv::Code]) {
-    outln!("{:<24} {:<40} {:>10} {:>6} {:>9}", "NAME", "IMAGE", "MEMORY", "CPUS", "TIMEOUT");
+    outln!("{:<24} {:<40} {:>10} {:>6} {:>9} {:>7}", "NAME", "IMAGE", "MEMORY", "CPUS", "TIMEOUT", "WEBHOOK");
     for c in codes {
         let l = c.limits.unwrap_or_default();
         let mem = if l.memory_bytes > 0 { bytesize::ByteSize(l.memory_bytes).to_string() } else { "-".into() };
@@ -89,7 +105,8 @@ fn print_codes(codes: &[pv::Code]) {
         } else {
             "-".into()
         };
-        outln!("{:<24} {:<40} {:>10} {:>6} {:>9}", c.name, c.image, mem, cpus, timeout);
+        let hook = if c.webhook_enabled { "on" } else { "-" };
+        outln!("{:<24} {:<40} {:>10} {:>6} {:>9} {:>7}", c.name, c.image, mem, cpus, timeout, hook);
     }
 }
 
@@ -169,6 +186,33 @@ pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
             t.delete_code(pv::DeleteCodeRequest { name: name.clone() }).await.map_err(|s| explain(&s))?;
             if a.output == Format::Table {
                 outln!("code {name} deleted");
+            }
+        }
+        CodeCmd::Webhook { cmd: WebhookCmd::Enable { name } } => {
+            let r = t.enable_webhook(pv::EnableWebhookRequest { name }).await.map_err(|s| explain(&s))?.into_inner();
+            match a.output {
+                Format::Json => print_json(&serde_json::json!({ "url": r.url, "path": r.path, "secret": r.secret })),
+                Format::Table => {
+                    let url = if r.url.is_empty() {
+                        format!("https://<a server's webhook_listen>{}", r.path)
+                    } else {
+                        r.url.clone()
+                    };
+                    outln!("url:    {url}");
+                    outln!("secret: {}", r.secret);
+                    outln!();
+                    outln!("The secret is shown only now; `drover code webhook enable` again makes a new one.");
+                    outln!(
+                        "curl --cacert ca.pem -H 'Authorization: Bearer {}' --data-binary @payload.json {url}",
+                        r.secret
+                    );
+                }
+            }
+        }
+        CodeCmd::Webhook { cmd: WebhookCmd::Disable { name } } => {
+            t.disable_webhook(pv::DisableWebhookRequest { name: name.clone() }).await.map_err(|s| explain(&s))?;
+            if a.output == Format::Table {
+                outln!("webhook of code {name} disabled");
             }
         }
     }

@@ -33,6 +33,9 @@ pub struct DevArgs {
     /// HTTP port (/metrics, /healthz, /readyz) on 127.0.0.1.
     #[arg(long, default_value_t = 7480)]
     http_port: u16,
+    /// Serve webhooks (HTTPS, POST /v1/webhooks/<tenant>/<code>) on this port of 127.0.0.1.
+    #[arg(long)]
+    webhook_port: Option<u16>,
     /// Task slots of the in-process agent.
     #[arg(long, default_value_t = 4)]
     slots: u32,
@@ -113,8 +116,9 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, a.port));
     let http = SocketAddr::from((Ipv4Addr::LOCALHOST, a.http_port));
     let p = |n: &str| pki.path(n).display().to_string();
+    let webhook = a.webhook_port.map(|port| format!("webhook_listen = \"127.0.0.1:{port}\"\n")).unwrap_or_default();
     let server_toml = format!(
-        "node_id = 1\nlisten = \"{addr}\"\nhttp_listen = \"{http}\"\ndata_dir = {:?}\n\
+        "node_id = 1\nlisten = \"{addr}\"\nhttp_listen = \"{http}\"\n{webhook}data_dir = {:?}\n\
          tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n[initial_members]\n1 = \"{addr}\"\n",
         dir.join("data").display().to_string(),
         p("ca.pem"),

@@ -175,6 +175,7 @@ pub fn code_json(c: &pv::Code) -> Value {
         "retry_delay_ms": c.retry_delay_ms,
         "retry_backoff_max_ms": c.retry_backoff_max_ms,
         "retry_on": reasons_json(&c.retry_on),
+        "webhook_enabled": c.webhook_enabled,
     })
 }
 

@@ -116,6 +116,8 @@ pub fn code_out(c: &Code) -> pv::Code {
         retry_delay_ms: c.retry.retry_delay_ms,
         retry_backoff_max_ms: c.retry.backoff_max_ms,
         retry_on: retry_on_out(c.retry.retry_on),
+        // Filled in by the handlers that read the webhook table.
+        webhook_enabled: false,
     }
 }
 

@@ -30,6 +30,9 @@ pub struct ApiConfig {
     pub lease_ttl: Duration,
     pub max_lease_wait: Duration,
     pub max_task_log_bytes: u64,
+    /// `https://host:port` that webhook URLs start with (from `webhook_url`, else
+    /// `webhook_listen`); None when this node serves no webhooks.
+    pub webhook_base_url: Option<String>,
     /// Deliberate defects (debug builds, chaos self-test only).
     pub breaks: crate::test_breaks::TestBreaks,
 }

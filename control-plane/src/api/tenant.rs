@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::error::{ApiError, ApiResult};
 use super::{ApiCtx, caller, schedules};
-use crate::state::command::Command;
+use crate::state::command::{Command, NewTask};
 use crate::state::logs::{self, LogStream};
 use crate::state::{Response as SmResponse, validate, views};
 
@@ -69,11 +69,11 @@ impl Tenant for TenantService {
         self.ctx.read_barrier().await?;
         let name = req.into_inner().name;
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
-        let code = sm
-            .codes()
-            .get(&(tenant, name.clone()))
-            .ok_or_else(|| ApiError::NotFound(format!("code {name:?} not found")))?;
-        Ok(Response::new(convert::code_out(code)))
+        let key = (tenant, name.clone());
+        let code = sm.codes().get(&key).ok_or_else(|| ApiError::NotFound(format!("code {name:?} not found")))?;
+        let mut out = convert::code_out(code);
+        out.webhook_enabled = sm.webhooks().contains_key(&key);
+        Ok(Response::new(out))
     }
 
     async fn list_codes(&self, req: Request<pv::ListCodesRequest>) -> ApiResult<pv::ListCodesResponse> {
@@ -95,30 +95,12 @@ impl Tenant for TenantService {
         let r = req.into_inner();
         let tasks = convert::new_tasks_in(r.tasks)?;
         let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
-        // Check at the edge with the tenant's limits as this node knows them, so bad input
-        // is refused before it costs a log entry; apply checks again.
-        let limits = {
-            let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
-            sm.tenants().get(&tenant).map(|t| t.limits.clone())
-        };
-        if let Some(limits) = &limits {
-            validate::queue_batch(&tasks, key.as_deref(), limits).map_err(ApiError::from)?;
-        }
-        let cmd = Command::QueueTasks {
-            tenant,
-            idempotency_key: key,
-            idempotency_ttl_ms: self.ctx.cfg.idempotency_ttl.as_millis() as u64,
-            tasks,
-        };
         if self.ctx.cfg.breaks.ack_before_commit {
+            let cmd = queue_command(&self.ctx, tenant, key, tasks);
             return Ok(Response::new(self.ack_before_commit(cmd)));
         }
-        match self.ctx.propose(cmd).await? {
-            SmResponse::Queued { task_ids, deduplicated } => {
-                Ok(Response::new(pv::QueueTasksResponse { task_ids, deduplicated }))
-            }
-            other => Err(unexpected(other)),
-        }
+        let (task_ids, deduplicated) = queue(&self.ctx, tenant, key, tasks).await?;
+        Ok(Response::new(pv::QueueTasksResponse { task_ids, deduplicated }))
     }
 
     async fn create_schedule(&self, req: Request<pv::CreateScheduleRequest>) -> ApiResult<pv::Schedule> {
@@ -158,6 +140,31 @@ impl Tenant for TenantService {
         Ok(Response::new(list_tasks(&self.ctx, &tenant, req.into_inner()).await?))
     }
 
+    async fn enable_webhook(&self, req: Request<pv::EnableWebhookRequest>) -> ApiResult<pv::EnableWebhookResponse> {
+        let tenant = caller::tenant(&req)?;
+        let code = req.into_inner().name;
+        validate::name("name", &code).map_err(ApiError::from)?;
+        let secret = crate::webhook::secret::Secret::generate();
+        let cmd =
+            Command::SetWebhook { tenant: tenant.clone(), code: code.clone(), secret_sha256: Some(secret.sha256()) };
+        match self.ctx.propose(cmd).await? {
+            SmResponse::Webhook { enabled: true, .. } => {}
+            other => return Err(unexpected(other)),
+        }
+        let path = crate::webhook::path(&tenant, &code);
+        let url = self.ctx.cfg.webhook_base_url.as_ref().map(|base| format!("{base}{path}")).unwrap_or_default();
+        Ok(Response::new(pv::EnableWebhookResponse { url, path, secret: secret.reveal().to_string() }))
+    }
+
+    async fn disable_webhook(&self, req: Request<pv::DisableWebhookRequest>) -> ApiResult<pv::DisableWebhookResponse> {
+        let tenant = caller::tenant(&req)?;
+        let code = req.into_inner().name;
+        match self.ctx.propose(Command::SetWebhook { tenant, code, secret_sha256: None }).await? {
+            SmResponse::Webhook { enabled: false, .. } => Ok(Response::new(pv::DisableWebhookResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn cancel_task(&self, req: Request<pv::CancelTaskRequest>) -> ApiResult<pv::Task> {
         let tenant = caller::tenant(&req)?;
         let task_id = req.into_inner().id;
@@ -165,6 +172,37 @@ impl Tenant for TenantService {
             SmResponse::Cancelled(t) => Ok(Response::new(convert::task_out(&t))),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+/// The queue command for `tasks` of `tenant`, stamped with the configured idempotency
+/// window.
+fn queue_command(ctx: &ApiCtx, tenant: String, key: Option<String>, tasks: Vec<NewTask>) -> Command {
+    let idempotency_ttl_ms = ctx.cfg.idempotency_ttl.as_millis() as u64;
+    Command::QueueTasks { tenant, idempotency_key: key, idempotency_ttl_ms, tasks }
+}
+
+/// Queues `tasks` for `tenant`: the one path of `QueueTasks` and of webhooks. Checks the
+/// batch at the edge with the tenant's limits as this node knows them, so bad input is
+/// refused before it costs a log entry (apply checks again), then proposes through the
+/// batcher (forwarded to the leader from a follower). Returns the task ids and whether
+/// `key` matched an earlier call.
+pub async fn queue(
+    ctx: &ApiCtx,
+    tenant: String,
+    key: Option<String>,
+    tasks: Vec<NewTask>,
+) -> Result<(Vec<u64>, bool), ApiError> {
+    let limits = {
+        let sm = ctx.node.sm.machine().map_err(ApiError::from)?;
+        sm.tenants().get(&tenant).map(|t| t.limits.clone())
+    };
+    if let Some(limits) = &limits {
+        validate::queue_batch(&tasks, key.as_deref(), limits).map_err(ApiError::from)?;
+    }
+    match ctx.propose(queue_command(ctx, tenant, key, tasks)).await? {
+        SmResponse::Queued { task_ids, deduplicated } => Ok((task_ids, deduplicated)),
+        other => Err(ApiError::Internal(format!("unexpected state machine response {other:?}"))),
     }
 }
 
@@ -206,7 +244,12 @@ pub(super) async fn list_tasks(
 pub(super) async fn list_codes(ctx: &ApiCtx, tenant: &str) -> Result<pv::ListCodesResponse, ApiError> {
     ctx.read_barrier().await?;
     let sm = ctx.node.sm.machine()?;
-    let codes = sm.codes().values().filter(|c| c.tenant == tenant).map(convert::code_out).collect();
+    let codes = sm
+        .codes()
+        .iter()
+        .filter(|((t, _), _)| t == tenant)
+        .map(|(key, c)| pv::Code { webhook_enabled: sm.webhooks().contains_key(key), ..convert::code_out(c) })
+        .collect();
     Ok(pv::ListCodesResponse { codes })
 }
 

@@ -246,6 +246,17 @@ pub enum Command {
         idempotency_ttl_ms: u64,
         tasks: Vec<NewTask>,
     },
+    /// Enables (or rotates) a code's webhook with `Some(hash)`, the SHA-256 of a secret
+    /// made at the API edge (randomness never enters `apply`); disables it with `None`
+    /// (disabling one that is off succeeds). Refused for an unknown tenant or code.
+    /// Answered with [`Response::Webhook`]. The hash goes to its own `w/` row, so the
+    /// `Code` record's encoding does not change. (Appended last so the other variants
+    /// keep their postcard tags.)
+    SetWebhook {
+        tenant: String,
+        code: String,
+        secret_sha256: Option<[u8; 32]>,
+    },
 }
 
 impl Command {
@@ -321,5 +332,10 @@ pub enum Response {
     /// One result per fire, in order.
     Fired {
         results: Vec<Result<Fired, StateError>>,
+    },
+    /// A [`Command::SetWebhook`] applied: whether the code now has a webhook.
+    Webhook {
+        code: String,
+        enabled: bool,
     },
 }

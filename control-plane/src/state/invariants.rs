@@ -8,6 +8,8 @@
 //!   exactly `0..meta.chunks`;
 //! * the schedule indexes equal indexes rebuilt from the `s/` table, and a schedule's
 //!   counters only grow (checked by the tests that drive them).
+//! * every webhook belongs to an existing code, and the in-memory webhooks equal the
+//!   `w/` rows.
 
 use super::indexes::Indexes;
 use super::keys;
@@ -90,6 +92,23 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     }
     if let Some(id) = chunks.keys().find(|id| !metas.contains_key(id)) {
         problems.push(format!("log chunks of task {id} have no meta"));
+    }
+    let mut webhooks = std::collections::BTreeMap::new();
+    kv.scan(keys::WEBHOOK, keys::WEBHOOK, &mut |_, v| {
+        match keys::decode::<super::model::Webhook>(v) {
+            Ok(w) => {
+                webhooks.insert((w.tenant.clone(), w.code.clone()), w);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    if webhooks != sm.webhooks {
+        problems.push(format!("webhook rows {:?} differ from memory {:?}", webhooks.keys(), sm.webhooks.keys()));
+    }
+    if let Some(k) = webhooks.keys().find(|k| !sm.codes.contains_key(*k)) {
+        problems.push(format!("webhook of missing code {k:?}"));
     }
     let mut live = sm.idx.canonical();
     let want = rebuilt.canonical();

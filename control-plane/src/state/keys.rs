@@ -7,6 +7,7 @@
 //! | `c/`   | tenant `\0` code name    | [`Code`]         |
 //! | `k/`   | task id (u64 big-endian) | [`Task`] and its payload (see [`encode_task`]) |
 //! | `i/`   | tenant `\0` idem. key    | [`IdemRecord`]   |
+//! | `w/`   | tenant `\0` code name    | [`Webhook`] (the code's webhook, if enabled) |
 //! | `a/`   | agent id                 | [`AgentRecord`]  |
 //! | `s/`   | schedule id (u64 big-endian) | [`Schedule`](super::schedules::Schedule) |
 //! | `g/`   | task id                  | log metadata (see [`super::logs`]) |
@@ -28,6 +29,7 @@
 //! [`Tenant`]: super::model::Tenant
 //! [`Code`]: super::model::Code
 //! [`IdemRecord`]: super::model::IdemRecord
+//! [`Webhook`]: super::model::Webhook
 //! [`AgentRecord`]: super::model::AgentRecord
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -42,6 +44,7 @@ pub const TASK: &[u8] = b"k/";
 pub const IDEM: &[u8] = b"i/";
 pub const AGENT: &[u8] = b"a/";
 pub const SCHEDULE: &[u8] = b"s/";
+pub const WEBHOOK: &[u8] = b"w/";
 pub const META_RR_CURSOR: &[u8] = b"m/rr_cursor";
 /// Keys under this prefix belong to the Raft adapter and are not part of the state digest.
 pub const RAFT_OWNED: &[u8] = b"r/";
@@ -76,6 +79,9 @@ pub fn task(id: u64) -> Vec<u8> {
 }
 pub fn idem(tenant: &str, key: &str) -> Vec<u8> {
     join(IDEM, &[tenant.as_bytes(), key.as_bytes()])
+}
+pub fn webhook(tenant: &str, code: &str) -> Vec<u8> {
+    join(WEBHOOK, &[tenant.as_bytes(), code.as_bytes()])
 }
 pub fn agent(id: &str) -> Vec<u8> {
     join(AGENT, &[id.as_bytes()])

@@ -17,7 +17,7 @@ use super::indexes::Indexes;
 use super::keys;
 use super::keys::TaskRow;
 use super::kv::{KvError, KvRead, Txn};
-use super::model::{AgentRecord, Code, IdemRecord, Task, Tenant};
+use super::model::{AgentRecord, Code, IdemRecord, Task, Tenant, Webhook};
 use super::validate;
 
 const META_CLOCK: &[u8] = b"m/clock";
@@ -43,6 +43,8 @@ pub struct StateMachine {
     pub(super) tenants: BTreeMap<String, Tenant>,
     pub(super) codes: BTreeMap<(String, String), Code>,
     pub(super) agents: BTreeMap<String, AgentRecord>,
+    /// Webhooks by (tenant, code); every one belongs to an existing code.
+    pub(super) webhooks: BTreeMap<(String, String), Webhook>,
     pub(super) rr_cursor: String,
     pub(super) clock_ms: u64,
     pub(super) sched: super::schedules::ScheduleIndex,
@@ -68,6 +70,11 @@ impl StateMachine {
         kv.scan(keys::CODE, keys::CODE, &mut |_, v| {
             keep(keys::decode_code(v).map(|c| {
                 sm.codes.insert((c.tenant.clone(), c.name.clone()), c);
+            }))
+        })?;
+        kv.scan(keys::WEBHOOK, keys::WEBHOOK, &mut |_, v| {
+            keep(keys::decode::<Webhook>(v).map(|w| {
+                sm.webhooks.insert((w.tenant.clone(), w.code.clone()), w);
             }))
         })?;
         kv.scan(keys::AGENT, keys::AGENT, &mut |_, v| {
@@ -200,6 +207,9 @@ impl StateMachine {
             Command::DeleteSchedule { tenant, id } => self.delete_schedule(txn, tenant, *id),
             Command::PauseSchedule { tenant, id, paused } => self.pause_schedule(txn, ctx, tenant, *id, *paused),
             Command::FireSchedules { term: _, fires } => self.fire_schedules(txn, ctx, fires),
+            Command::SetWebhook { tenant, code, secret_sha256 } => {
+                self.set_webhook(txn, ctx, tenant, code, secret_sha256.as_ref())
+            }
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }
@@ -284,7 +294,47 @@ impl StateMachine {
             return Ok(Err(StateError::CodeNotFound(name.to_string())));
         }
         txn.delete(keys::code(tenant, name));
+        // A code registered again under this name starts without a webhook: the old
+        // secret must not come back with it.
+        if self.webhooks.remove(&(tenant.to_string(), name.to_string())).is_some() {
+            txn.delete(keys::webhook(tenant, name));
+        }
         Ok(Ok(Response::CodeDeleted))
+    }
+
+    fn set_webhook(
+        &mut self,
+        txn: &mut Txn<'_>,
+        ctx: ApplyCtx,
+        tenant: &str,
+        code: &str,
+        secret_sha256: Option<&[u8; 32]>,
+    ) -> Result<Result<Response, StateError>, KvError> {
+        if !self.tenants.contains_key(tenant) {
+            return Ok(Err(StateError::UnknownTenant(tenant.to_string())));
+        }
+        let key = (tenant.to_string(), code.to_string());
+        if !self.codes.contains_key(&key) {
+            return Ok(Err(StateError::CodeNotFound(code.to_string())));
+        }
+        match secret_sha256 {
+            Some(hash) => {
+                let w = Webhook {
+                    tenant: tenant.to_string(),
+                    code: code.to_string(),
+                    secret_sha256: *hash,
+                    enabled_ms: ctx.now_ms,
+                };
+                txn.put(keys::webhook(tenant, code), keys::encode(&w));
+                self.webhooks.insert(key, w);
+            }
+            None => {
+                if self.webhooks.remove(&key).is_some() {
+                    txn.delete(keys::webhook(tenant, code));
+                }
+            }
+        }
+        Ok(Ok(Response::Webhook { code: code.to_string(), enabled: secret_sha256.is_some() }))
     }
 
     /// Reads a task row through the transaction.
@@ -316,6 +366,10 @@ impl StateMachine {
 
     pub fn codes(&self) -> &BTreeMap<(String, String), Code> {
         &self.codes
+    }
+
+    pub fn webhooks(&self) -> &BTreeMap<(String, String), Webhook> {
+        &self.webhooks
     }
 
     pub fn agents(&self) -> &BTreeMap<String, AgentRecord> {

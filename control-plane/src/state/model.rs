@@ -201,6 +201,19 @@ pub struct AgentRecord {
     pub updated_ms: u64,
 }
 
+/// A code's webhook: the SHA-256 of its secret (the secret itself is shown once, when
+/// it is made, and never stored). Kept in its own row beside the code's (`w/`, same key
+/// as the code's `c/` row) rather than as a field of [`Code`], so that the code record's
+/// encoding is unchanged: rows and snapshots written before webhooks existed decode as
+/// they are. Deleting the code deletes its webhook.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Webhook {
+    pub tenant: String,
+    pub code: String,
+    pub secret_sha256: [u8; 32],
+    pub enabled_ms: u64,
+}
+
 /// Remembers the ids a keyed queue call produced, until `expires_ms`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct IdemRecord {

@@ -30,6 +30,7 @@ use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, Sta
 use super::{invariants, keys, placement, validate, views};
 
 mod retries;
+mod webhooks;
 
 const CLOCK: &[u8] = b"m/clock";
 
