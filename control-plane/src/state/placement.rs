@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::indexes::Indexes;
-use super::model::{AgentAttrs, Code, Placement, Tenant};
+use super::model::{AgentAttrs, Code, Placement, Task, TaskState, Tenant};
 
 /// Whether a task with placement `p` may run on an agent with attributes `a`.
 ///
@@ -66,6 +66,86 @@ pub fn pick(
         }
     }
     None
+}
+
+/// Why a task that is not running is waiting, from the same rules [`pick`] applies.
+/// The first reason that holds is given, in this order: a delay, the code missing, the
+/// code's or the tenant's concurrency limit, placement no agent meets, and otherwise a
+/// free slot (or its turn behind earlier tasks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// Queued with a delay, until this time.
+    Delayed {
+        until_ms: u64,
+    },
+    /// Re-queued after a failed attempt; the retry waits until this time.
+    RetryBackoff {
+        until_ms: u64,
+    },
+    /// No code of this name is registered (it was deleted); the task waits for it.
+    CodeMissing {
+        code: String,
+    },
+    CodeConcurrency {
+        limit: u32,
+        running: u32,
+    },
+    TenantConcurrency {
+        limit: u32,
+        running: u32,
+    },
+    /// None of the agents given meets this constraint (`cluster=x`, `region=y`,
+    /// `label k=v`, or all of them together).
+    NoAgentMatches {
+        constraint: String,
+    },
+    /// Eligible: it waits for a free slot on a matching agent, or behind earlier tasks.
+    WaitingForSlot,
+}
+
+/// Why `task` waits, or None when it does not (running or finished). `agents`: the
+/// attributes of the agents to match placement against (the connected ones).
+pub fn why_waiting(
+    task: &Task,
+    idx: &Indexes,
+    tenants: &BTreeMap<String, Tenant>,
+    codes: &BTreeMap<(String, String), Code>,
+    agents: &[AgentAttrs],
+) -> Option<Waiting> {
+    match task.state {
+        TaskState::Delayed if task.attempts > 0 => return Some(Waiting::RetryBackoff { until_ms: task.ready_at_ms }),
+        TaskState::Delayed => return Some(Waiting::Delayed { until_ms: task.ready_at_ms }),
+        TaskState::Queued => {}
+        _ => return None,
+    }
+    let Some(code) = codes.get(&(task.tenant.clone(), task.code.clone())) else {
+        return Some(Waiting::CodeMissing { code: task.code.clone() });
+    };
+    let running = idx.running_for_code(&task.tenant, &task.code);
+    if code.max_concurrency > 0 && running >= code.max_concurrency {
+        return Some(Waiting::CodeConcurrency { limit: code.max_concurrency, running });
+    }
+    if let Some(t) = tenants.get(&task.tenant) {
+        let running = idx.running_for_tenant(&task.tenant);
+        if t.limits.max_concurrency > 0 && running >= t.limits.max_concurrency {
+            return Some(Waiting::TenantConcurrency { limit: t.limits.max_concurrency, running });
+        }
+    }
+    if !agents.iter().any(|a| matches(&task.placement, a)) {
+        let p = &task.placement;
+        let constraint = if !agents.iter().any(|a| a.cluster == p.cluster) {
+            if p.cluster.is_empty() { "cluster=(shared fleet)".to_string() } else { format!("cluster={}", p.cluster) }
+        } else if !p.region.is_empty() && !agents.iter().any(|a| a.region == p.region) {
+            format!("region={}", p.region)
+        } else if let Some((k, v)) = p.labels.iter().find(|(k, v)| !agents.iter().any(|a| a.labels.get(*k) == Some(*v)))
+        {
+            format!("label {k}={v}")
+        } else {
+            "cluster, region and labels together".to_string()
+        };
+        return Some(Waiting::NoAgentMatches { constraint });
+    }
+    Some(Waiting::WaitingForSlot)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! log to check determinism.
 
 mod schedules;
+mod why_waiting;
 
 use std::collections::BTreeMap;
 
