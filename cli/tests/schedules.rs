@@ -43,24 +43,6 @@ async fn wait_fired(c: &Cluster, id: u64, from: u64, more: u64) -> pv::Schedule 
     }
 }
 
-async fn scheduled_tasks(c: &Cluster, node: u64) -> Vec<pv::Task> {
-    let mut t = clients::tenant(c.addr(node), "acme").expect("tenant client");
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let r = t
-            .list_tasks(pv::ListTasksRequest { after_id: after, limit: 1000, ..Default::default() })
-            .await
-            .expect("list tasks")
-            .into_inner();
-        out.extend(r.tasks);
-        if r.next_after_id == 0 {
-            return out;
-        }
-        after = r.next_after_id;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_every_fires_each_tick_once_across_leader_kills() {
     let mut c = cluster(ClusterOptions::default()).await;
@@ -107,7 +89,7 @@ async fn run_every_fires_each_tick_once_across_leader_kills() {
     let mut t = clients::tenant(c.addr(node), "acme").expect("tenant client");
     let paused = t.pause_schedule(pv::PauseScheduleRequest { id, paused: true }).await.expect("pause").into_inner();
     assert!(paused.paused && paused.next_ticks_ms.is_empty());
-    let tasks = scheduled_tasks(&c, node).await;
+    let tasks = common::all_tasks(&c, node).await;
 
     let mut ticks = BTreeSet::new();
     let mut lateness = Vec::new();

@@ -58,6 +58,11 @@ pub fn batch(n: usize, payload_bytes: usize, key: &str) -> pv::QueueTasksRequest
 
 /// Every task id of tenant `acme`, read (linearizably) through node `id`.
 pub async fn all_task_ids(c: &Cluster, id: u64) -> Vec<u64> {
+    all_tasks(c, id).await.iter().map(|t| t.id).collect()
+}
+
+/// Every task of tenant `acme`, read through node `id` page by page.
+pub async fn all_tasks(c: &Cluster, id: u64) -> Vec<pv::Task> {
     let mut t = clients::tenant(c.addr(id), "acme").expect("tenant client");
     let mut out = Vec::new();
     let mut after = 0;
@@ -67,7 +72,7 @@ pub async fn all_task_ids(c: &Cluster, id: u64) -> Vec<u64> {
             .await
             .expect("list tasks")
             .into_inner();
-        out.extend(r.tasks.iter().map(|t| t.id));
+        out.extend(r.tasks);
         if r.next_after_id == 0 {
             return out;
         }
