@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,21 +63,6 @@ pub struct Cluster {
     keep: bool,
 }
 
-/// A loopback port free at the time of the call, never handed out twice by this process
-/// (so clusters started concurrently by parallel tests cannot collide on a port).
-fn free_port() -> anyhow::Result<u16> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if !given.contains(&port) {
-            given.push(port);
-            return Ok(port);
-        }
-    }
-    bail!("no fresh loopback port after 100 tries")
-}
-
 pub(crate) fn signal(child: &Child, sig: i32) -> anyhow::Result<()> {
     let pid = i32::try_from(child.id()).context("pid out of range")?;
     let rc = unsafe_kill(pid, sig);
@@ -115,7 +99,7 @@ impl Cluster {
         for id in 1..=opts.nodes {
             let mut n = c.make_node(id)?;
             if webhooks {
-                n.webhook = Some(format!("127.0.0.1:{}", free_port()?));
+                n.webhook = Some(format!("127.0.0.1:{}", crate::ports::reserve()?));
             }
             members.insert(id, n.addr.clone());
             c.nodes.insert(id, n);
@@ -145,8 +129,8 @@ impl Cluster {
         std::fs::create_dir_all(&base)?;
         Ok(NodeProc {
             id,
-            addr: format!("127.0.0.1:{}", free_port()?),
-            http: format!("127.0.0.1:{}", free_port()?),
+            addr: format!("127.0.0.1:{}", crate::ports::reserve()?),
+            http: format!("127.0.0.1:{}", crate::ports::reserve()?),
             webhook: None,
             data_dir: base.join("data"),
             config: base.join("drover.toml"),

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod engine;
 pub mod history;
 pub mod net;
+pub mod ports;
 pub mod proxy;
 pub mod run;
 pub mod scenario;

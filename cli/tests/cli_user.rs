@@ -32,7 +32,7 @@ impl Drop for Dev {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    drover_chaos::ports::reserve().expect("port")
 }
 
 fn read_env(path: &Path) -> HashMap<String, String> {
