@@ -33,6 +33,8 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     leases_active: IntGauge,
     tasks: IntGaugeVec,
+    tasks_unplaceable: IntGauge,
+    agents: IntGaugeVec,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,14 @@ impl Metrics {
             )?,
             leases_active: IntGauge::new("leases_active", "Tasks currently leased to agents")?,
             tasks: IntGaugeVec::new(Opts::new("tasks", "Tasks held by the control plane, by state"), &["state"])?,
+            tasks_unplaceable: IntGauge::new(
+                "tasks_unplaceable",
+                "Queued tasks whose placement no connected agent meets",
+            )?,
+            agents: IntGaugeVec::new(
+                Opts::new("agents", "Known agents by presence (connected, or gone: not heard from within the grace)"),
+                &["state"],
+            )?,
             apply,
             registry,
         };
@@ -118,6 +128,8 @@ impl Metrics {
         m.registry.register(Box::new(m.queue_depth.clone()))?;
         m.registry.register(Box::new(m.leases_active.clone()))?;
         m.registry.register(Box::new(m.tasks.clone()))?;
+        m.registry.register(Box::new(m.tasks_unplaceable.clone()))?;
+        m.registry.register(Box::new(m.agents.clone()))?;
         Ok(m)
     }
 
@@ -144,6 +156,10 @@ impl Metrics {
             for s in crate::state::model::TaskState::ALL {
                 self.tasks.with_label_values(&[s.as_str()]).set(idx.state_counts[s.index()] as i64);
             }
+            let connected: Vec<_> = sm.connected_agents().map(|a| a.attrs.clone()).collect();
+            self.tasks_unplaceable.set(crate::state::placement::unplaceable(idx, &connected) as i64);
+            self.agents.with_label_values(&["connected"]).set(connected.len() as i64);
+            self.agents.with_label_values(&["gone"]).set(sm.agents_gone().len() as i64);
         }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;

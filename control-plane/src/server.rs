@@ -89,6 +89,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let quorum_timeout = Duration::from_millis(cfg.raft.election_max_ms * 2);
     let node = Arc::new(RaftNode::new(cfg.node_id, raft.clone(), sm, dialer, cfg.propose_timeout, quorum_timeout));
     let tracker = Arc::new(LeaseTracker::default());
+    let presence = Arc::new(crate::leader::presence::Presence::default());
     let quorum = Arc::new(QuorumClock::default());
     let tasks = tokio_util::task::TaskTracker::new();
     let batcher = Batcher::start(node.clone(), MAX_ENTRIES_IN_FLIGHT, &tasks, shutdown.clone());
@@ -105,6 +106,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             breaks: cfg.test_breaks,
         },
         tracker: tracker.clone(),
+        presence: presence.clone(),
         quorum: quorum.clone(),
         log_followers: Default::default(),
     });
@@ -188,7 +190,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         retention: cfg.retention,
     };
     tasks.spawn(quorum_clock::run(node.clone(), quorum, shutdown.clone()));
-    tasks.spawn(supervise(node.clone(), tracker, leader_cfg, metrics, shutdown.clone()));
+    tasks.spawn(supervise(node.clone(), tracker, presence, leader_cfg, metrics, shutdown.clone()));
     tasks.close();
     tracing::info!(
         node_id = cfg.node_id,

@@ -37,18 +37,28 @@ pub async fn run(a: AgentsArgs) -> anyhow::Result<()> {
                         "id": g.id, "region": g.region, "cluster": g.cluster, "vpc": g.vpc, "ip_pool": g.ip_pool,
                         "egress_ip": g.egress_ip, "labels": g.labels, "slots": g.slots,
                         "running_tasks": g.running_tasks, "first_seen_ms": g.first_seen_ms, "updated_ms": g.updated_ms,
+                        "connected": g.connected, "gone_since_ms": g.gone_since_ms,
                     })
                 })
                 .collect(),
         )),
         Format::Table => {
-            outln!("{:<24} {:<12} {:<12} {:>6} {:>8}  LABELS", "AGENT", "REGION", "CLUSTER", "SLOTS", "RUNNING");
+            outln!(
+                "{:<24} {:<10} {:<12} {:<12} {:>6} {:>8}  LABELS",
+                "AGENT",
+                "STATUS",
+                "REGION",
+                "CLUSTER",
+                "SLOTS",
+                "RUNNING"
+            );
             for g in r.agents {
                 let mut labels: Vec<String> = g.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 labels.sort();
                 outln!(
-                    "{:<24} {:<12} {:<12} {:>6} {:>8}  {}",
+                    "{:<24} {:<10} {:<12} {:<12} {:>6} {:>8}  {}",
                     g.id,
+                    if g.connected { "connected" } else { "gone" },
                     g.region,
                     g.cluster,
                     g.slots,

@@ -126,6 +126,21 @@ fn attempt_json(a: &pv::Attempt) -> Value {
     })
 }
 
+/// Why a task is not running, with its reason in snake case (`no_agent_matches`).
+fn waiting_json(w: &pv::Waiting) -> Value {
+    let reason = pv::WaitingReason::try_from(w.reason)
+        .map(|r| r.as_str_name().trim_start_matches("WAITING_REASON_").to_ascii_lowercase())
+        .unwrap_or_else(|_| w.reason.to_string());
+    json!({
+        "reason": reason,
+        "message": w.message,
+        "until_ms": w.until_ms,
+        "constraint": w.constraint,
+        "limit": w.limit,
+        "running": w.running,
+    })
+}
+
 pub fn task_json(t: &pv::Task) -> Value {
     let r = t.result.clone().unwrap_or_default();
     json!({
@@ -139,6 +154,7 @@ pub fn task_json(t: &pv::Task) -> Value {
         "retry_on": reasons_json(&t.retry_on),
         "ready_at_ms": t.ready_at_ms,
         "attempt_log": t.attempt_log.iter().map(attempt_json).collect::<Vec<_>>(),
+        "waiting": t.waiting.as_ref().map(waiting_json),
         "priority": t.priority,
         "attempts": t.attempts,
         "retries_left": t.retries_left,
@@ -230,8 +246,8 @@ pub fn task_detail(t: &pv::Task) {
         ms(t.retry_backoff_max_ms),
         if on.is_empty() { "-".to_string() } else { on.join(",") }
     );
-    if pv::TaskState::try_from(t.state) == Ok(pv::TaskState::Delayed) && !t.attempt_log.is_empty() {
-        outln!("waiting for retry backoff until {}", at(t.ready_at_ms));
+    if let Some(w) = &t.waiting {
+        outln!("waiting: {}", w.message);
     }
     if t.attempt_log.is_empty() {
         return;

@@ -257,6 +257,8 @@ impl Admin for AdminService {
                 running_tasks: running.get(a.id.as_str()).copied().unwrap_or(0),
                 first_seen_ms: a.first_seen_ms,
                 updated_ms: a.updated_ms,
+                connected: !sm.agents_gone().contains_key(&a.id),
+                gone_since_ms: sm.agents_gone().get(&a.id).copied().unwrap_or(0),
             })
             .collect();
         Ok(Response::new(pa::ListAgentsResponse { agents }))

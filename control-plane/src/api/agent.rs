@@ -174,6 +174,8 @@ impl Agent for AgentService {
             .into());
         }
         let attrs = attrs_in(r.attributes)?;
+        // The agent counts as connected while this poll is open (see `leader::presence`).
+        let _poll = self.ctx.presence.poll(&agent_id, &attrs, r.slots, received);
         let wait = Duration::from_millis(r.wait_ms).min(self.ctx.cfg.max_lease_wait);
         let deadline = tokio::time::Instant::now() + wait;
         let lease_ttl_ms = self.ctx.cfg.lease_ttl.as_millis() as u64;
@@ -253,6 +255,7 @@ impl Agent for AgentService {
         // the renewals below happen later still, so the leader's own expiry is later too.
         let now = Instant::now();
         let window = self.ctx.lease_validity(now)?;
+        self.ctx.presence.touch(&agent_id, now);
         let r = req.into_inner();
         at_most("leases", r.leases.len(), validate::MAX_COMPLETIONS)?;
         self.check_owned(&agent_id, r.leases.iter().map(|l| (l.task_id, l.lease_epoch)))?;

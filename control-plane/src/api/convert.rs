@@ -8,6 +8,7 @@ use crate::state::command::{CodeSpec, NewTask};
 use crate::state::model::{
     Attempt, Code, CodeLimits, FailureReason, Placement, RetryOn, Task, TaskResult, TaskState, Tenant, TenantLimits,
 };
+use crate::state::placement::Waiting;
 use crate::state::retry::{RetryOverride, RetryPolicy};
 use crate::state::validate;
 
@@ -254,7 +255,53 @@ pub fn task_out(t: &Task) -> pv::Task {
         retry_on: retry_on_out(retry_on),
         attempt_log: t.attempt_log.iter().map(attempt_out).collect(),
         reason: reason_out(t.reason) as i32,
+        waiting: None,
     }
+}
+
+/// A time for people: RFC 3339 in UTC, to the second.
+fn instant_out(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("{ms} ms after the epoch"))
+}
+
+pub fn waiting_out(w: &Waiting) -> pv::Waiting {
+    use pv::WaitingReason as R;
+    let mut out = pv::Waiting::default();
+    let (reason, message) = match w {
+        Waiting::Delayed { until_ms } => {
+            out.until_ms = *until_ms;
+            (R::Delayed, format!("delayed until {}", instant_out(*until_ms)))
+        }
+        Waiting::RetryBackoff { until_ms } => {
+            out.until_ms = *until_ms;
+            (R::RetryBackoff, format!("waiting for its retry backoff until {}", instant_out(*until_ms)))
+        }
+        Waiting::CodeMissing { code } => {
+            (R::CodeMissing, format!("code {code:?} is not registered; it runs once the code is registered again"))
+        }
+        Waiting::CodeConcurrency { limit, running } => {
+            (out.limit, out.running) = (*limit, *running);
+            (R::CodeConcurrency, format!("held by its code's max_concurrency: {running} of {limit} running"))
+        }
+        Waiting::TenantConcurrency { limit, running } => {
+            (out.limit, out.running) = (*limit, *running);
+            (R::TenantConcurrency, format!("held by the tenant's max_concurrency: {running} of {limit} running"))
+        }
+        Waiting::NoAgentMatches { constraint } => {
+            out.constraint = constraint.clone();
+            (R::NoAgentMatches, format!("no connected agent matches its placement: none meets {constraint}"))
+        }
+        Waiting::WaitingForSlot => {
+            (R::WaitingForSlot, "waiting for a free slot on a matching agent (or behind earlier tasks)".to_string())
+        }
+    };
+    out.reason = reason as i32;
+    out.message = message;
+    out
 }
 
 pub fn tenant_limits_in(l: Option<pa::TenantLimits>) -> TenantLimits {

@@ -53,6 +53,8 @@ pub struct ApiCtx {
     pub batcher: Batcher,
     pub cfg: ApiConfig,
     pub tracker: Arc<LeaseTracker>,
+    /// Who this node, as leader, has heard from (see [`crate::leader::presence`]).
+    pub presence: Arc<crate::leader::presence::Presence>,
     pub quorum: Arc<QuorumClock>,
     /// Open `GetTaskLog` follow streams per tenant.
     pub log_followers: LogFollowers,

@@ -14,7 +14,7 @@ use super::error::{ApiError, ApiResult};
 use super::{ApiCtx, caller, schedules};
 use crate::state::command::{Command, NewTask};
 use crate::state::logs::{self, LogStream};
-use crate::state::{Response as SmResponse, validate, views};
+use crate::state::{Response as SmResponse, placement, validate, views};
 
 pub struct TenantService {
     pub ctx: Arc<ApiCtx>,
@@ -213,14 +213,23 @@ pub(super) async fn get_task(ctx: &ApiCtx, tenant: &str, id: u64, include_payloa
     ctx.read_barrier().await?;
     let kv = ctx.node.sm.kv();
     let not_found = || ApiError::NotFound(format!("task {id} not found"));
-    if include_payload {
-        let (task, payload) = views::get_task_with_payload(&kv, Some(tenant), id)?.ok_or_else(not_found)?;
-        let mut out = convert::task_out(&task);
-        out.payload = payload;
-        Ok(out)
+    let (task, payload) = if include_payload {
+        views::get_task_with_payload(&kv, Some(tenant), id)?.ok_or_else(not_found)?
     } else {
-        Ok(convert::task_out(&views::get_task(&kv, Some(tenant), id)?.ok_or_else(not_found)?))
-    }
+        (views::get_task(&kv, Some(tenant), id)?.ok_or_else(not_found)?, Vec::new())
+    };
+    let mut out = convert::task_out(&task);
+    out.payload = payload;
+    out.waiting = why_waiting(ctx, &task)?.as_ref().map(convert::waiting_out);
+    Ok(out)
+}
+
+/// Why `task` is not running, judged against the agents the replicated state shows as
+/// connected (see `state::presence`), so every member answers alike.
+fn why_waiting(ctx: &ApiCtx, task: &crate::state::model::Task) -> Result<Option<placement::Waiting>, ApiError> {
+    let sm = ctx.node.sm.machine().map_err(ApiError::from)?;
+    let agents: Vec<_> = sm.connected_agents().map(|a| a.attrs.clone()).collect();
+    Ok(placement::why_waiting(task, sm.indexes(), sm.tenants(), sm.codes(), &agents))
 }
 
 pub(super) async fn list_tasks(

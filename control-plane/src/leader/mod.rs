@@ -14,6 +14,7 @@
 //! between that check and the append.
 
 pub mod lease_tracker;
+pub mod presence;
 pub mod quorum_clock;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::lease_tracker::LeaseTracker;
+use self::presence::Presence;
 use crate::metrics::Metrics;
 use crate::raft::node::{RaftNode, now_ms};
 use crate::state::Response;
@@ -53,6 +55,7 @@ pub struct LeaderConfig {
 pub async fn supervise(
     node: Arc<RaftNode>,
     tracker: Arc<LeaseTracker>,
+    presence: Arc<Presence>,
     cfg: LeaderConfig,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -75,8 +78,10 @@ pub async fn supervise(
             let leases = running_leases(&node);
             tracing::info!(term, leases = leases.len(), "became leader: granting every lease a full TTL");
             tracker.reset(leases, Instant::now());
+            presence.reset(Instant::now());
             let token = shutdown.child_token();
-            let loops = run_loops(node.clone(), term, tracker.clone(), cfg.clone(), metrics.clone(), token.clone());
+            let leader = Leader { node: node.clone(), term, tracker: tracker.clone(), presence: presence.clone() };
+            let loops = run_loops(leader, cfg.clone(), metrics.clone(), token.clone());
             running = Some((term, token, tokio::spawn(loops)));
         }
         tokio::select! {
@@ -144,16 +149,18 @@ fn due(node: &RaftNode, cfg: &LeaderConfig, now_ms: u64) -> Due {
     }
 }
 
-/// The timer loops of one leadership: every command names `term` and is proposed only as
-/// its leader.
-async fn run_loops(
+/// One leadership: the node, the term it leads, and its leader-local trackers.
+struct Leader {
     node: Arc<RaftNode>,
     term: u64,
     tracker: Arc<LeaseTracker>,
-    cfg: LeaderConfig,
-    metrics: Arc<Metrics>,
-    token: CancellationToken,
-) {
+    presence: Arc<Presence>,
+}
+
+/// The timer loops of one leadership: every command names `term` and is proposed only as
+/// its leader.
+async fn run_loops(leader: Leader, cfg: LeaderConfig, metrics: Arc<Metrics>, token: CancellationToken) {
+    let Leader { node, term, tracker, presence } = leader;
     let mut tick = tokio::time::interval(cfg.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -176,6 +183,17 @@ async fn run_loops(
         }
         if !due.fires.is_empty() {
             fire(&node, term, due.fires, &metrics).await;
+        }
+        let changes = match node.sm.machine() {
+            Ok(sm) => presence.changes(sm.agents(), sm.agents_gone(), Instant::now(), cfg.lease_ttl),
+            Err(_) => Default::default(),
+        };
+        if !changes.is_empty() {
+            if !changes.gone.is_empty() {
+                tracing::info!(agents = ?changes.gone, "agents not heard from within the lease TTL: marking them gone");
+            }
+            let cmd = Command::AgentPresence { term, gone: changes.gone, seen: changes.seen };
+            propose(&node, term, cmd).await;
         }
         if due.promote {
             propose(&node, term, Command::PromoteDelayed { term, max_tasks: MAX_TASKS_PER_TIMER_COMMAND }).await;

@@ -257,6 +257,16 @@ pub enum Command {
         code: String,
         secret_sha256: Option<[u8; 32]>,
     },
+    /// Presence transitions the leader saw (see [`super::presence`]): known agents not
+    /// heard from within the grace are marked `gone`; agents heard from that are new,
+    /// marked gone, or changed their attributes are `seen` (recorded and marked connected).
+    /// `term`: the proposing leader's term (see [`Command::leader_term`]). Answered with
+    /// [`Response::Presence`]. (Appended last so the other variants keep their tags.)
+    AgentPresence {
+        term: u64,
+        gone: Vec<String>,
+        seen: Vec<super::presence::SeenAgent>,
+    },
 }
 
 impl Command {
@@ -276,6 +286,7 @@ impl Command {
             | Command::Purge { term, .. }
             | Command::PurgeBounded { term, .. }
             | Command::FireSchedules { term, .. }
+            | Command::AgentPresence { term, .. }
             | Command::Lease { term, .. } => Some(*term),
             _ => None,
         }
@@ -337,5 +348,11 @@ pub enum Response {
     Webhook {
         code: String,
         enabled: bool,
+    },
+    /// A [`Command::AgentPresence`] applied: how many agents it marked gone, and how many
+    /// it recorded or marked connected again.
+    Presence {
+        gone: u32,
+        seen: u32,
     },
 }

@@ -110,6 +110,23 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     if let Some(k) = webhooks.keys().find(|k| !sm.codes.contains_key(*k)) {
         problems.push(format!("webhook of missing code {k:?}"));
     }
+    let mut gone = std::collections::BTreeMap::new();
+    kv.scan(keys::AGENT_GONE, keys::AGENT_GONE, &mut |_, v| {
+        match keys::decode::<super::presence::AgentGone>(v) {
+            Ok(g) => {
+                gone.insert(g.id, g.since_ms);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    if gone != sm.agents_gone {
+        problems.push(format!("agent gone rows {gone:?} differ from memory {:?}", sm.agents_gone));
+    }
+    if let Some(id) = gone.keys().find(|id| !sm.agents.contains_key(*id)) {
+        problems.push(format!("gone mark of unknown agent {id:?}"));
+    }
     let mut live = sm.idx.canonical();
     let want = rebuilt.canonical();
     // Idempotency expiries are not derived from tasks; compare them separately.

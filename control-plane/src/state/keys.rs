@@ -9,6 +9,7 @@
 //! | `i/`   | tenant `\0` idem. key    | [`IdemRecord`]   |
 //! | `w/`   | tenant `\0` code name    | [`Webhook`] (the code's webhook, if enabled) |
 //! | `a/`   | agent id                 | [`AgentRecord`]  |
+//! | `d/`   | agent id                 | [`AgentGone`] (the agent is not connected; see [`super::presence`]) |
 //! | `s/`   | schedule id (u64 big-endian) | [`Schedule`](super::schedules::Schedule) |
 //! | `g/`   | task id                  | log metadata (see [`super::logs`]) |
 //! | `l/`   | task id, chunk index (u32) | log chunk      |
@@ -31,6 +32,7 @@
 //! [`IdemRecord`]: super::model::IdemRecord
 //! [`Webhook`]: super::model::Webhook
 //! [`AgentRecord`]: super::model::AgentRecord
+//! [`AgentGone`]: super::presence::AgentGone
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -43,6 +45,7 @@ pub const CODE: &[u8] = b"c/";
 pub const TASK: &[u8] = b"k/";
 pub const IDEM: &[u8] = b"i/";
 pub const AGENT: &[u8] = b"a/";
+pub const AGENT_GONE: &[u8] = b"d/";
 pub const SCHEDULE: &[u8] = b"s/";
 pub const WEBHOOK: &[u8] = b"w/";
 pub const META_RR_CURSOR: &[u8] = b"m/rr_cursor";
@@ -85,6 +88,9 @@ pub fn webhook(tenant: &str, code: &str) -> Vec<u8> {
 }
 pub fn agent(id: &str) -> Vec<u8> {
     join(AGENT, &[id.as_bytes()])
+}
+pub fn agent_gone(id: &str) -> Vec<u8> {
+    join(AGENT_GONE, &[id.as_bytes()])
 }
 
 /// The task id at the end of a `k/` or `g/` key.

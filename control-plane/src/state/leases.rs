@@ -11,7 +11,7 @@ use super::error::StateError;
 use super::keys::{self, TaskRow};
 use super::kv::{KvError, Txn};
 use super::machine::{ApplyCtx, StateMachine};
-use super::model::{AgentRecord, Attempt, FailureReason, Lease, Task, TaskResult, TaskState};
+use super::model::{Attempt, FailureReason, Lease, Task, TaskResult, TaskState};
 use super::placement;
 use super::retry::{self, MAX_ATTEMPT_ERROR_BYTES, MAX_ATTEMPTS_KEPT};
 use super::validate;
@@ -41,7 +41,7 @@ impl StateMachine {
         let mut grants = Vec::new();
         let cursor_before = self.rr_cursor.clone();
         for req in requests {
-            self.record_agent(txn, ctx, req);
+            self.record_agent(txn, ctx, &req.agent_id, &req.attrs, req.slots);
             let want = req.max_tasks.min(validate::MAX_TASKS_PER_LEASE_REQUEST);
             for _ in 0..want {
                 let Some((tenant, id)) =
@@ -65,26 +65,6 @@ impl StateMachine {
             txn.put(keys::META_RR_CURSOR.to_vec(), keys::encode(&self.rr_cursor));
         }
         Ok(Ok(Response::Leased { grants }))
-    }
-
-    fn record_agent(&mut self, txn: &mut Txn<'_>, ctx: ApplyCtx, req: &LeaseRequest) {
-        let changed = match self.agents.get(&req.agent_id) {
-            Some(a) => a.attrs != req.attrs || a.slots != req.slots,
-            None => true,
-        };
-        if !changed {
-            return;
-        }
-        let first_seen_ms = self.agents.get(&req.agent_id).map(|a| a.first_seen_ms).unwrap_or(ctx.now_ms);
-        let rec = AgentRecord {
-            id: req.agent_id.clone(),
-            attrs: req.attrs.clone(),
-            slots: req.slots,
-            first_seen_ms,
-            updated_ms: ctx.now_ms,
-        };
-        txn.put(keys::agent(&rec.id), keys::encode(&rec));
-        self.agents.insert(rec.id.clone(), rec);
     }
 
     /// The task if `lease` (held by `agent_id`) is its current lease.

@@ -43,6 +43,8 @@ pub struct StateMachine {
     pub(super) tenants: BTreeMap<String, Tenant>,
     pub(super) codes: BTreeMap<(String, String), Code>,
     pub(super) agents: BTreeMap<String, AgentRecord>,
+    /// Agents marked not connected, with the time they were (see [`super::presence`]).
+    pub(super) agents_gone: BTreeMap<String, u64>,
     /// Webhooks by (tenant, code); every one belongs to an existing code.
     pub(super) webhooks: BTreeMap<(String, String), Webhook>,
     pub(super) rr_cursor: String,
@@ -80,6 +82,11 @@ impl StateMachine {
         kv.scan(keys::AGENT, keys::AGENT, &mut |_, v| {
             keep(keys::decode::<AgentRecord>(v).map(|a| {
                 sm.agents.insert(a.id.clone(), a);
+            }))
+        })?;
+        kv.scan(keys::AGENT_GONE, keys::AGENT_GONE, &mut |_, v| {
+            keep(keys::decode::<super::presence::AgentGone>(v).map(|g| {
+                sm.agents_gone.insert(g.id, g.since_ms);
             }))
         })?;
         kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode_task(v).map(|t| sm.idx.insert(&t))))?;
@@ -210,6 +217,7 @@ impl StateMachine {
             Command::SetWebhook { tenant, code, secret_sha256 } => {
                 self.set_webhook(txn, ctx, tenant, code, secret_sha256.as_ref())
             }
+            Command::AgentPresence { term: _, gone, seen } => self.agent_presence(txn, ctx, gone, seen),
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }

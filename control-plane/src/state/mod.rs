@@ -25,6 +25,7 @@ pub mod logs;
 pub mod machine;
 pub mod model;
 pub mod placement;
+pub mod presence;
 pub mod retry;
 pub mod schedules;
 pub mod tasks;

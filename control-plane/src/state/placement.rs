@@ -148,6 +148,24 @@ pub fn why_waiting(
     Some(Waiting::WaitingForSlot)
 }
 
+/// How many ready tasks have a placement that none of `agents` (the connected ones) meets:
+/// the tasks [`why_waiting`] would report as [`Waiting::NoAgentMatches`] or behind a limit
+/// they would meet next. Counted per ready-queue class, so the cost is the number of
+/// classes, not of tasks.
+pub fn unplaceable(idx: &Indexes, agents: &[AgentAttrs]) -> u64 {
+    let mut n = 0;
+    for q in idx.ready.values() {
+        for level in &q.by_priority {
+            for (class_id, ids) in level {
+                if !agents.iter().any(|a| matches(&idx.class(*class_id).placement, a)) {
+                    n += ids.len() as u64;
+                }
+            }
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

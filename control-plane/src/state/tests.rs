@@ -13,6 +13,7 @@
 //! agents and a series of terms, checks the invariants after every step, and replays the
 //! log to check determinism.
 
+mod presence;
 mod schedules;
 mod why_waiting;
 
@@ -26,6 +27,7 @@ use super::leases::MAX_LOST_LEASES;
 use super::logs::{self, LogAppend, LogStream};
 use super::model::{AgentAttrs, CodeLimits, Placement, Task, TaskState, TenantLimits};
 use super::model::{FailureReason, RetryOn};
+use super::presence::SeenAgent;
 use super::retry::{self, RetryOverride};
 use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
 use super::{invariants, keys, placement, validate, views};
@@ -904,6 +906,7 @@ enum Op {
     Log { pick: usize, len: usize },
     NewTerm,
     HandBack { pick: usize, zombie: bool },
+    Presence { gone: Vec<usize>, seen: Vec<usize>, old_term: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -931,6 +934,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), 0..40usize).prop_map(|(pick, len)| Op::Log { pick, len }),
         1 => Just(Op::NewTerm),
         1 => (any::<usize>(), proptest::bool::weighted(0.3)).prop_map(|(pick, zombie)| Op::HandBack { pick, zombie }),
+        1 => (proptest::collection::vec(0..4usize, 0..3), proptest::collection::vec(0..3usize, 0..2), old_term())
+            .prop_map(|(gone, seen, old_term)| Op::Presence { gone, seen, old_term }),
     ]
 }
 
@@ -1130,6 +1135,32 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
             assert!(h.sm.indexes().idem_expiry.first().is_none_or(|(at, _)| *at > h.sm.clock_ms()));
         }
         Op::NewTerm => h.term += 1,
+        Op::Presence { gone, seen, old_term } => {
+            // Agents 0..3 are the harness's (3 is one never heard of); a seen agent comes
+            // back with its usual attributes.
+            let name = |i: usize| agents().get(i).map(|(n, _)| n.to_string()).unwrap_or_else(|| "stranger".into());
+            let gone: Vec<String> = gone.into_iter().map(name).collect();
+            let seen: Vec<SeenAgent> = seen
+                .into_iter()
+                .map(|i| {
+                    let (n, attrs) = agents()[i].clone();
+                    SeenAgent { id: n.into(), attrs, slots: 4 }
+                })
+                .collect();
+            let cmd = Command::AgentPresence { term: timer_term(h, old_term), gone: gone.clone(), seen: seen.clone() };
+            if old_term {
+                return assert_stale_term_refused(h, cmd);
+            }
+            let running_before = h.sm.indexes().running.clone();
+            h.apply(cmd);
+            assert_eq!(h.sm.indexes().running, running_before, "presence never touches leases");
+            for a in &seen {
+                assert!(h.sm.agents().contains_key(&a.id) && !h.sm.agents_gone().contains_key(&a.id));
+            }
+            for id in gone.iter().filter(|id| !seen.iter().any(|a| &a.id == *id)) {
+                assert_eq!(h.sm.agents_gone().contains_key(id), h.sm.agents().contains_key(id), "{id}");
+            }
+        }
         Op::HandBack { pick, zombie } => {
             // Any grant ever made, handed back by its holder or (if `zombie`) another agent.
             let Some(g) = nth(grants, pick) else { return };
