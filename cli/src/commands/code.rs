@@ -63,6 +63,8 @@ struct RegisterArgs {
     /// Environment for the container, KEY=VALUE (repeatable).
     #[arg(long = "env")]
     env: Vec<String>,
+    #[command(flatten)]
+    placement: super::placement::PlacementArgs,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +131,7 @@ pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
                 retry_backoff_max,
                 retry_on,
                 env,
+                placement,
             } = *r;
             let mut envs = HashMap::new();
             for kv in env {
@@ -157,7 +160,7 @@ pub async fn run(a: CodeArgs) -> anyhow::Result<()> {
                 }),
                 max_concurrency,
                 default_retries: retries,
-                placement: None,
+                placement: placement.to_proto(),
                 retry_delay_ms: retry_delay.map(|d| d.as_millis() as u64),
                 retry_backoff_max_ms: retry_backoff_max.map(|d| d.as_millis() as u64),
                 retry_on: retry_on_arg(&retry_on)?,

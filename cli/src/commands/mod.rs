@@ -7,6 +7,7 @@ pub mod code;
 pub mod dev;
 pub mod operator;
 pub mod output;
+pub mod placement;
 pub mod schedule;
 pub mod server;
 pub mod task;

@@ -87,6 +87,8 @@ struct CreateArgs {
     /// runner_lost, infrastructure, cancelled (comma-separated or repeated).
     #[arg(long)]
     retry_on: Vec<String>,
+    #[command(flatten)]
+    placement: super::placement::PlacementArgs,
 }
 
 #[derive(Subcommand)]
@@ -240,6 +242,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
                 retry_delay,
                 retry_backoff_max,
                 retry_on,
+                placement,
             } = *c;
             let retry_on = retry_on_arg(&retry_on)?;
             let payload = super::task::read_payload(payload, payload_file, raw)?;
@@ -260,7 +263,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
                     retry_delay_ms: retry_delay.map(|d| d.as_millis() as u64),
                     retry_backoff_max_ms: retry_backoff_max.map(|d| d.as_millis() as u64),
                     retry_on,
-                    placement: None,
+                    placement: placement.to_proto(),
                 }),
                 overlap: match overlap {
                     OverlapArg::Skip => pv::Overlap::Skip,

@@ -72,6 +72,8 @@ enum TaskCmd {
         /// Queue this many identical tasks.
         #[arg(long, default_value_t = 1)]
         count: u32,
+        #[command(flatten)]
+        placement: super::placement::PlacementArgs,
     },
     Get {
         id: u64,
@@ -184,6 +186,7 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
             retry_backoff_max,
             retry_on,
             count,
+            placement,
         } => {
             let payload = read_payload(payload, payload_file, raw)?;
             let retry_on = retry_on_arg(&retry_on)?;
@@ -202,7 +205,7 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
                     delay_ms: delay.map(|d| d.as_millis() as u64).unwrap_or(0),
                     timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
                     retries,
-                    placement: None,
+                    placement: placement.to_proto(),
                     retry_delay_ms: retry_delay.map(|d| d.as_millis() as u64),
                     retry_backoff_max_ms: retry_backoff_max.map(|d| d.as_millis() as u64),
                     retry_on: retry_on.clone(),

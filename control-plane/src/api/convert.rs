@@ -291,6 +291,9 @@ pub fn waiting_out(w: &Waiting) -> pv::Waiting {
             (out.limit, out.running) = (*limit, *running);
             (R::TenantConcurrency, format!("held by the tenant's max_concurrency: {running} of {limit} running"))
         }
+        Waiting::NoAgentMatches { constraint } if constraint.is_empty() => {
+            (R::NoAgentMatches, "no agent is connected".to_string())
+        }
         Waiting::NoAgentMatches { constraint } => {
             out.constraint = constraint.clone();
             (R::NoAgentMatches, format!("no connected agent matches its placement: none meets {constraint}"))

@@ -95,7 +95,7 @@ pub enum Waiting {
         running: u32,
     },
     /// None of the agents given meets this constraint (`cluster=x`, `region=y`,
-    /// `label k=v`, or all of them together).
+    /// `label k=v`, or all of them together); empty when no agent is given at all.
     NoAgentMatches {
         constraint: String,
     },
@@ -133,7 +133,9 @@ pub fn why_waiting(
     }
     if !agents.iter().any(|a| matches(&task.placement, a)) {
         let p = &task.placement;
-        let constraint = if !agents.iter().any(|a| a.cluster == p.cluster) {
+        let constraint = if agents.is_empty() {
+            String::new()
+        } else if !agents.iter().any(|a| a.cluster == p.cluster) {
             if p.cluster.is_empty() { "cluster=(shared fleet)".to_string() } else { format!("cluster={}", p.cluster) }
         } else if !p.region.is_empty() && !agents.iter().any(|a| a.region == p.region) {
             format!("region={}", p.region)

@@ -72,8 +72,14 @@ fn each_reason_a_queued_task_waits_for() {
         why(&h2, both),
         Some(Waiting::NoAgentMatches { constraint: "cluster, region and labels together".into() })
     );
-    // No agent at all.
-    assert_eq!(h2.why(us, &[]), Some(Waiting::NoAgentMatches { constraint: "cluster=(shared fleet)".into() }));
+    // No agent at all: no constraint to name.
+    assert_eq!(h2.why(us, &[]), Some(Waiting::NoAgentMatches { constraint: String::new() }));
+    // Agents, but only dedicated ones: the shared fleet is the constraint.
+    let acme = AgentAttrs { cluster: "acme".into(), ..Default::default() };
+    assert_eq!(
+        h2.why(us, std::slice::from_ref(&acme)),
+        Some(Waiting::NoAgentMatches { constraint: "cluster=(shared fleet)".into() })
+    );
     // Eligible: waits for a slot.
     let free = h2.queue("t", vec![task("any")])[0];
     assert_eq!(why(&h2, free), Some(Waiting::WaitingForSlot));
