@@ -36,8 +36,10 @@ enum Command {
     Tenant(commands::tenant::TenantArgs),
     /// A whole fleet on this machine: control plane, certificates and an agent.
     Dev(commands::dev::DevArgs),
-    /// List the fleet's agents (operator).
+    /// List, register and deregister the fleet's agents (operator).
     Agents(commands::agents::AgentsArgs),
+    /// Runner clusters, shared or dedicated to a tenant (operator).
+    Cluster(commands::cluster::ClusterArgs),
     /// Register and manage codes (tenant).
     Code(commands::code::CodeArgs),
     /// Queue, inspect, follow and wait for tasks (tenant).
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
             Command::Agent(a) => commands::agent::run(a).await,
             Command::Code(a) => commands::code::run(a).await,
             Command::Agents(a) => commands::agents::run(a).await,
+            Command::Cluster(a) => commands::cluster::run(a).await,
             Command::Schedule(a) => commands::schedule::run(a).await,
             Command::Dev(a) => commands::dev::run(a).await,
             Command::Task(a) => return commands::task::run(a).await,

@@ -14,6 +14,7 @@
 //! idempotency_window = "24h"
 //! retention = "7d"
 //! cache_capacity = "64 MiB"
+//! allow_unregistered_agents = true   # agents without a registration serve the shared fleet
 //! dial = { "127.0.0.1:7410" = "127.0.0.1:9410" }  # reach a peer through a proxy
 //! ```
 
@@ -89,6 +90,10 @@ pub struct ServerConfig {
     pub cache_capacity: bytesize::ByteSize,
     #[serde(default)]
     pub raft: RaftTuning,
+    /// Whether agents without a registration (`drover agents register`) may lease work; they
+    /// serve the shared fleet only (no cluster, VPC, IP pool or egress address) either way.
+    #[serde(default = "d_true")]
+    pub allow_unregistered_agents: bool,
     /// Dial overrides: a peer's advertised `HOST:PORT` → the `HOST:PORT` to connect to
     /// instead (a proxy or tunnel). TLS still verifies the advertised host.
     #[serde(default)]
@@ -134,6 +139,10 @@ impl Default for RaftTuning {
             max_entries_per_append: 8,
         }
     }
+}
+
+fn d_true() -> bool {
+    true
 }
 
 fn d_lease_ttl() -> Duration {

@@ -104,9 +104,11 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             max_task_log_bytes: cfg.max_task_log_bytes.as_u64(),
             webhook_base_url: cfg.webhook_base_url(),
             breaks: cfg.test_breaks,
+            allow_unregistered_agents: cfg.allow_unregistered_agents,
         },
         tracker: tracker.clone(),
         presence: presence.clone(),
+        denied: metrics.api_denied.clone(),
         quorum: quorum.clone(),
         log_followers: Default::default(),
     });

@@ -3,6 +3,7 @@ pub mod agent;
 pub mod agents;
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod code;
 pub mod dev;
 pub mod operator;

@@ -18,7 +18,8 @@ pub struct PlacementArgs {
     pub labels: Vec<(String, String)>,
 }
 
-fn label(s: &str) -> Result<(String, String), String> {
+/// Parses `KEY=VALUE` (an empty value is allowed, an empty key is not).
+pub fn label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),

@@ -236,32 +236,30 @@ impl Admin for AdminService {
     }
 
     async fn list_agents(&self, _req: Request<pa::ListAgentsRequest>) -> ApiResult<pa::ListAgentsResponse> {
-        self.ctx.read_barrier().await?;
-        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
-        let mut running: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
-        for r in sm.indexes().running.values() {
-            *running.entry(r.agent_id.as_str()).or_default() += 1;
-        }
-        let agents = sm
-            .agents()
-            .values()
-            .map(|a| pa::AgentInfo {
-                id: a.id.clone(),
-                region: a.attrs.region.clone(),
-                cluster: a.attrs.cluster.clone(),
-                vpc: a.attrs.vpc.clone(),
-                ip_pool: a.attrs.ip_pool.clone(),
-                egress_ip: a.attrs.egress_ip.clone(),
-                labels: a.attrs.labels.clone().into_iter().collect(),
-                slots: a.slots,
-                running_tasks: running.get(a.id.as_str()).copied().unwrap_or(0),
-                first_seen_ms: a.first_seen_ms,
-                updated_ms: a.updated_ms,
-                connected: !sm.agents_gone().contains_key(&a.id),
-                gone_since_ms: sm.agents_gone().get(&a.id).copied().unwrap_or(0),
-            })
-            .collect();
-        Ok(Response::new(pa::ListAgentsResponse { agents }))
+        Ok(Response::new(super::fleet::list_agents(&self.ctx).await?))
+    }
+
+    async fn register_agent(&self, req: Request<pa::RegisterAgentRequest>) -> ApiResult<pa::AgentRegistration> {
+        Ok(Response::new(super::fleet::register_agent(&self.ctx, req.into_inner()).await?))
+    }
+
+    async fn deregister_agent(
+        &self,
+        req: Request<pa::DeregisterAgentRequest>,
+    ) -> ApiResult<pa::DeregisterAgentResponse> {
+        Ok(Response::new(super::fleet::deregister_agent(&self.ctx, req.into_inner().id).await?))
+    }
+
+    async fn create_cluster(&self, req: Request<pa::CreateClusterRequest>) -> ApiResult<pa::ClusterInfo> {
+        Ok(Response::new(super::fleet::create_cluster(&self.ctx, req.into_inner()).await?))
+    }
+
+    async fn list_clusters(&self, _req: Request<pa::ListClustersRequest>) -> ApiResult<pa::ListClustersResponse> {
+        Ok(Response::new(super::fleet::list_clusters(&self.ctx).await?))
+    }
+
+    async fn delete_cluster(&self, req: Request<pa::DeleteClusterRequest>) -> ApiResult<pa::DeleteClusterResponse> {
+        Ok(Response::new(super::fleet::delete_cluster(&self.ctx, req.into_inner().name).await?))
     }
 
     async fn get_task(&self, req: Request<pa::TenantGetTaskRequest>) -> ApiResult<drover_proto::v1::Task> {

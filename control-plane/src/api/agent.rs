@@ -19,7 +19,7 @@ use super::{ApiCtx, caller};
 use crate::state::command::{Command, Completion, LeaseRef, LeaseRequest, Outcome};
 use crate::state::logs::{self, LogAppend, LogStream};
 use crate::state::model::AgentAttrs;
-use crate::state::{Response as SmResponse, placement, validate, views};
+use crate::state::{Response as SmResponse, fleet, placement, validate, views};
 
 pub struct AgentService {
     pub ctx: Arc<ApiCtx>,
@@ -112,7 +112,29 @@ impl AgentService {
     /// Whether the leader's current state has a task this agent could be granted.
     fn has_work(&self, attrs: &AgentAttrs) -> Result<bool, ApiError> {
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
-        Ok(placement::pick(sm.indexes(), sm.tenants(), sm.codes(), "", attrs).is_some())
+        let only = sm.serves_only(&attrs.cluster);
+        Ok(placement::pick(sm.indexes(), sm.tenants(), sm.codes(), "", attrs, only).is_some())
+    }
+
+    /// Refuses a lease call whose declared attributes its registration does not allow, or
+    /// from an unregistered agent where those may not lease (see `state::fleet`).
+    fn check_registration(&self, agent_id: &str, attrs: &AgentAttrs) -> Result<(), ApiError> {
+        let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
+        let reg = sm.registrations().get(agent_id);
+        let why = match reg {
+            None if !self.ctx.cfg.allow_unregistered_agents => Some(format!(
+                "agent {agent_id:?} is not registered, and this control plane serves registered agents only \
+                 (drover agents register)"
+            )),
+            _ => fleet::allowed(reg, attrs).err().map(|e| format!("agent {agent_id:?}: {e}")),
+        };
+        match why {
+            Some(why) => {
+                self.ctx.denied.with_label_values(&["agent_attributes"]).inc();
+                Err(ApiError::PermissionDenied(why))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Refuses the whole call if any lease it names is a current lease of another agent.
@@ -174,6 +196,7 @@ impl Agent for AgentService {
             .into());
         }
         let attrs = attrs_in(r.attributes)?;
+        self.check_registration(&agent_id, &attrs)?;
         // The agent counts as connected while this poll is open (see `leader::presence`).
         let _poll = self.ctx.presence.poll(&agent_id, &attrs, r.slots, received);
         let wait = Duration::from_millis(r.wait_ms).min(self.ctx.cfg.max_lease_wait);

@@ -36,6 +36,11 @@ impl ApiError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ApiError::Invalid { field: field.into(), reason: reason.into() }
     }
+
+    /// A state machine answer the handler did not expect for its command (a bug).
+    pub fn unexpected(r: crate::state::Response) -> Self {
+        ApiError::Internal(format!("unexpected state machine response {r:?}"))
+    }
 }
 
 impl From<StateError> for ApiError {
@@ -45,7 +50,10 @@ impl From<StateError> for ApiError {
             StateError::UnknownTenant(_)
             | StateError::CodeNotFound(_)
             | StateError::TaskNotFound(_)
-            | StateError::ScheduleNotFound(_) => ApiError::NotFound(e.to_string()),
+            | StateError::ScheduleNotFound(_)
+            | StateError::ClusterNotFound(_)
+            | StateError::AgentNotRegistered(_) => ApiError::NotFound(e.to_string()),
+            StateError::ClusterNotAllowed { .. } => ApiError::PermissionDenied(e.to_string()),
             StateError::QuotaExceeded { .. } => ApiError::Exhausted(e.to_string()),
             StateError::StaleEpoch { .. } | StateError::AlreadyFinished(_) | StateError::StaleTick { .. } => {
                 ApiError::FailedPrecondition(e.to_string())

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod caller;
 pub mod convert;
 pub mod error;
+pub mod fleet;
 pub mod oversize;
 pub mod schedules;
 pub mod tenant;
@@ -35,6 +36,8 @@ pub struct ApiConfig {
     pub webhook_base_url: Option<String>,
     /// Deliberate defects (debug builds, chaos self-test only).
     pub breaks: crate::test_breaks::TestBreaks,
+    /// Agents without a registration may lease shared-fleet work.
+    pub allow_unregistered_agents: bool,
 }
 
 /// What [`ApiCtx::lease_validity`] allows: leases granted or renewed now, by the leader of
@@ -55,6 +58,8 @@ pub struct ApiCtx {
     pub tracker: Arc<LeaseTracker>,
     /// Who this node, as leader, has heard from (see [`crate::leader::presence`]).
     pub presence: Arc<crate::leader::presence::Presence>,
+    /// `drover_api_denied_total`, for refusals made inside handlers.
+    pub denied: prometheus::IntCounterVec,
     pub quorum: Arc<QuorumClock>,
     /// Open `GetTaskLog` follow streams per tenant.
     pub log_followers: LogFollowers,

@@ -100,14 +100,10 @@ fn schedule_out(kv: &dyn KvRead, s: &Schedule) -> Result<pv::Schedule, ApiError>
     })
 }
 
-fn unexpected(r: SmResponse) -> ApiError {
-    ApiError::Internal(format!("unexpected state machine response {r:?}"))
-}
-
 fn answer(ctx: &ApiCtx, r: SmResponse) -> Result<pv::Schedule, ApiError> {
     match r {
         SmResponse::Schedule(s) => schedule_out(&ctx.node.sm.kv(), &s),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -152,7 +148,7 @@ pub(super) async fn list(ctx: &ApiCtx, tenant: &str) -> Result<pv::ListSchedules
 pub(super) async fn delete(ctx: &ApiCtx, tenant: String, id: u64) -> Result<pv::DeleteScheduleResponse, ApiError> {
     match ctx.propose(Command::DeleteSchedule { tenant, id }).await? {
         SmResponse::ScheduleDeleted => Ok(pv::DeleteScheduleResponse {}),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 

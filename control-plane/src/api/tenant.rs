@@ -345,5 +345,5 @@ fn log_chunk_out(index: u32, c: logs::LogChunk) -> pv::TaskLogChunk {
 }
 
 pub(super) fn unexpected(r: SmResponse) -> Status {
-    ApiError::Internal(format!("unexpected state machine response {r:?}")).into()
+    ApiError::unexpected(r).into()
 }

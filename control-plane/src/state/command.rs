@@ -267,6 +267,28 @@ pub enum Command {
         gone: Vec<String>,
         seen: Vec<super::presence::SeenAgent>,
     },
+    /// Creates a cluster, shared (`owner` None) or dedicated to a tenant, or updates its
+    /// guaranteed slots (the owner never changes). Answered with [`Response::Cluster`].
+    /// See [`super::fleet`]. (Appended last so the other variants keep their tags.)
+    CreateCluster {
+        name: String,
+        owner: Option<String>,
+        guaranteed_slots: u32,
+    },
+    /// Deletes a cluster no agent is registered to. Answered with [`Response::ClusterDeleted`].
+    DeleteCluster {
+        name: String,
+    },
+    /// Registers an agent (or replaces its registration): what it may serve. Answered with
+    /// [`Response::Registration`].
+    RegisterAgent {
+        registration: super::fleet::AgentRegistration,
+    },
+    /// Removes an agent's registration: it serves the shared fleet only from its next
+    /// lease call (if unregistered agents are allowed). Answered with [`Response::Deregistered`].
+    DeregisterAgent {
+        id: String,
+    },
 }
 
 impl Command {
@@ -355,4 +377,8 @@ pub enum Response {
         gone: u32,
         seen: u32,
     },
+    Cluster(Box<super::fleet::Cluster>),
+    ClusterDeleted,
+    Registration(Box<super::fleet::AgentRegistration>),
+    Deregistered,
 }

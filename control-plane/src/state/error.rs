@@ -30,6 +30,14 @@ pub enum StateError {
     /// due): each tick fires once.
     #[error("schedule {schedule_id} does not expect a fire for tick {tick_ms}")]
     StaleTick { schedule_id: u64, tick_ms: u64 },
+    /// The tenant may not place work on this cluster: it does not exist or is dedicated to
+    /// another tenant (one answer for both, so names do not leak).
+    #[error("cluster {cluster:?} is not one this tenant may place work on (not a shared cluster or one it owns)")]
+    ClusterNotAllowed { cluster: String },
+    #[error("cluster {0:?} not found")]
+    ClusterNotFound(String),
+    #[error("agent {0:?} is not registered")]
+    AgentNotRegistered(String),
 }
 
 impl StateError {

@@ -127,6 +127,37 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     if let Some(id) = gone.keys().find(|id| !sm.agents.contains_key(*id)) {
         problems.push(format!("gone mark of unknown agent {id:?}"));
     }
+    let mut clusters = std::collections::BTreeMap::new();
+    kv.scan(keys::CLUSTER, keys::CLUSTER, &mut |_, v| {
+        match keys::decode::<super::fleet::Cluster>(v) {
+            Ok(c) => {
+                clusters.insert(c.name.clone(), c);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    if clusters != sm.clusters {
+        problems.push(format!("cluster rows {:?} differ from memory {:?}", clusters.keys(), sm.clusters.keys()));
+    }
+    let mut regs = std::collections::BTreeMap::new();
+    kv.scan(keys::REGISTRATION, keys::REGISTRATION, &mut |_, v| {
+        match keys::decode::<super::fleet::AgentRegistration>(v) {
+            Ok(r) => {
+                regs.insert(r.id.clone(), r);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    if regs != sm.registrations {
+        problems.push(format!("registration rows {:?} differ from memory {:?}", regs.keys(), sm.registrations.keys()));
+    }
+    if let Some(r) = regs.values().find(|r| !r.cluster.is_empty() && !clusters.contains_key(&r.cluster)) {
+        problems.push(format!("agent {:?} is registered to missing cluster {:?}", r.id, r.cluster));
+    }
     let mut live = sm.idx.canonical();
     let want = rebuilt.canonical();
     // Idempotency expiries are not derived from tasks; compare them separately.

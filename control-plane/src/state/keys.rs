@@ -10,6 +10,8 @@
 //! | `w/`   | tenant `\0` code name    | [`Webhook`] (the code's webhook, if enabled) |
 //! | `a/`   | agent id                 | [`AgentRecord`]  |
 //! | `d/`   | agent id                 | [`AgentGone`] (the agent is not connected; see [`super::presence`]) |
+//! | `e/`   | agent id                 | [`AgentRegistration`] (what it may serve; see [`super::fleet`]) |
+//! | `n/`   | cluster name             | [`Cluster`]      |
 //! | `s/`   | schedule id (u64 big-endian) | [`Schedule`](super::schedules::Schedule) |
 //! | `g/`   | task id                  | log metadata (see [`super::logs`]) |
 //! | `l/`   | task id, chunk index (u32) | log chunk      |
@@ -33,6 +35,8 @@
 //! [`Webhook`]: super::model::Webhook
 //! [`AgentRecord`]: super::model::AgentRecord
 //! [`AgentGone`]: super::presence::AgentGone
+//! [`AgentRegistration`]: super::fleet::AgentRegistration
+//! [`Cluster`]: super::fleet::Cluster
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -46,6 +50,8 @@ pub const TASK: &[u8] = b"k/";
 pub const IDEM: &[u8] = b"i/";
 pub const AGENT: &[u8] = b"a/";
 pub const AGENT_GONE: &[u8] = b"d/";
+pub const REGISTRATION: &[u8] = b"e/";
+pub const CLUSTER: &[u8] = b"n/";
 pub const SCHEDULE: &[u8] = b"s/";
 pub const WEBHOOK: &[u8] = b"w/";
 pub const META_RR_CURSOR: &[u8] = b"m/rr_cursor";
@@ -91,6 +97,12 @@ pub fn agent(id: &str) -> Vec<u8> {
 }
 pub fn agent_gone(id: &str) -> Vec<u8> {
     join(AGENT_GONE, &[id.as_bytes()])
+}
+pub fn registration(id: &str) -> Vec<u8> {
+    join(REGISTRATION, &[id.as_bytes()])
+}
+pub fn cluster(name: &str) -> Vec<u8> {
+    join(CLUSTER, &[name.as_bytes()])
 }
 
 /// The task id at the end of a `k/` or `g/` key.

@@ -41,12 +41,22 @@ impl StateMachine {
         let mut grants = Vec::new();
         let cursor_before = self.rr_cursor.clone();
         for req in requests {
+            // The API edge refused it already; a registration changed since gets nothing.
+            if super::fleet::allowed(self.registrations.get(&req.agent_id), &req.attrs).is_err() {
+                continue;
+            }
             self.record_agent(txn, ctx, &req.agent_id, &req.attrs, req.slots);
             let want = req.max_tasks.min(validate::MAX_TASKS_PER_LEASE_REQUEST);
+            let only = self.serves_only(&req.attrs.cluster).map(String::from);
             for _ in 0..want {
-                let Some((tenant, id)) =
-                    placement::pick(&self.idx, &self.tenants, &self.codes, &self.rr_cursor, &req.attrs)
-                else {
+                let Some((tenant, id)) = placement::pick(
+                    &self.idx,
+                    &self.tenants,
+                    &self.codes,
+                    &self.rr_cursor,
+                    &req.attrs,
+                    only.as_deref(),
+                ) else {
                     break;
                 };
                 self.rr_cursor = tenant;

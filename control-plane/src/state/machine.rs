@@ -45,6 +45,9 @@ pub struct StateMachine {
     pub(super) agents: BTreeMap<String, AgentRecord>,
     /// Agents marked not connected, with the time they were (see [`super::presence`]).
     pub(super) agents_gone: BTreeMap<String, u64>,
+    /// Clusters and agent registrations (see [`super::fleet`]).
+    pub(super) clusters: BTreeMap<String, super::fleet::Cluster>,
+    pub(super) registrations: BTreeMap<String, super::fleet::AgentRegistration>,
     /// Webhooks by (tenant, code); every one belongs to an existing code.
     pub(super) webhooks: BTreeMap<(String, String), Webhook>,
     pub(super) rr_cursor: String,
@@ -87,6 +90,16 @@ impl StateMachine {
         kv.scan(keys::AGENT_GONE, keys::AGENT_GONE, &mut |_, v| {
             keep(keys::decode::<super::presence::AgentGone>(v).map(|g| {
                 sm.agents_gone.insert(g.id, g.since_ms);
+            }))
+        })?;
+        kv.scan(keys::CLUSTER, keys::CLUSTER, &mut |_, v| {
+            keep(keys::decode::<super::fleet::Cluster>(v).map(|c| {
+                sm.clusters.insert(c.name.clone(), c);
+            }))
+        })?;
+        kv.scan(keys::REGISTRATION, keys::REGISTRATION, &mut |_, v| {
+            keep(keys::decode::<super::fleet::AgentRegistration>(v).map(|r| {
+                sm.registrations.insert(r.id.clone(), r);
             }))
         })?;
         kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode_task(v).map(|t| sm.idx.insert(&t))))?;
@@ -218,6 +231,12 @@ impl StateMachine {
                 self.set_webhook(txn, ctx, tenant, code, secret_sha256.as_ref())
             }
             Command::AgentPresence { term: _, gone, seen } => self.agent_presence(txn, ctx, gone, seen),
+            Command::CreateCluster { name, owner, guaranteed_slots } => {
+                self.create_cluster(txn, ctx, name, owner.as_deref(), *guaranteed_slots)
+            }
+            Command::DeleteCluster { name } => self.delete_cluster(txn, name),
+            Command::RegisterAgent { registration } => self.register_agent(txn, ctx, registration),
+            Command::DeregisterAgent { id } => self.deregister_agent(txn, id),
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }
@@ -266,7 +285,7 @@ impl StateMachine {
         if !self.tenants.contains_key(tenant) {
             return Ok(Err(StateError::UnknownTenant(tenant.to_string())));
         }
-        if let Err(e) = validate::code_spec(spec) {
+        if let Err(e) = validate::code_spec(spec).and_then(|_| self.may_place(tenant, &spec.placement)) {
             return Ok(Err(e));
         }
         let key = (tenant.to_string(), spec.name.clone());

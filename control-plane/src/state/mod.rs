@@ -14,6 +14,7 @@
 
 pub mod command;
 pub mod error;
+pub mod fleet;
 pub mod image_ref;
 pub mod indexes;
 pub mod invariants;

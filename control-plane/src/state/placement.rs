@@ -23,18 +23,23 @@ pub fn matches(p: &Placement, a: &AgentAttrs) -> bool {
         && p.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
 }
 
-/// Picks the next task for an agent, or None. Returns (tenant, task id).
+/// Picks the next task for an agent, or None. Returns (tenant, task id). `only_tenant`:
+/// the owner of the agent's dedicated cluster, whose tasks alone it may run.
 pub fn pick(
     idx: &Indexes,
     tenants: &BTreeMap<String, Tenant>,
     codes: &BTreeMap<(String, String), Code>,
     cursor: &str,
     agent: &AgentAttrs,
+    only_tenant: Option<&str>,
 ) -> Option<(String, u64)> {
     // Tenants after the cursor first, then from the start up to and including it.
     let after = idx.ready.range::<str, _>((std::ops::Bound::Excluded(cursor), std::ops::Bound::Unbounded));
     let before = idx.ready.range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(cursor)));
     for (tenant, q) in after.chain(before) {
+        if only_tenant.is_some_and(|o| o != tenant) {
+            continue;
+        }
         if let Some(t) = tenants.get(tenant)
             && t.limits.max_concurrency > 0
             && idx.running_for_tenant(tenant) >= t.limits.max_concurrency

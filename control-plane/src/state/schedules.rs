@@ -246,8 +246,11 @@ impl StateMachine {
         if let Err(e) = validate_spec(spec, &t.limits) {
             return Ok(Err(e));
         }
-        if !self.codes.contains_key(&(tenant.to_string(), spec.task.code.clone())) {
+        let Some(code) = self.codes.get(&(tenant.to_string(), spec.task.code.clone())) else {
             return Ok(Err(StateError::CodeNotFound(spec.task.code.clone())));
+        };
+        if let Err(e) = self.may_place(tenant, spec.task.placement.as_ref().unwrap_or(&code.placement)) {
+            return Ok(Err(e));
         }
         let count = self.sched.by_tenant.get(tenant).map_or(0, BTreeSet::len);
         if count >= MAX_SCHEDULES_PER_TENANT {

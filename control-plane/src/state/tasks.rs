@@ -61,6 +61,12 @@ impl StateMachine {
         if let Some(t) = tasks.iter().find(|t| !self.codes.contains_key(&(tenant_id.to_string(), t.code.clone()))) {
             return Ok(Err(StateError::CodeNotFound(t.code.clone())));
         }
+        for t in tasks {
+            let code = &self.codes[&(tenant_id.to_string(), t.code.clone())];
+            if let Err(e) = self.may_place(tenant_id, t.placement.as_ref().unwrap_or(&code.placement)) {
+                return Ok(Err(e));
+            }
+        }
         if ctx.first_task_seq + tasks.len() as u64 >= 1 << TASK_ID_SHIFT {
             return Ok(Err(StateError::invalid("tasks", "too many tasks in one log entry")));
         }

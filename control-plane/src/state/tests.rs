@@ -13,6 +13,7 @@
 //! agents and a series of terms, checks the invariants after every step, and replays the
 //! log to check determinism.
 
+mod fleet;
 mod presence;
 mod schedules;
 mod why_waiting;
@@ -110,6 +111,26 @@ impl Harness {
         let resp = self.apply(cmd);
         self.assert_unchanged(before, &resp);
         resp
+    }
+
+    /// Creates cluster `name` (shared when `owner` is None) and registers `agents` to it
+    /// with their attributes.
+    fn cluster(&mut self, name: &str, owner: Option<&str>, agents: &[(&str, &AgentAttrs)]) {
+        let cmd = Command::CreateCluster { name: name.into(), owner: owner.map(String::from), guaranteed_slots: 0 };
+        assert!(matches!(self.apply(cmd), Response::Cluster(_)));
+        for (id, a) in agents {
+            let registration = super::fleet::AgentRegistration {
+                id: id.to_string(),
+                cluster: a.cluster.clone(),
+                region: a.region.clone(),
+                vpc: a.vpc.clone(),
+                ip_pool: a.ip_pool.clone(),
+                egress_ip: a.egress_ip.clone(),
+                labels: Default::default(),
+                registered_ms: 0,
+            };
+            assert!(matches!(self.apply(Command::RegisterAgent { registration }), Response::Registration(_)));
+        }
     }
 
     /// Creates a tenant and registers its codes.
@@ -433,6 +454,7 @@ fn tenants_are_served_round_robin() {
 #[test]
 fn placement_constraints_are_respected() {
     let mut h = acme();
+    h.cluster("acme", Some("acme"), &[("acme-1", &agent("acme", "eu"))]);
     let eu = h.queue("acme", vec![placed("work", "", "eu"), placed("work", "", "eu")]);
     let dedicated = h.queue("acme", vec![placed("work", "acme", ""), placed("work", "acme", "")]);
     let any = h.queue("acme", vec![task("work"), task("work")]);
@@ -885,6 +907,9 @@ fn fleet() -> Harness {
     ];
     h.tenant("t0", limits(0, 0), &codes);
     h.tenant("t1", limits(12, 3), &codes);
+    // Cluster "acme" is shared by both tenants; its agent is registered to it.
+    let (id, attrs) = agents()[2].clone();
+    h.cluster("acme", None, &[(id, &attrs)]);
     h
 }
 

@@ -59,6 +59,7 @@ fn each_reason_a_queued_task_waits_for() {
     };
     let mut h2 = Harness::new();
     h2.tenant("t", limits(100, 0), &[spec("any", 0, 0)]);
+    h2.cluster("acme", None, &[]);
     let us = h2.queue("t", vec![placed("us", &[], "")])[0];
     let why = |h: &Harness, id| h.why(id, &[eu.clone(), attrs("ap", &[])]);
     assert_eq!(why(&h2, us), Some(Waiting::NoAgentMatches { constraint: "region=us".into() }));
