@@ -48,6 +48,13 @@ impl Cluster {
     /// Starts an agent named `name` (made unique) dialling every node of the cluster.
     pub fn start_agent(&self, name: &str, opts: AgentOptions) -> anyhow::Result<AgentProc> {
         let id = format!("{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        self.start_agent_as(&id, opts)
+    }
+
+    /// Starts an agent with exactly this id (its certificate's identity), for tests that
+    /// register it before it starts; the id must be unique within the cluster.
+    pub fn start_agent_as(&self, id: &str, opts: AgentOptions) -> anyhow::Result<AgentProc> {
+        let id = id.to_string();
         let base = self.dir().join(format!("agent-{id}"));
         std::fs::create_dir_all(&base)?;
         let data_dir = base.join("data");
