@@ -111,6 +111,34 @@ async fn registered_agents_serve_only_what_they_are_allowed_and_tenants_only_the
     let e = globex.register_code(sneaky).await.expect_err("code placed on another tenant's cluster");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
+    // Ceilings: the shared fleet's default (64 GiB), and one the operator sets on acme's
+    // cluster, refuse what cannot run there, naming the field and the ceiling.
+    let huge = pv::RegisterCodeRequest {
+        limits: Some(pv::CodeLimits { memory_bytes: 1 << 40, ..Default::default() }),
+        ..sh("huge", "true")
+    };
+    let e = globex.register_code(huge).await.expect_err("a 1 TiB code on the shared fleet");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("limits.memory_bytes") && e.message().contains("ceiling"), "{e:?}");
+    let small = pa::Ceilings { max_memory_bytes: 1 << 30, ..Default::default() };
+    admin
+        .set_ceilings(pa::SetCeilingsRequest { cluster: DEDICATED.into(), ceilings: Some(small) })
+        .await
+        .expect("set ceilings");
+    let mut acme = c.tenant(node, "acme").expect("acme");
+    let big = pv::RegisterCodeRequest {
+        limits: Some(pv::CodeLimits { memory_bytes: 2 << 30, ..Default::default() }),
+        ..sh("big", "true")
+    };
+    acme.register_code(big).await.expect("2 GiB is under the shared fleet's ceiling");
+    let task = pv::NewTask { code: "big".into(), placement: placed(DEDICATED, ""), ..Default::default() };
+    let e = acme
+        .queue_tasks(pv::QueueTasksRequest { tasks: vec![task], idempotency_key: String::new() })
+        .await
+        .expect_err("2 GiB onto a 1 GiB cluster");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains(DEDICATED), "{e:?}");
+
     // 300 mixed tasks: what each may run on.
     let mut allowed: BTreeMap<u64, (&str, BTreeSet<String>)> = BTreeMap::new();
     let shared: BTreeSet<String> = [us.clone(), eu.clone()].into();

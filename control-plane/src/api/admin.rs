@@ -262,6 +262,10 @@ impl Admin for AdminService {
         Ok(Response::new(super::fleet::delete_cluster(&self.ctx, req.into_inner().name).await?))
     }
 
+    async fn set_ceilings(&self, req: Request<pa::SetCeilingsRequest>) -> ApiResult<pa::Ceilings> {
+        Ok(Response::new(super::fleet::set_ceilings(&self.ctx, req.into_inner()).await?))
+    }
+
     async fn get_task(&self, req: Request<pa::TenantGetTaskRequest>) -> ApiResult<drover_proto::v1::Task> {
         let r = req.into_inner();
         Ok(Response::new(super::tenant::get_task(&self.ctx, &r.tenant, r.id, false).await?))

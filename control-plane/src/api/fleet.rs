@@ -9,7 +9,7 @@ use drover_proto::admin as pa;
 use super::ApiCtx;
 use super::error::ApiError;
 use crate::state::command::Command;
-use crate::state::fleet::{AgentRegistration, Cluster};
+use crate::state::fleet::{AgentRegistration, Ceilings, Cluster};
 use crate::state::{Response as SmResponse, validate};
 
 fn registration_out(r: &AgentRegistration) -> pa::AgentRegistration {
@@ -33,6 +33,22 @@ fn cluster_out(c: &Cluster, registered_agents: u32, connected_slots: u32) -> pa:
         created_ms: c.created_ms,
         registered_agents,
         connected_slots,
+        ceilings: Some(ceilings_out(c.ceilings)),
+    }
+}
+
+fn ceilings_out(c: Ceilings) -> pa::Ceilings {
+    pa::Ceilings { max_memory_bytes: c.max_memory_bytes, max_cpu_millis: c.max_cpu_millis, max_pids: c.max_pids }
+}
+
+pub async fn set_ceilings(ctx: &ApiCtx, r: pa::SetCeilingsRequest) -> Result<pa::Ceilings, ApiError> {
+    let c = r.ceilings.ok_or_else(|| ApiError::invalid("ceilings", "is required"))?;
+    let ceilings =
+        Ceilings { max_memory_bytes: c.max_memory_bytes, max_cpu_millis: c.max_cpu_millis, max_pids: c.max_pids };
+    validate::ceilings(&ceilings).map_err(ApiError::from)?;
+    match ctx.propose(Command::SetCeilings { cluster: r.cluster, ceilings }).await? {
+        SmResponse::Ceilings(c) => Ok(ceilings_out(c)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -129,7 +145,7 @@ pub async fn list_clusters(ctx: &ApiCtx) -> Result<pa::ListClustersResponse, Api
             cluster_out(c, registered, slots)
         })
         .collect();
-    Ok(pa::ListClustersResponse { clusters })
+    Ok(pa::ListClustersResponse { clusters, shared_ceilings: Some(ceilings_out(sm.ceilings(""))) })
 }
 
 pub async fn delete_cluster(ctx: &ApiCtx, name: String) -> Result<pa::DeleteClusterResponse, ApiError> {

@@ -289,6 +289,12 @@ pub enum Command {
     DeregisterAgent {
         id: String,
     },
+    /// Sets the resource ceilings of a cluster, or of the shared fleet (`cluster` empty).
+    /// Answered with [`Response::Ceilings`].
+    SetCeilings {
+        cluster: String,
+        ceilings: super::fleet::Ceilings,
+    },
 }
 
 impl Command {
@@ -381,4 +387,5 @@ pub enum Response {
     ClusterDeleted,
     Registration(Box<super::fleet::AgentRegistration>),
     Deregistered,
+    Ceilings(super::fleet::Ceilings),
 }

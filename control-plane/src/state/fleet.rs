@@ -19,7 +19,14 @@
 //! Invariants: every registration's cluster exists (a cluster with registered agents
 //! cannot be deleted); a cluster's owner never changes (delete it and create it again).
 //!
-//! Rows: `n/` cluster name → [`Cluster`]; `e/` agent id → [`AgentRegistration`].
+//! * Resource ceilings: per cluster, and for the shared fleet, the most memory, CPU and
+//!   pids one task may ask for. A code whose limits are over the ceiling of where it would
+//!   run is refused when registered, and a task placed where its code's limits are over
+//!   the ceiling is refused when queued ([`StateMachine::check_ceilings`]). Lowering a
+//!   ceiling does not touch codes already registered.
+//!
+//! Rows: `n/` cluster name → [`Cluster`]; `e/` agent id → [`AgentRegistration`];
+//! `m/shared_ceilings` → the shared fleet's [`Ceilings`] (absent: [`DEFAULT_CEILINGS`]).
 
 use std::collections::BTreeMap;
 
@@ -30,7 +37,7 @@ use super::error::StateError;
 use super::keys;
 use super::kv::{KvError, Txn};
 use super::machine::{ApplyCtx, StateMachine};
-use super::model::{AgentAttrs, Placement};
+use super::model::{AgentAttrs, CodeLimits, Placement};
 use super::validate;
 
 /// Most clusters and most registered agents the state holds.
@@ -38,6 +45,28 @@ pub const MAX_CLUSTERS: usize = 1_000;
 pub const MAX_REGISTERED_AGENTS: usize = 100_000;
 
 type Applied = Result<Result<Response, StateError>, KvError>;
+
+/// The most one task may ask for; 0 in a field: no ceiling on it (beyond validation's
+/// absolute bounds).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ceilings {
+    pub max_memory_bytes: u64,
+    pub max_cpu_millis: u32,
+    pub max_pids: u32,
+}
+
+/// The shared fleet's and a new cluster's ceilings until the operator sets others:
+/// 64 GiB, 64 CPUs, 32,768 pids.
+pub const DEFAULT_CEILINGS: Ceilings =
+    Ceilings { max_memory_bytes: 64 << 30, max_cpu_millis: 64_000, max_pids: 32_768 };
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        DEFAULT_CEILINGS
+    }
+}
+
+pub const META_SHARED_CEILINGS: &[u8] = b"m/shared_ceilings";
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
@@ -47,6 +76,7 @@ pub struct Cluster {
     /// Slots the owner is promised; `drover cluster list` compares it with the slots of
     /// the cluster's connected agents.
     pub guaranteed_slots: u32,
+    pub ceilings: Ceilings,
     pub created_ms: u64,
 }
 
@@ -134,6 +164,46 @@ impl StateMachine {
         }
     }
 
+    /// The ceilings of `cluster` ("": the shared fleet).
+    pub fn ceilings(&self, cluster: &str) -> Ceilings {
+        match self.clusters.get(cluster) {
+            Some(c) => c.ceilings,
+            None => self.shared_ceilings,
+        }
+    }
+
+    /// Refuses `limits` over the ceilings of `cluster`, naming the field and the ceiling.
+    pub fn check_ceilings(&self, cluster: &str, limits: &CodeLimits) -> Result<(), StateError> {
+        let c = self.ceilings(cluster);
+        let place = if cluster.is_empty() { "the shared fleet".to_string() } else { format!("cluster {cluster:?}") };
+        let over = |field: &str, got: u64, max: u64| {
+            if max > 0 && got > max {
+                return Err(StateError::invalid(field, format!("{got} is over {place}'s ceiling of {max}")));
+            }
+            Ok(())
+        };
+        over("limits.memory_bytes", limits.memory_bytes, c.max_memory_bytes)?;
+        over("limits.cpu_millis", limits.cpu_millis.into(), c.max_cpu_millis.into())?;
+        over("limits.pids", limits.pids.into(), c.max_pids.into())
+    }
+
+    pub(super) fn set_ceilings(&mut self, txn: &mut Txn<'_>, cluster: &str, ceilings: Ceilings) -> Applied {
+        if let Err(e) = validate::ceilings(&ceilings) {
+            return Ok(Err(e));
+        }
+        if cluster.is_empty() {
+            txn.put(META_SHARED_CEILINGS.to_vec(), keys::encode(&ceilings));
+            self.shared_ceilings = ceilings;
+            return Ok(Ok(Response::Ceilings(ceilings)));
+        }
+        let Some(c) = self.clusters.get_mut(cluster) else {
+            return Ok(Err(StateError::ClusterNotFound(cluster.to_string())));
+        };
+        c.ceilings = ceilings;
+        txn.put(keys::cluster(cluster), keys::encode(&*c));
+        Ok(Ok(Response::Ceilings(ceilings)))
+    }
+
     /// The only tenant an agent in `cluster` serves, if the cluster is dedicated.
     pub fn serves_only(&self, cluster: &str) -> Option<&str> {
         self.clusters.get(cluster).and_then(|c| c.owner.as_deref())
@@ -155,23 +225,24 @@ impl StateMachine {
         {
             return Ok(Err(StateError::UnknownTenant(o.to_string())));
         }
-        let created_ms = match self.clusters.get(name) {
+        let (created_ms, ceilings) = match self.clusters.get(name) {
             Some(c) if c.owner.as_deref() != owner => {
                 return Ok(Err(StateError::invalid(
                     "owner",
                     format!("cluster {name:?} exists with owner {:?}; delete it and create it again", c.owner),
                 )));
             }
-            Some(c) => c.created_ms,
+            Some(c) => (c.created_ms, c.ceilings),
             None if self.clusters.len() >= MAX_CLUSTERS => {
                 return Ok(Err(StateError::invalid(
                     "name",
                     format!("the limit of {MAX_CLUSTERS} clusters is reached"),
                 )));
             }
-            None => ctx.now_ms,
+            None => (ctx.now_ms, DEFAULT_CEILINGS),
         };
-        let c = Cluster { name: name.to_string(), owner: owner.map(String::from), guaranteed_slots, created_ms };
+        let owner = owner.map(String::from);
+        let c = Cluster { name: name.to_string(), owner, guaranteed_slots, ceilings, created_ms };
         txn.put(keys::cluster(name), keys::encode(&c));
         self.clusters.insert(name.to_string(), c.clone());
         Ok(Ok(Response::Cluster(Box::new(c))))

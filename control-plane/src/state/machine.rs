@@ -48,6 +48,7 @@ pub struct StateMachine {
     /// Clusters and agent registrations (see [`super::fleet`]).
     pub(super) clusters: BTreeMap<String, super::fleet::Cluster>,
     pub(super) registrations: BTreeMap<String, super::fleet::AgentRegistration>,
+    pub(super) shared_ceilings: super::fleet::Ceilings,
     /// Webhooks by (tenant, code); every one belongs to an existing code.
     pub(super) webhooks: BTreeMap<(String, String), Webhook>,
     pub(super) rr_cursor: String,
@@ -114,6 +115,9 @@ impl StateMachine {
         sm.load_schedules(kv)?;
         if let Some(v) = kv.get(keys::META_RR_CURSOR)? {
             sm.rr_cursor = keys::decode(&v)?;
+        }
+        if let Some(v) = kv.get(super::fleet::META_SHARED_CEILINGS)? {
+            sm.shared_ceilings = keys::decode(&v)?;
         }
         if let Some(v) = kv.get(META_CLOCK)? {
             sm.clock_ms = keys::decode(&v)?;
@@ -237,6 +241,7 @@ impl StateMachine {
             Command::DeleteCluster { name } => self.delete_cluster(txn, name),
             Command::RegisterAgent { registration } => self.register_agent(txn, ctx, registration),
             Command::DeregisterAgent { id } => self.deregister_agent(txn, id),
+            Command::SetCeilings { cluster, ceilings } => self.set_ceilings(txn, cluster, *ceilings),
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }
@@ -285,7 +290,10 @@ impl StateMachine {
         if !self.tenants.contains_key(tenant) {
             return Ok(Err(StateError::UnknownTenant(tenant.to_string())));
         }
-        if let Err(e) = validate::code_spec(spec).and_then(|_| self.may_place(tenant, &spec.placement)) {
+        let placed = validate::code_spec(spec)
+            .and_then(|_| self.may_place(tenant, &spec.placement))
+            .and_then(|_| self.check_ceilings(&spec.placement.cluster, &spec.limits));
+        if let Err(e) = placed {
             return Ok(Err(e));
         }
         let key = (tenant.to_string(), spec.name.clone());

@@ -249,7 +249,8 @@ impl StateMachine {
         let Some(code) = self.codes.get(&(tenant.to_string(), spec.task.code.clone())) else {
             return Ok(Err(StateError::CodeNotFound(spec.task.code.clone())));
         };
-        if let Err(e) = self.may_place(tenant, spec.task.placement.as_ref().unwrap_or(&code.placement)) {
+        let p = spec.task.placement.as_ref().unwrap_or(&code.placement);
+        if let Err(e) = self.may_place(tenant, p).and_then(|_| self.check_ceilings(&p.cluster, &code.limits)) {
             return Ok(Err(e));
         }
         let count = self.sched.by_tenant.get(tenant).map_or(0, BTreeSet::len);

@@ -63,7 +63,8 @@ impl StateMachine {
         }
         for t in tasks {
             let code = &self.codes[&(tenant_id.to_string(), t.code.clone())];
-            if let Err(e) = self.may_place(tenant_id, t.placement.as_ref().unwrap_or(&code.placement)) {
+            let p = t.placement.as_ref().unwrap_or(&code.placement);
+            if let Err(e) = self.may_place(tenant_id, p).and_then(|_| self.check_ceilings(&p.cluster, &code.limits)) {
                 return Ok(Err(e));
             }
         }

@@ -35,6 +35,11 @@ pub const RESERVED_ENV_PREFIX: &str = "DROVER_";
 pub const MAX_ENV_VARS: usize = 128;
 pub const MAX_COMMAND_ARGS: usize = 128;
 pub const MAX_VALUE_BYTES: usize = 4096;
+/// Absolute bounds on what one task may ask for, whatever the ceilings: 1 TiB of memory,
+/// 1,024 CPUs, and the kernel's largest pid_max (`PID_MAX_LIMIT`).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 40;
+pub const MAX_CPU_MILLIS: u32 = 1_024_000;
+pub const MAX_PIDS: u32 = 4_194_304;
 pub const MAX_LEASE_REQUESTS: usize = 1_000;
 pub const MAX_TASKS_PER_LEASE_REQUEST: u32 = 256;
 pub const MAX_COMPLETIONS: usize = 1_000;
@@ -207,6 +212,28 @@ pub fn tenant_limits(l: &TenantLimits) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Memory, CPU and pids within the absolute bounds, each named by its field.
+fn resources(memory: (&str, u64), cpu: (&str, u32), pids: (&str, u32)) -> Result<(), StateError> {
+    let over = |(field, got): (&str, u64), max: u64| {
+        if got > max {
+            return Err(StateError::invalid(field, format!("{got} is over the limit of {max}")));
+        }
+        Ok(())
+    };
+    over(memory, MAX_MEMORY_BYTES)?;
+    over((cpu.0, cpu.1.into()), MAX_CPU_MILLIS.into())?;
+    over((pids.0, pids.1.into()), MAX_PIDS.into())
+}
+
+/// Ceilings within the absolute bounds.
+pub fn ceilings(c: &super::fleet::Ceilings) -> Result<(), StateError> {
+    resources(
+        ("ceilings.max_memory_bytes", c.max_memory_bytes),
+        ("ceilings.max_cpu_millis", c.max_cpu_millis),
+        ("ceilings.max_pids", c.max_pids),
+    )
+}
+
 pub fn code_spec(s: &CodeSpec) -> Result<(), StateError> {
     name("name", &s.name)?;
     bounded("image", &s.image, MAX_IMAGE_BYTES)?;
@@ -224,6 +251,11 @@ pub fn code_spec(s: &CodeSpec) -> Result<(), StateError> {
     if s.limits.timeout_ms > MAX_TIMEOUT_MS {
         return Err(StateError::invalid("limits.timeout_ms", format!("over the limit of {MAX_TIMEOUT_MS}")));
     }
+    resources(
+        ("limits.memory_bytes", s.limits.memory_bytes),
+        ("limits.cpu_millis", s.limits.cpu_millis),
+        ("limits.pids", s.limits.pids),
+    )?;
     if s.default_retries > MAX_RETRIES {
         return Err(StateError::invalid(
             "default_retries",

@@ -105,3 +105,53 @@ fn agents_serve_what_they_are_registered_for_and_dedicated_agents_only_their_own
     let r = h.apply_unchanged(Command::DeregisterAgent { id: "nobody".into() });
     assert_eq!(r, Response::Rejected(StateError::AgentNotRegistered("nobody".into())));
 }
+
+#[test]
+fn codes_and_tasks_over_the_ceilings_of_where_they_would_run_are_refused() {
+    use crate::state::fleet::{Ceilings, DEFAULT_CEILINGS};
+    let mut h = Harness::new();
+    h.tenant("acme", limits(100, 0), &[]);
+    let with = |memory_bytes: u64, pids: u32| CodeSpec {
+        limits: CodeLimits { memory_bytes, pids, ..Default::default() },
+        ..spec("big", 0, 0)
+    };
+    let register = |spec: CodeSpec| Command::RegisterCode { tenant: "acme".into(), spec };
+    let field = |r: &Response| match r {
+        Response::Rejected(StateError::Invalid { field, reason }) => format!("{field}: {reason}"),
+        other => format!("{other:?}"),
+    };
+
+    // Past the shared fleet's default ceiling, and past the absolute bound.
+    let r = h.apply_unchanged(register(with(128 << 30, 0)));
+    assert_eq!(
+        field(&r),
+        format!("limits.memory_bytes: {} is over the shared fleet's ceiling of {}", 128u64 << 30, 64u64 << 30)
+    );
+    let r = h.apply_unchanged(register(with(0, 4_000_000_000)));
+    assert_eq!(field(&r), "limits.pids: 4000000000 is over the limit of 4194304");
+
+    // The operator raises the shared ceiling; the same code is accepted.
+    let raised = Ceilings { max_memory_bytes: 256 << 30, ..DEFAULT_CEILINGS };
+    let r = h.apply(Command::SetCeilings { cluster: String::new(), ceilings: raised });
+    assert_eq!(r, Response::Ceilings(raised));
+    assert!(matches!(h.apply(register(with(128 << 30, 0))), Response::Code(_)));
+    let bad = Ceilings { max_pids: 5_000_000, ..DEFAULT_CEILINGS };
+    let r = h.apply_unchanged(Command::SetCeilings { cluster: String::new(), ceilings: bad });
+    assert!(field(&r).starts_with("ceilings.max_pids: "), "{r:?}");
+
+    // A small cluster: the code may run on the shared fleet, not be queued onto it.
+    h.apply(cluster("small", Some("acme")));
+    let small = Ceilings { max_memory_bytes: 1 << 30, ..DEFAULT_CEILINGS };
+    h.apply(Command::SetCeilings { cluster: "small".into(), ceilings: small });
+    h.queue("acme", vec![task("big")]);
+    let r = h.apply_unchanged(Harness::queue_cmd("acme", None, vec![placed("big", "small", "")]));
+    assert_eq!(
+        field(&r),
+        format!("limits.memory_bytes: {} is over cluster \"small\"'s ceiling of {}", 128u64 << 30, 1u64 << 30)
+    );
+    let r = h.apply_unchanged(Command::SetCeilings { cluster: "none".into(), ceilings: small });
+    assert_eq!(r, Response::Rejected(StateError::ClusterNotFound("none".into())));
+
+    let loaded = StateMachine::load(&h.kv).expect("load");
+    assert_eq!((loaded.ceilings(""), loaded.ceilings("small")), (raised, small));
+}
