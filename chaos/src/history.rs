@@ -49,11 +49,17 @@ pub enum Op {
         accepted: Option<bool>,
     },
     /// A fault injected (or healed) by the nemesis. `cut_off`: servers that cannot reach
-    /// a quorum from now until the next nemesis event (the heal).
+    /// a quorum from now until the next nemesis event (the heal). A fault names its kind
+    /// ([`crate::scenario::FaultKind::name`]) and target; it lasts until the next nemesis
+    /// event, which heals it.
     Nemesis {
         action: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         cut_off: Vec<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fault: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
     },
     /// GetTask of another tenant's task, as tenant `as_tenant`: must not be found.
     ForeignGet {
@@ -134,13 +140,22 @@ impl History {
         e
     }
 
+    /// A nemesis event that is not a fault (a heal, a setup step, a skipped cycle).
     pub fn nemesis(&self, action: impl Into<String>) {
-        self.nemesis_cut(action, Vec::new());
+        let op = Op::Nemesis { action: action.into(), cut_off: Vec::new(), fault: None, target: None };
+        self.record("nemesis", Kind::Info, op, None);
     }
 
-    /// A fault after which `cut_off` servers cannot reach a quorum until the next heal.
-    pub fn nemesis_cut(&self, action: impl Into<String>, cut_off: Vec<u64>) {
-        self.record("nemesis", Kind::Info, Op::Nemesis { action: action.into(), cut_off }, None);
+    /// A fault: its kind, target and description, and the servers that cannot reach a
+    /// quorum until the next nemesis event (the heal).
+    pub fn fault(&self, kind: &str, target: &str, action: impl Into<String>, cut_off: Vec<u64>) {
+        let op = Op::Nemesis {
+            action: action.into(),
+            cut_off,
+            fault: Some(kind.to_string()),
+            target: Some(target.to_string()),
+        };
+        self.record("nemesis", Kind::Info, op, None);
     }
 
     /// The last event `process` recorded.
@@ -160,4 +175,15 @@ impl History {
         let text = std::fs::read_to_string(path)?;
         text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
     }
+}
+
+/// How many faults of each kind the history records.
+pub fn faults_by_kind(events: &[Event]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in events {
+        if let Op::Nemesis { fault: Some(kind), .. } = &e.op {
+            *out.entry(kind.clone()).or_insert(0) += 1;
+        }
+    }
+    out
 }

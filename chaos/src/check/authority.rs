@@ -51,7 +51,8 @@ mod tests {
 
     #[test]
     fn answers_past_the_ttl_while_cut_off_are_violations() {
-        let cut = |t, cut_off| ev(t, Kind::Info, Op::Nemesis { action: "x".into(), cut_off });
+        let cut =
+            |t, cut_off| ev(t, Kind::Info, Op::Nemesis { action: "x".into(), cut_off, fault: None, target: None });
         let probe = |t, node| ev(t, Kind::Ok, Op::Authority { node, granted: Some(true) });
         let mut i = Inputs { lease_ttl_ms: 3_000, ..Default::default() };
         i.events = vec![
