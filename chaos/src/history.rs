@@ -61,6 +61,33 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target: Option<String>,
     },
+    /// CancelTask of a task the client queued; `seen` is the task the answer carried.
+    /// Refusals are `fail` with the status code first in `error` ([`Event::status`]):
+    /// `FailedPrecondition` when the task had already finished.
+    Cancel {
+        task: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<TaskView>,
+    },
+    /// One page of ListTasks as `as_tenant`: tasks after `after_id`, at most `limit`;
+    /// `page` what it held, `next_after_id` where the next page starts (0: none).
+    List {
+        as_tenant: String,
+        after_id: u64,
+        limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<Vec<Listed>>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        next_after_id: u64,
+    },
+    /// A task queued by another tenant than the workload's (delayed past the run, so it
+    /// never runs): none of the workload tenant's reads may show it.
+    ForeignQueue {
+        as_tenant: String,
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<u64>,
+    },
     /// GetTask of another tenant's task, as tenant `as_tenant`: must not be found.
     ForeignGet {
         task: u64,
@@ -96,6 +123,19 @@ impl TaskView {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A task as a listing showed it (listings carry no payload: `payload_id` is None).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    pub id: u64,
+    pub tenant: String,
+    #[serde(flatten)]
+    pub view: TaskView,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub t_ms: u64,
@@ -106,6 +146,19 @@ pub struct Event {
     pub op: Op,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Event {
+    /// The gRPC status code of a refused or failed call (`NotFound`, `FailedPrecondition`,
+    /// ...): the workload records errors as `"<code>: <message>"`.
+    pub fn status(&self) -> Option<&str> {
+        self.error.as_deref().and_then(|e| e.split_once(':')).map(|(code, _)| code)
+    }
+}
+
+/// A status as the workload records it in [`Event::error`].
+pub fn status_text(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
 }
 
 /// Appends events to memory and to a JSON-lines file.

@@ -81,6 +81,11 @@ pub struct Stats {
     pub queued_ok: usize,
     pub queued_unknown: usize,
     pub reads_ok: usize,
+    /// Cancels acknowledged, and cancels refused because the task had already finished.
+    pub cancels_ok: usize,
+    pub cancels_refused: usize,
+    /// Listing pages answered.
+    pub pages_ok: usize,
     pub faults: usize,
     /// Faults by kind, as the history records them.
     pub faults_by_kind: BTreeMap<String, usize>,
@@ -167,6 +172,10 @@ impl Report {
             let kinds: Vec<String> = self.stats.faults_by_kind.iter().map(|(k, n)| format!("{n} × {k}")).collect();
             s.push_str(&format!("  faults: {}\n", kinds.join(", ")));
         }
+        s.push_str(&format!(
+            "  reads {}, cancels acknowledged {} (refused as finished {}), listing pages {}\n",
+            self.stats.reads_ok, self.stats.cancels_ok, self.stats.cancels_refused, self.stats.pages_ok
+        ));
         if !self.stats.write_recovery_ms.is_empty() {
             s.push_str(&format!(
                 "  writes accepted again after leader kill (ms): {:?}\n",
@@ -316,16 +325,21 @@ async fn drive(
     let mut admin = cluster.admin(first)?;
     admin.upsert_tenant(pa::UpsertTenantRequest { id: workload::TENANT.into(), ..Default::default() }).await?;
     admin.upsert_tenant(pa::UpsertTenantRequest { id: workload::INTRUDER.into(), ..Default::default() }).await?;
-    let mut tenant = cluster.tenant(first, workload::TENANT)?;
-    tenant
-        .register_code(pv::RegisterCodeRequest {
-            name: workload::CODE.into(),
-            image: IMAGE.into(),
-            command: vec!["sh".into(), "-c".into(), witness::SCRIPT.into()],
-            env: [("WITNESS_PORT".to_string(), witness.port.to_string())].into(),
-            ..Default::default()
-        })
-        .await?;
+    // The intruder registers the same code, so it can hold tasks of its own (delayed past
+    // the run) that the workload tenant's listings must never show.
+    for tenant in [workload::TENANT, workload::INTRUDER] {
+        cluster
+            .tenant(first, tenant)?
+            .register_code(pv::RegisterCodeRequest {
+                name: workload::CODE.into(),
+                image: IMAGE.into(),
+                command: vec!["sh".into(), "-c".into(), witness::SCRIPT.into()],
+                env: [("WITNESS_PORT".to_string(), witness.port.to_string())].into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    workload::queue_foreign(history, &mut cluster.tenant(first, workload::INTRUDER)?).await?;
     let mut agents = Vec::new();
     for n in 0..opts.agents {
         let extra = format!("network_mode = \"host\"\nstop_grace = \"{}ms\"\n", STOP_GRACE.as_millis());
@@ -350,6 +364,8 @@ async fn drive(
         long_ticks: 30..=80,
         seed: opts.seed,
         intruder: cluster.creds(drover_identity::Role::Tenant, workload::INTRUDER)?,
+        cancel_share: 0.08,
+        list_share: 0.08,
     };
     let stop = CancellationToken::new();
     let load = tokio::spawn(workload::run(wl, history.clone(), stop.clone()));
@@ -472,6 +488,12 @@ async fn drive(
         queued_ok: check::acknowledged(&events).count(),
         queued_unknown: events.iter().filter(|e| e.kind == Kind::Info && matches!(e.op, Op::Queue { .. })).count(),
         reads_ok: events.iter().filter(|e| e.kind == Kind::Ok && matches!(e.op, Op::Get { .. })).count(),
+        cancels_ok: events.iter().filter(|e| e.kind == Kind::Ok && matches!(e.op, Op::Cancel { .. })).count(),
+        cancels_refused: events
+            .iter()
+            .filter(|e| matches!(e.op, Op::Cancel { .. }) && e.status() == Some("FailedPrecondition"))
+            .count(),
+        pages_ok: events.iter().filter(|e| e.kind == Kind::Ok && matches!(e.op, Op::List { .. })).count(),
         faults,
         faults_by_kind: history::faults_by_kind(&events),
         executions: 0,
