@@ -54,10 +54,11 @@ pub struct RunOptions {
 
 /// Deliberate defects a debug `drover server` accepts (`[test_breaks]`), each with the
 /// invariant that must catch it and the scenario that exposes it.
-pub const BREAKS: [(&str, &str, Scenario); 3] = [
+pub const BREAKS: [(&str, &str, Scenario); 4] = [
     ("accept-stale-epochs", "no stale-epoch call accepted", Scenario::AgentsCut),
     ("ack-before-commit", "no acknowledged task lost", Scenario::LeaderKill),
     ("renew-without-quorum", "no lease authority without a quorum", Scenario::LeaderIsolated),
+    ("cancel-before-commit", "an acknowledged cancel ends the task cancelled", Scenario::Mixed),
 ];
 
 impl RunOptions {
