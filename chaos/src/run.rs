@@ -173,10 +173,12 @@ impl Report {
             let kinds: Vec<String> = self.stats.faults_by_kind.iter().map(|(k, n)| format!("{n} × {k}")).collect();
             s.push_str(&format!("  faults: {}\n", kinds.join(", ")));
         }
-        s.push_str(&format!(
-            "  reads {}, cancels acknowledged {} (refused as finished {}), listing pages {}\n",
-            self.stats.reads_ok, self.stats.cancels_ok, self.stats.cancels_refused, self.stats.pages_ok
-        ));
+        if self.skipped.is_none() {
+            s.push_str(&format!(
+                "  reads {}, cancels acknowledged {} (refused as finished {}), listing pages {}\n",
+                self.stats.reads_ok, self.stats.cancels_ok, self.stats.cancels_refused, self.stats.pages_ok
+            ));
+        }
         if !self.stats.write_recovery_ms.is_empty() {
             s.push_str(&format!(
                 "  writes accepted again after leader kill (ms): {:?}\n",
