@@ -49,11 +49,44 @@ pub enum Op {
         accepted: Option<bool>,
     },
     /// A fault injected (or healed) by the nemesis. `cut_off`: servers that cannot reach
-    /// a quorum from now until the next nemesis event (the heal).
+    /// a quorum from now until the next nemesis event (the heal). A fault names its kind
+    /// ([`crate::scenario::FaultKind::name`]) and target; it lasts until the next nemesis
+    /// event, which heals it.
     Nemesis {
         action: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         cut_off: Vec<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fault: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+    /// CancelTask of a task the client queued; `seen` is the task the answer carried.
+    /// Refusals are `fail` with the status code first in `error` ([`Event::status`]):
+    /// `FailedPrecondition` when the task had already finished.
+    Cancel {
+        task: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<TaskView>,
+    },
+    /// One page of ListTasks as `as_tenant`: tasks after `after_id`, at most `limit`;
+    /// `page` what it held, `next_after_id` where the next page starts (0: none).
+    List {
+        as_tenant: String,
+        after_id: u64,
+        limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<Vec<Listed>>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        next_after_id: u64,
+    },
+    /// A task queued by another tenant than the workload's (delayed past the run, so it
+    /// never runs): none of the workload tenant's reads may show it.
+    ForeignQueue {
+        as_tenant: String,
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<u64>,
     },
     /// GetTask of another tenant's task, as tenant `as_tenant`: must not be found.
     ForeignGet {
@@ -90,6 +123,19 @@ impl TaskView {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A task as a listing showed it (listings carry no payload: `payload_id` is None).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    pub id: u64,
+    pub tenant: String,
+    #[serde(flatten)]
+    pub view: TaskView,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub t_ms: u64,
@@ -100,6 +146,19 @@ pub struct Event {
     pub op: Op,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Event {
+    /// The gRPC status code of a refused or failed call (`NotFound`, `FailedPrecondition`,
+    /// ...): the workload records errors as `"<code>: <message>"`.
+    pub fn status(&self) -> Option<&str> {
+        self.error.as_deref().and_then(|e| e.split_once(':')).map(|(code, _)| code)
+    }
+}
+
+/// A status as the workload records it in [`Event::error`].
+pub fn status_text(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
 }
 
 /// Appends events to memory and to a JSON-lines file.
@@ -134,13 +193,22 @@ impl History {
         e
     }
 
+    /// A nemesis event that is not a fault (a heal, a setup step, a skipped cycle).
     pub fn nemesis(&self, action: impl Into<String>) {
-        self.nemesis_cut(action, Vec::new());
+        let op = Op::Nemesis { action: action.into(), cut_off: Vec::new(), fault: None, target: None };
+        self.record("nemesis", Kind::Info, op, None);
     }
 
-    /// A fault after which `cut_off` servers cannot reach a quorum until the next heal.
-    pub fn nemesis_cut(&self, action: impl Into<String>, cut_off: Vec<u64>) {
-        self.record("nemesis", Kind::Info, Op::Nemesis { action: action.into(), cut_off }, None);
+    /// A fault: its kind, target and description, and the servers that cannot reach a
+    /// quorum until the next nemesis event (the heal).
+    pub fn fault(&self, kind: &str, target: &str, action: impl Into<String>, cut_off: Vec<u64>) {
+        let op = Op::Nemesis {
+            action: action.into(),
+            cut_off,
+            fault: Some(kind.to_string()),
+            target: Some(target.to_string()),
+        };
+        self.record("nemesis", Kind::Info, op, None);
     }
 
     /// The last event `process` recorded.
@@ -160,4 +228,15 @@ impl History {
         let text = std::fs::read_to_string(path)?;
         text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
     }
+}
+
+/// How many faults of each kind the history records.
+pub fn faults_by_kind(events: &[Event]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in events {
+        if let Op::Nemesis { fault: Some(kind), .. } = &e.op {
+            *out.entry(kind.clone()).or_insert(0) += 1;
+        }
+    }
+    out
 }

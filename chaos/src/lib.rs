@@ -7,6 +7,10 @@
 //! * [`clients`] — gRPC clients that carry a caller identity.
 //! * [`eventually`] — poll a condition until a deadline (tests never sleep for a fixed
 //!   time to "let things settle").
+//! * The fault-injection suite (`drover-chaos`): [`run`] drives one run; [`scenario`]
+//!   says which faults and for how long, [`nemesis`] injects and heals them through the
+//!   [`proxy`] links of [`net`] and the processes; [`workload`], [`witness`] and
+//!   [`zombie`] record into the [`history`]; [`check`] holds one module per invariant.
 //!
 //! Every process is killed and reaped when the [`Cluster`] is dropped.
 
@@ -16,6 +20,7 @@ pub mod clients;
 pub mod cluster;
 pub mod engine;
 pub mod history;
+pub mod nemesis;
 pub mod net;
 pub mod ports;
 pub mod proxy;

@@ -5,8 +5,11 @@
 //!
 //! Partitions are sets of link faults: a server "isolated from followers" is every
 //! server↔server link touching it blackholed, while links from agents and clients stay
-//! up. A fault applies to connections in both byte directions of a link (what the dialer
-//! sends and what it gets back); "one-way" means the links dialled by one side only.
+//! up. Most faults apply to both byte directions of a link (what the dialer sends and what
+//! it gets back), and "one-way" then means the links dialled by one side only; a
+//! [`Fault::OneWay`] holds one half of each connection instead (an agent's requests, or
+//! the answers it gets), which is what one-way loss between an agent and a server is,
+//! since only the agent ever dials.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -78,6 +81,24 @@ impl Net {
     pub fn isolate_server(&self, id: u64, fault: Fault) -> usize {
         let me = server(id);
         self.set_where(fault, |from, to| (from == me && to != id) || (to == id && from.starts_with('s')))
+    }
+
+    /// Every link into server `id`: from the other servers, the agents and the clients.
+    pub fn into_server(&self, id: u64, fault: Fault) -> usize {
+        self.set_where(fault, |_, to| to == id)
+    }
+
+    /// The server↔server links between each pair of `pairs`, both ways.
+    pub fn cut_pairs(&self, pairs: &[(u64, u64)], fault: Fault) -> usize {
+        self.set_where(fault, |from, to| {
+            pairs.iter().any(|&(a, b)| (from == server(a) && to == b) || (from == server(b) && to == a))
+        })
+    }
+
+    /// Agent `agent_id`'s link to server `id`.
+    pub fn agent_to(&self, agent_id: &str, id: u64, fault: Fault) -> usize {
+        let me = agent(agent_id);
+        self.set_where(fault, |from, to| from == me && to == id)
     }
 
     /// Every agent's links to server `id`.

@@ -16,6 +16,12 @@
 //!   right after accept.
 //! * `PauseAccept` — stop accepting: new connections wait in the listen backlog; open
 //!   ones keep flowing.
+//! * `OneWay { held }` — hold the bytes of one direction only ([`Direction`]), the other
+//!   keeps flowing: what one-way packet loss looks like to the applications at either
+//!   end. A link is a TCP stream its dialer opened, so a direction is a half of that
+//!   stream: `Forward` is what the dialer sends, `Back` what it gets back. TCP itself
+//!   is not cut (each hop acknowledges its segments), so neither end's connection times
+//!   out below the application; a TLS handshake over a held half does not complete.
 //!
 //! Invariants: bytes of one direction are delivered in order and never duplicated; a
 //! connection closed by one side is closed (FIN) on the other; nothing is forwarded to
@@ -48,6 +54,30 @@ pub enum Fault {
     },
     Reset,
     PauseAccept,
+    OneWay {
+        held: Direction,
+    },
+}
+
+/// A half of a link's TCP stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Bytes the dialer sends to the target (requests, for an agent or a client).
+    Forward,
+    /// Bytes the target sends back to the dialer (answers).
+    Back,
+}
+
+impl Fault {
+    /// Whether bytes travelling in `dir` are held under this fault.
+    pub fn holds(self, dir: Direction) -> bool {
+        match self {
+            Fault::Blackhole => true,
+            Fault::OneWay { held } => held == dir,
+            _ => false,
+        }
+    }
 }
 
 mod millis {
@@ -218,8 +248,10 @@ impl Conn {
         let reset = {
             let (cr, cw) = client.split();
             let (ur, uw) = upstream.split();
-            let up = pump(cr, uw, self.fault.clone(), StdRng::seed_from_u64(self.seed), &self.stats);
-            let down = pump(ur, cw, self.fault.clone(), StdRng::seed_from_u64(!self.seed), &self.stats);
+            let up =
+                pump(cr, uw, Direction::Forward, self.fault.clone(), StdRng::seed_from_u64(self.seed), &self.stats);
+            let down =
+                pump(ur, cw, Direction::Back, self.fault.clone(), StdRng::seed_from_u64(!self.seed), &self.stats);
             let mut fault = self.fault.clone();
             let reset_ordered = async move {
                 loop {
@@ -256,10 +288,16 @@ fn delay_for(fault: Fault, rng: &mut StdRng) -> Duration {
     }
 }
 
-/// Copies `from` to `to` under the link's fault, until EOF or an error on either side;
-/// then closes `to` for writing.
-async fn pump<R, W>(mut from: R, mut to: W, fault: watch::Receiver<Fault>, mut rng: StdRng, stats: &LinkStats)
-where
+/// Copies `from` to `to` (the `dir` half of the stream) under the link's fault, until EOF
+/// or an error on either side; then closes `to` for writing.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    dir: Direction,
+    fault: watch::Receiver<Fault>,
+    mut rng: StdRng,
+    stats: &LinkStats,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -283,8 +321,8 @@ where
     let writer = async move {
         let mut fault = fault;
         while let Some((at, chunk)) = rx.recv().await {
-            // Blackholed: hold the bytes until the fault changes.
-            while *fault.borrow_and_update() == Fault::Blackhole {
+            // Held (blackholed, or this half of a one-way fault): until the fault changes.
+            while fault.borrow_and_update().holds(dir) {
                 if fault.changed().await.is_err() {
                     return;
                 }
@@ -364,6 +402,42 @@ mod tests {
         let mut buf = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(5), s3.read_exact(&mut buf)).await.expect("served").expect("read");
         assert_eq!(&buf, b"wait");
+        link.shutdown().await;
+    }
+
+    /// Reads exactly `n` bytes within `within`; None if they did not all come.
+    async fn read_n(s: &mut TcpStream, n: usize, within: Duration) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(within, s.read_exact(&mut buf)).await.ok()?.ok()?;
+        Some(buf)
+    }
+
+    #[tokio::test]
+    async fn one_way_holds_one_half_of_the_stream_only() {
+        let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let link = Link::start("t", &target.local_addr().expect("addr").to_string(), 7).expect("link");
+        let mut dialer = TcpStream::connect(link.listen).await.expect("connect");
+        let (mut far, _) = tokio::time::timeout(Duration::from_secs(5), target.accept())
+            .await
+            .expect("the proxy dials the target")
+            .expect("accept");
+        let (wait, short) = (Duration::from_secs(5), Duration::from_millis(300));
+
+        // Forward held: what the dialer sends waits, what comes back flows.
+        link.set(Fault::OneWay { held: Direction::Forward });
+        dialer.write_all(b"req").await.expect("write");
+        far.write_all(b"ans").await.expect("write");
+        assert_eq!(read_n(&mut dialer, 3, wait).await.as_deref(), Some(&b"ans"[..]));
+        assert_eq!(read_n(&mut far, 3, short).await, None);
+        // Back held: the held request is released, new requests flow, answers wait.
+        link.set(Fault::OneWay { held: Direction::Back });
+        dialer.write_all(b"two").await.expect("write");
+        far.write_all(b"bak").await.expect("write");
+        let got = read_n(&mut far, 6, wait).await.expect("the held request and the next one");
+        assert_eq!(&got, b"reqtwo");
+        assert_eq!(read_n(&mut dialer, 3, short).await, None);
+        link.set(Fault::Pass);
+        assert_eq!(read_n(&mut dialer, 3, wait).await.as_deref(), Some(&b"bak"[..]));
         link.shutdown().await;
     }
 }

@@ -14,18 +14,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use drover_proto::admin as pa;
 use drover_proto::v1 as pv;
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::check::{self, Finding, Inputs, settle::Settled};
-use crate::history::{Event, History, Kind, Op};
-use crate::proxy::Fault;
+use crate::history::{self, Event, History, Kind, Op};
+use crate::nemesis::Nemesis;
 use crate::scenario::Scenario;
 use crate::witness::{self, Witness};
 use crate::workload::{self, WorkloadConfig};
-use crate::{AgentOptions, AgentProc, Cluster, ClusterOptions, eventually};
-use crate::{engine, wan, zombie};
+use crate::{AgentOptions, Cluster, ClusterOptions, eventually};
+use crate::{wan, zombie};
 
 /// The image the witness code runs in (imported from the static busybox; nothing pulled).
 pub const IMAGE: &str = "drover-test/busybox:1";
@@ -54,10 +54,11 @@ pub struct RunOptions {
 
 /// Deliberate defects a debug `drover server` accepts (`[test_breaks]`), each with the
 /// invariant that must catch it and the scenario that exposes it.
-pub const BREAKS: [(&str, &str, Scenario); 3] = [
+pub const BREAKS: [(&str, &str, Scenario); 4] = [
     ("accept-stale-epochs", "no stale-epoch call accepted", Scenario::AgentsCut),
     ("ack-before-commit", "no acknowledged task lost", Scenario::LeaderKill),
     ("renew-without-quorum", "no lease authority without a quorum", Scenario::LeaderIsolated),
+    ("cancel-before-commit", "an acknowledged cancel ends the task cancelled", Scenario::Mixed),
 ];
 
 impl RunOptions {
@@ -81,7 +82,14 @@ pub struct Stats {
     pub queued_ok: usize,
     pub queued_unknown: usize,
     pub reads_ok: usize,
+    /// Cancels acknowledged, and cancels refused because the task had already finished.
+    pub cancels_ok: usize,
+    pub cancels_refused: usize,
+    /// Listing pages answered.
+    pub pages_ok: usize,
     pub faults: usize,
+    /// Faults by kind, as the history records them.
+    pub faults_by_kind: BTreeMap<String, usize>,
     pub executions: usize,
     pub tasks: usize,
     pub leader_changes: u64,
@@ -161,6 +169,16 @@ impl Report {
                 s.push_str(&format!("      {e}\n"));
             }
         }
+        if !self.stats.faults_by_kind.is_empty() {
+            let kinds: Vec<String> = self.stats.faults_by_kind.iter().map(|(k, n)| format!("{n} × {k}")).collect();
+            s.push_str(&format!("  faults: {}\n", kinds.join(", ")));
+        }
+        if self.skipped.is_none() {
+            s.push_str(&format!(
+                "  reads {}, cancels acknowledged {} (refused as finished {}), listing pages {}\n",
+                self.stats.reads_ok, self.stats.cancels_ok, self.stats.cancels_refused, self.stats.pages_ok
+            ));
+        }
         if !self.stats.write_recovery_ms.is_empty() {
             s.push_str(&format!(
                 "  writes accepted again after leader kill (ms): {:?}\n",
@@ -178,18 +196,6 @@ impl Report {
         }
         s
     }
-}
-
-/// Where the nemesis is in its schedule (so heal knows what to undo).
-#[derive(Default)]
-struct Damage {
-    killed: Vec<u64>,
-    paused: Vec<u64>,
-    paused_agents: Vec<usize>,
-    net: bool,
-    engine: bool,
-    /// Removed from the membership and wiped, waiting to be added back.
-    wiped: Vec<u64>,
 }
 
 pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
@@ -322,16 +328,21 @@ async fn drive(
     let mut admin = cluster.admin(first)?;
     admin.upsert_tenant(pa::UpsertTenantRequest { id: workload::TENANT.into(), ..Default::default() }).await?;
     admin.upsert_tenant(pa::UpsertTenantRequest { id: workload::INTRUDER.into(), ..Default::default() }).await?;
-    let mut tenant = cluster.tenant(first, workload::TENANT)?;
-    tenant
-        .register_code(pv::RegisterCodeRequest {
-            name: workload::CODE.into(),
-            image: IMAGE.into(),
-            command: vec!["sh".into(), "-c".into(), witness::SCRIPT.into()],
-            env: [("WITNESS_PORT".to_string(), witness.port.to_string())].into(),
-            ..Default::default()
-        })
-        .await?;
+    // The intruder registers the same code, so it can hold tasks of its own (delayed past
+    // the run) that the workload tenant's listings must never show.
+    for tenant in [workload::TENANT, workload::INTRUDER] {
+        cluster
+            .tenant(first, tenant)?
+            .register_code(pv::RegisterCodeRequest {
+                name: workload::CODE.into(),
+                image: IMAGE.into(),
+                command: vec!["sh".into(), "-c".into(), witness::SCRIPT.into()],
+                env: [("WITNESS_PORT".to_string(), witness.port.to_string())].into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    workload::queue_foreign(history, &mut cluster.tenant(first, workload::INTRUDER)?).await?;
     let mut agents = Vec::new();
     for n in 0..opts.agents {
         let extra = format!("network_mode = \"host\"\nstop_grace = \"{}ms\"\n", STOP_GRACE.as_millis());
@@ -356,6 +367,8 @@ async fn drive(
         long_ticks: 30..=80,
         seed: opts.seed,
         intruder: cluster.creds(drover_identity::Role::Tenant, workload::INTRUDER)?,
+        cancel_share: 0.08,
+        list_share: 0.08,
     };
     let stop = CancellationToken::new();
     let load = tokio::spawn(workload::run(wl, history.clone(), stop.clone()));
@@ -390,53 +403,46 @@ async fn drive(
     .await;
     let (_, term_before) = leader_term(cluster).await?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut damage = Damage::default();
     let until = Instant::now() + opts.duration;
     let mut faults = 0usize;
     let mut kills = Vec::new();
-    let mut rolling = 0usize;
-    let nemesis = async {
+    let mut nemesis = Nemesis::new(opts.scenario, cluster, &agents, &net);
+    let cycles = async {
         while Instant::now() < until {
             tokio::time::sleep(opts.scenario.quiet(&mut rng)).await;
             if Instant::now() >= until {
                 break;
             }
-            let hold = opts.scenario.hold(LEASE_TTL, &mut rng);
-            let (leader, _) = match leader_term(cluster).await {
+            let kind = nemesis.next_kind(&mut rng);
+            let hold = opts.scenario.hold(kind, LEASE_TTL, &mut rng);
+            let (leader, _) = match leader_term(nemesis.cluster).await {
                 Ok(l) => l,
                 Err(e) => {
                     history.nemesis(format!("no leader before a fault: {e}"));
                     continue;
                 }
             };
-            let action = inject(opts.scenario, cluster, &agents, &net, leader, &mut rng, &mut damage, &mut rolling)?;
-            let Some(action) = action else { continue };
-            if let Some(&f) = damage.wiped.last()
-                && opts.scenario == Scenario::MemberReplace
-            {
-                remove_and_wipe(cluster, f).await?;
-            }
-            let cut_off = if matches!(opts.scenario, Scenario::LeaderIsolated | Scenario::LeaderOneWay) {
-                vec![leader]
-            } else {
-                Vec::new()
+            let Some(injected) = nemesis.inject(kind, leader, &mut rng).await? else {
+                history.nemesis(format!("no {} fault possible now", kind.name()));
+                continue;
             };
             faults += 1;
-            if matches!(opts.scenario, Scenario::LeaderKill | Scenario::Wan) {
+            if injected.leader_killed {
                 kills.push(history.now_ms());
             }
-            history.nemesis_cut(action, cut_off);
+            history.fault(injected.kind.name(), &injected.target, injected.action, injected.cut_off);
             tokio::time::sleep(hold).await;
-            let healed = heal(cluster, &agents, &net, &mut damage).await?;
+            let healed = nemesis.heal().await?;
             history.nemesis(format!("heal: {healed}"));
         }
         anyhow::Ok(())
     };
-    let nemesis_result = nemesis.await;
+    let nemesis_result = cycles.await;
     stop.cancel();
     let _ = load.await;
-    let healed = heal(cluster, &agents, &net, &mut damage).await?;
+    let healed = nemesis.heal().await?;
     history.nemesis(format!("heal all: {healed}"));
+    drop(nemesis);
     nemesis_result?;
     let heal_at = Instant::now();
 
@@ -485,16 +491,31 @@ async fn drive(
         queued_ok: check::acknowledged(&events).count(),
         queued_unknown: events.iter().filter(|e| e.kind == Kind::Info && matches!(e.op, Op::Queue { .. })).count(),
         reads_ok: events.iter().filter(|e| e.kind == Kind::Ok && matches!(e.op, Op::Get { .. })).count(),
+        cancels_ok: events.iter().filter(|e| e.kind == Kind::Ok && matches!(e.op, Op::Cancel { .. })).count(),
+        cancels_refused: events
+            .iter()
+            .filter(|e| matches!(e.op, Op::Cancel { .. }) && e.status() == Some("FailedPrecondition"))
+            .count(),
+        pages_ok: events.iter().filter(|e| e.kind == Kind::Ok && matches!(e.op, Op::List { .. })).count(),
         faults,
+        faults_by_kind: history::faults_by_kind(&events),
         executions: 0,
         tasks: 0,
         leader_changes: term_after.saturating_sub(term_before),
         write_recovery_ms: kills.iter().filter_map(|k| recovery_ms(&events, *k)).collect(),
         converge_ms: settled.converge_ms,
     };
+    let kinds_needed = opts.scenario.min_kinds(opts.duration);
     let invalid = match floor {
         Err(e) => Some(format!("load floor not reached: {e:#}")),
         Ok(_) if faults == 0 => Some("no fault was injected".to_string()),
+        Ok(_) if stats.faults_by_kind.len() < kinds_needed => Some(format!(
+            "{} distinct kinds of fault happened ({}), a {} run of {} needs {kinds_needed}",
+            stats.faults_by_kind.len(),
+            stats.faults_by_kind.keys().cloned().collect::<Vec<_>>().join(", "),
+            opts.scenario.name(),
+            humantime::format_duration(opts.duration),
+        )),
         Ok(_) if opts.scenario.needs_leader_change() && stats.leader_changes == 0 => {
             Some("the leader never changed".to_string())
         }
@@ -507,186 +528,6 @@ async fn drive(
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Injects the scenario's fault; returns what it did, or None when there was nothing to
-/// do (no agent running a task to pause).
-#[allow(clippy::too_many_arguments)]
-fn inject(
-    scenario: Scenario,
-    cluster: &mut Cluster,
-    agents: &[AgentProc],
-    net: &crate::net::Net,
-    leader: u64,
-    rng: &mut StdRng,
-    damage: &mut Damage,
-    rolling: &mut usize,
-) -> anyhow::Result<Option<String>> {
-    let followers: Vec<u64> = cluster.running_ids().into_iter().filter(|id| *id != leader).collect();
-    Ok(Some(match scenario {
-        Scenario::LeaderKill => {
-            cluster.kill(leader)?;
-            damage.killed.push(leader);
-            format!("kill -9 leader {leader}")
-        }
-        Scenario::FollowerPause => {
-            let f = followers[rng.random_range(0..followers.len())];
-            cluster.pause(f)?;
-            damage.paused.push(f);
-            format!("SIGSTOP follower {f}")
-        }
-        Scenario::LeaderIsolated => {
-            let n = net.isolate_server(leader, Fault::Blackhole);
-            damage.net = true;
-            format!("blackhole leader {leader} from its followers ({n} links)")
-        }
-        Scenario::MemberReplace => {
-            let f = followers[rng.random_range(0..followers.len())];
-            damage.wiped.push(f);
-            return Ok(Some(format!("remove follower {f} from the membership, wipe its data, start it empty")));
-        }
-        Scenario::LeaderOneWay => {
-            let me = crate::net::server(leader);
-            let n = net.set_where(Fault::Blackhole, |from, to| from == me && to != leader);
-            damage.net = true;
-            format!("blackhole the links leader {leader} dials to its followers ({n} links)")
-        }
-        Scenario::AgentsCut => {
-            let n = net.cut_agents_from(leader, Fault::Blackhole);
-            damage.net = true;
-            format!("blackhole every agent's link to leader {leader} ({n} links)")
-        }
-        Scenario::AgentPause => {
-            let busy: Vec<usize> = (0..agents.len())
-                .filter(|i| agents[*i].running_containers().map(|c| !c.is_empty()).unwrap_or(false))
-                .collect();
-            let Some(&i) = busy.get(rng.random_range(0..busy.len().max(1))) else { return Ok(None) };
-            agents[i].pause()?;
-            damage.paused_agents.push(i);
-            format!("SIGSTOP agent {} (running tasks)", agents[i].id)
-        }
-        Scenario::RollingRestart => {
-            let ids = cluster.ids();
-            let id = ids[*rolling % ids.len()];
-            *rolling += 1;
-            cluster.stop(id)?;
-            damage.killed.push(id);
-            format!("SIGTERM server {id}{}", if id == leader { " (leader)" } else { "" })
-        }
-        Scenario::EngineRestart => {
-            let took = tokio::task::block_in_place(engine::stop)?;
-            damage.engine = true;
-            format!("stop the Docker engine (SIGTERM dockerd; it exited after {} ms)", took.as_millis())
-        }
-        Scenario::Wan => {
-            cluster.kill(leader)?;
-            damage.killed.push(leader);
-            format!("kill -9 leader {leader} (regions 100 ms apart)")
-        }
-        Scenario::DelayResetStorm => {
-            let n = net.all(Fault::Delay { base: Duration::from_millis(20), jitter: Duration::from_millis(40) });
-            let links = net.all_links();
-            let mut reset = Vec::new();
-            for _ in 0..3 {
-                let l = &links[rng.random_range(0..links.len())];
-                l.set(Fault::Reset);
-                reset.push(l.name.clone());
-            }
-            damage.net = true;
-            format!("delay 20±40 ms on {n} links; reset {}", reset.join(", "))
-        }
-    }))
-}
-
-/// Undoes every fault: links pass, paused processes continue, stopped servers restart.
-async fn heal(
-    cluster: &mut Cluster,
-    agents: &[AgentProc],
-    net: &crate::net::Net,
-    d: &mut Damage,
-) -> anyhow::Result<String> {
-    let mut did = Vec::new();
-    if std::mem::take(&mut d.net) {
-        net.heal();
-        did.push("links pass".to_string());
-    }
-    for id in std::mem::take(&mut d.paused) {
-        cluster.resume(id)?;
-        did.push(format!("SIGCONT server {id}"));
-    }
-    for i in std::mem::take(&mut d.paused_agents) {
-        agents[i].resume()?;
-        did.push(format!("SIGCONT agent {}", agents[i].id));
-    }
-    for id in std::mem::take(&mut d.killed) {
-        cluster.restart(id)?;
-        did.push(format!("restart server {id}"));
-    }
-    for id in std::mem::take(&mut d.wiped) {
-        let took = rejoin(cluster, id).await?;
-        did.push(format!("server {id} added back and promoted after {} ms", took.as_millis()));
-    }
-    if std::mem::take(&mut d.engine) {
-        let took = tokio::task::block_in_place(engine::start)?;
-        did.push(format!("Docker engine up after {} ms", took.as_millis()));
-    }
-    Ok(if did.is_empty() { "nothing".into() } else { did.join(", ") })
-}
-
-/// Retries a membership call on the current leader until it succeeds (30 s at most).
-async fn on_leader<T, F, Fut>(cluster: &Cluster, what: &str, f: F) -> anyhow::Result<T>
-where
-    F: Fn(crate::clients::Admin) -> Fut,
-    Fut: Future<Output = Result<T, tonic::Status>>,
-{
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        // Any node that says it leads (a wiped node knows no leader, so the cluster-wide
-        // agreement of `wait_leader` is not to be had until it is back).
-        let mut leader = None;
-        for id in cluster.running_ids() {
-            if cluster.status(id).await.is_ok_and(|s| s.state == "Leader") {
-                leader = Some(id);
-                break;
-            }
-        }
-        let err = match leader {
-            Some(leader) => match f(cluster.admin(leader)?).await {
-                Ok(v) => return Ok(v),
-                Err(s) => format!("{:?}: {}", s.code(), s.message()),
-            },
-            None => "no node says it leads".to_string(),
-        };
-        if Instant::now() >= until {
-            anyhow::bail!("{what}: {err}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Removes follower `id` from the membership, then wipes it (see [`Cluster::wipe`]).
-async fn remove_and_wipe(cluster: &mut Cluster, id: u64) -> anyhow::Result<()> {
-    on_leader(cluster, "removing the node", |mut a| async move {
-        a.remove_node(pa::RemoveNodeRequest { node_id: id }).await
-    })
-    .await?;
-    cluster.wipe(id)
-}
-
-/// Adds wiped node `id` back as a learner and promotes it once it has caught up.
-async fn rejoin(cluster: &Cluster, id: u64) -> anyhow::Result<Duration> {
-    let t0 = Instant::now();
-    let addr = cluster.addr(id).to_string();
-    on_leader(cluster, "adding the node back", |mut a| {
-        let addr = addr.clone();
-        async move { a.add_learner(pa::AddLearnerRequest { node_id: id, addr }).await }
-    })
-    .await?;
-    on_leader(cluster, "promoting the node", |mut a| async move {
-        a.promote(pa::PromoteRequest { node_ids: vec![id] }).await
-    })
-    .await?;
-    Ok(t0.elapsed())
 }
 
 /// Milliseconds from `kill_ms` until the first queue call invoked after it succeeded.

@@ -10,6 +10,7 @@
 //! accept_stale_epochs = true   # completions naming a replaced lease are applied to the current one
 //! ack_before_commit = true     # queue calls are answered before their entry commits
 //! renew_without_quorum = true  # a leader that lost its quorum still grants and renews leases
+//! cancel_before_commit = true  # cancel calls are answered `cancelled` before their entry commits
 //! ```
 
 use serde::Deserialize;
@@ -20,10 +21,11 @@ pub struct TestBreaks {
     pub accept_stale_epochs: bool,
     pub ack_before_commit: bool,
     pub renew_without_quorum: bool,
+    pub cancel_before_commit: bool,
 }
 
 impl TestBreaks {
     pub fn any(&self) -> bool {
-        self.accept_stale_epochs || self.ack_before_commit || self.renew_without_quorum
+        self.accept_stale_epochs || self.ack_before_commit || self.renew_without_quorum || self.cancel_before_commit
     }
 }

@@ -43,16 +43,14 @@ pub fn check(i: &Inputs) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::Event;
-
-    fn ev(t_ms: u64, kind: Kind, op: Op) -> Event {
-        Event { t_ms, process: "t".into(), kind, op, error: None }
-    }
+    use crate::check::testing::ev;
 
     #[test]
     fn answers_past_the_ttl_while_cut_off_are_violations() {
-        let cut = |t, cut_off| ev(t, Kind::Info, Op::Nemesis { action: "x".into(), cut_off });
-        let probe = |t, node| ev(t, Kind::Ok, Op::Authority { node, granted: Some(true) });
+        let cut = |t, cut_off| {
+            ev(t, "nemesis", Kind::Info, Op::Nemesis { action: "x".into(), cut_off, fault: None, target: None })
+        };
+        let probe = |t, node| ev(t, "probe", Kind::Ok, Op::Authority { node, granted: Some(true) });
         let mut i = Inputs { lease_ttl_ms: 3_000, ..Default::default() };
         i.events = vec![
             cut(1_000, vec![1]),

@@ -37,6 +37,20 @@ impl TenantService {
         });
         pv::QueueTasksResponse { task_ids, deduplicated: false }
     }
+
+    /// Deliberate defect (chaos self-test): answers a cancel with the task as this node
+    /// reads it, shown `cancelled`, before the cancel is proposed, and proposes it in the
+    /// background. A task that had already finished refuses the cancel there, unseen, so
+    /// the answer was false.
+    async fn cancel_before_commit(&self, tenant: String, task_id: u64) -> Result<pv::Task, ApiError> {
+        let mut task = get_task(&self.ctx, &tenant, task_id, false).await?;
+        task.state = pv::TaskState::Cancelled as i32;
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            let _ = ctx.propose(Command::Cancel { tenant, task_id }).await;
+        });
+        Ok(task)
+    }
 }
 
 const MAX_LIST_LIMIT: u32 = 1_000;
@@ -168,6 +182,9 @@ impl Tenant for TenantService {
     async fn cancel_task(&self, req: Request<pv::CancelTaskRequest>) -> ApiResult<pv::Task> {
         let tenant = caller::tenant(&req)?;
         let task_id = req.into_inner().id;
+        if self.ctx.cfg.breaks.cancel_before_commit {
+            return Ok(Response::new(self.cancel_before_commit(tenant, task_id).await?));
+        }
         match self.ctx.propose(Command::Cancel { tenant, task_id }).await? {
             SmResponse::Cancelled(t) => Ok(Response::new(convert::task_out(&t))),
             other => Err(unexpected(other)),
