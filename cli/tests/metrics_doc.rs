@@ -1,0 +1,240 @@
+//! `docs/operations.md` against a live fleet: a real 3-server cluster with mutual TLS (so
+//! there are followers to lag and certificates to expire) and a real agent that runs a
+//! task in Docker, so that the labelled series exist. Every metric family the servers or
+//! the agent export is in the doc's table for that process, with the same type and label
+//! names, and every family in a table is exported. Needs a running Docker engine.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::agent_tasks::*;
+use drover_chaos::{AgentOptions, Cluster, ClusterOptions, eventually};
+use drover_proto::v1 as pv;
+
+/// One metric family: its type and the label names its series carry (`le` of histogram
+/// buckets left out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Family {
+    kind: String,
+    labels: BTreeSet<String>,
+}
+
+/// One sample line of the text exposition: series name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Splits `{a="x",b="y\"z"}` (without the braces) into label pairs.
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, ch)) = chars.next() {
+            match ch {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, other)) => value.push(other),
+                    None => break,
+                },
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                other => value.push(other),
+            }
+        }
+        out.insert(key.trim_start_matches(',').trim().to_string(), value);
+        rest = &after[end..];
+    }
+    out
+}
+
+fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {l:?}"));
+            let value = value.parse().unwrap_or_else(|e| panic!("value of {l:?}: {e}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'))),
+                None => (series, BTreeMap::new()),
+            };
+            Sample { name: name.to_string(), labels, value }
+        })
+        .collect()
+}
+
+/// The families of an exposition, from its `# TYPE` lines and its samples.
+fn families(text: &str) -> BTreeMap<String, Family> {
+    let mut out: BTreeMap<String, Family> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap_or_else(|| panic!("bad TYPE line {l:?}"));
+            (name.to_string(), Family { kind: kind.to_string(), labels: BTreeSet::new() })
+        })
+        .collect();
+    for s in samples(text) {
+        let family = family_of(&s.name, |n| out.contains_key(n)).unwrap_or_else(|| panic!("no TYPE for {}", s.name));
+        let f = out.get_mut(&family).unwrap_or_else(|| panic!("family {family}"));
+        f.labels.extend(s.labels.into_keys().filter(|k| k != "le"));
+    }
+    out
+}
+
+/// The family a series belongs to: itself, or a histogram's `_bucket`/`_sum`/`_count`.
+fn family_of(series: &str, known: impl Fn(&str) -> bool) -> Option<String> {
+    if known(series) {
+        return Some(series.to_string());
+    }
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .filter_map(|suffix| series.strip_suffix(suffix))
+        .find(|base| known(base))
+        .map(str::to_string)
+}
+
+/// Every family of every text, label names merged (nodes differ in which series exist).
+fn merge(into: &mut BTreeMap<String, Family>, text: &str) {
+    for (name, f) in families(text) {
+        match into.get_mut(&name) {
+            Some(have) => {
+                assert_eq!(have.kind, f.kind, "{name} has two types");
+                have.labels.extend(f.labels);
+            }
+            None => {
+                into.insert(name, f);
+            }
+        }
+    }
+}
+
+/// The table under `## {heading}` in the doc: metric → (type, label names).
+fn doc_table(doc: &str, heading: &str) -> BTreeMap<String, Family> {
+    let start = doc.find(&format!("\n## {heading}\n")).unwrap_or_else(|| panic!("no '## {heading}' in the doc"));
+    let section = &doc[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map(|i| i + 3).unwrap_or(section.len())];
+    let mut out = BTreeMap::new();
+    for row in section.lines().filter(|l| l.starts_with("| `drover_")) {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 4, "a row is | metric | type | labels | meaning |: {row}");
+        let name = cells[0].trim_matches('`').to_string();
+        let labels = match cells[2] {
+            "—" | "" => BTreeSet::new(),
+            l => l.split(',').map(|x| x.trim().trim_matches('`').to_string()).collect(),
+        };
+        let dup = out.insert(name.clone(), Family { kind: cells[1].to_string(), labels });
+        assert!(dup.is_none(), "{name} is listed twice under {heading}");
+    }
+    assert!(!out.is_empty(), "no metric rows under '## {heading}'");
+    out
+}
+
+fn operations_doc() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md");
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Each documented family against the exported ones, both ways.
+fn assert_matches_doc(what: &str, exported: &BTreeMap<String, Family>, documented: &BTreeMap<String, Family>) {
+    let undocumented: Vec<_> = exported.keys().filter(|n| !documented.contains_key(*n)).collect();
+    assert!(undocumented.is_empty(), "{what} exports {undocumented:?}, missing from docs/operations.md");
+    let missing: Vec<_> = documented.keys().filter(|n| !exported.contains_key(*n)).collect();
+    assert!(missing.is_empty(), "docs/operations.md lists {missing:?} for the {what}, which it does not export");
+    for (name, doc) in documented {
+        assert_eq!(&exported[name], doc, "{what}: {name} as exported (left) and as documented (right)");
+    }
+}
+
+async fn scrape_servers(c: &Cluster) -> Option<String> {
+    let mut all = String::new();
+    for id in c.ids() {
+        let (code, body) = c.http_get(id, "/metrics").await.ok()?;
+        if code != 200 {
+            return None;
+        }
+        all.push_str(&body);
+    }
+    Some(all)
+}
+
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(text)
+        .into_iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .map(|s| s.value)
+}
+
+#[tokio::test]
+async fn every_exported_metric_is_documented_and_every_documented_metric_is_exported() {
+    let _docker = docker().await;
+    let c = common::cluster(ClusterOptions { nodes: 3, lease_ttl: Some("5s".into()), tls: true, ..Default::default() })
+        .await;
+    create_tenant(&c).await;
+    register(&c, sh("echo", "echo hello")).await;
+    let id = queue(&c, "echo", b"", 1).await[0];
+
+    // Before any agent: the task waits, so its queue has a depth and a head; the leader
+    // has heard from both followers.
+    let waiting = eventually(Duration::from_secs(30), "the waiting task's queue and the followers' lag", || async {
+        let text = scrape_servers(&c).await?;
+        let age = value(&text, "drover_queue_oldest_age_seconds", &[("tenant", "acme"), ("priority", "0")])?;
+        let lags = samples(&text).iter().filter(|s| s.name == "drover_raft_follower_lag_entries").count();
+        (age >= 0.0 && lags == 2).then_some(text)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(value(&waiting, "drover_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    let expiry = value(&waiting, "drover_tls_cert_expiry_seconds", &[]).expect("servers report their expiry");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    assert!(expiry > now && expiry < now + 31.0 * 86_400.0, "certificates are issued for 30 days: {expiry}");
+    assert_eq!(
+        samples(&waiting).iter().filter(|s| s.name == "drover_raft_is_leader" && s.value == 1.0).count(),
+        1,
+        "one leader"
+    );
+
+    let a = c.start_agent("metrics", AgentOptions::default()).expect("start agent");
+    let t = wait_finished(&c, id, Duration::from_secs(60), &[&a]).await;
+    assert_eq!(state(&t), pv::TaskState::Complete, "{t:?}");
+    let agent = eventually(Duration::from_secs(10), "the agent's metrics", || async {
+        let (code, text) =
+            drover_runner_agent::socket::request(&a.socket, hyper::Method::GET, "/metrics").await.ok()?;
+        code.is_success().then_some(text)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(value(&agent, "drover_agent_tasks_total", &[("outcome", "success")]), Some(1.0));
+    assert_eq!(value(&agent, "drover_agent_tasks_total", &[("outcome", "timeout")]), Some(0.0), "starts at 0");
+    assert!(value(&agent, "drover_agent_image_cache_bytes", &[]).is_some_and(|b| b > 0.0), "{agent}");
+    assert_eq!(value(&agent, "drover_agent_image_cache_budget_bytes", &[]), Some(10.0 * 1024.0 * 1024.0 * 1024.0));
+    assert!(value(&agent, "drover_tls_cert_expiry_seconds", &[]).is_some_and(|e| e > now), "{agent}");
+    let finished = scrape_servers(&c).await.expect("scrape after the task");
+
+    let mut servers = BTreeMap::new();
+    merge(&mut servers, &waiting);
+    merge(&mut servers, &finished);
+    let mut agents = BTreeMap::new();
+    merge(&mut agents, &agent);
+    let doc = operations_doc();
+    assert_matches_doc("server", &servers, &doc_table(&doc, "Server metrics"));
+    assert_matches_doc("agent", &agents, &doc_table(&doc, "Agent metrics"));
+}
+
+#[test]
+fn the_exposition_parser_reads_labels_histograms_and_escapes() {
+    let text = "# HELP x_seconds h\n# TYPE x_seconds histogram\nx_seconds_bucket{le=\"0.1\"} 1\n\
+                x_seconds_sum 0.05\nx_seconds_count 1\n# TYPE y gauge\ny{a=\"q\\\"uo,te\",b=\"2\"} 3\n";
+    let f = families(text);
+    assert_eq!(f["x_seconds"], Family { kind: "histogram".into(), labels: BTreeSet::new() });
+    assert_eq!(f["y"].labels, BTreeSet::from(["a".to_string(), "b".to_string()]));
+    assert_eq!(value(text, "y", &[("a", "q\"uo,te"), ("b", "2")]), Some(3.0));
+}
