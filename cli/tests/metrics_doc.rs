@@ -1,8 +1,10 @@
-//! `docs/operations.md` against a live fleet: a real 3-server cluster with mutual TLS (so
-//! there are followers to lag and certificates to expire) and a real agent that runs a
-//! task in Docker, so that the labelled series exist. Every metric family the servers or
-//! the agent export is in the doc's table for that process, with the same type and label
-//! names, and every family in a table is exported. Needs a running Docker engine.
+//! `docs/operations.md`, the Grafana dashboards and the alert rules against a live fleet:
+//! a real 3-server cluster with mutual TLS (so there are followers to lag and certificates
+//! to expire) and a real agent that runs a task in Docker, so that the labelled series
+//! exist. Every metric family the servers or the agent export is in the doc's table for
+//! that process, with the same type and label names, and every family in a table is
+//! exported; every metric a dashboard panel, a dashboard variable or an alert rule names
+//! is exported. Needs a running Docker engine.
 
 mod common;
 
@@ -138,9 +140,105 @@ fn doc_table(doc: &str, heading: &str) -> BTreeMap<String, Family> {
     out
 }
 
-fn operations_doc() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md");
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+/// A file of the repository, by its path from the root.
+fn repo_file(path: &str) -> String {
+    let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// The `drover_*` metric names in a query (a name is letters, digits, `_` and `:`; the
+/// names of alerts and jobs are not, being capitalised or hyphenated).
+fn metric_names(query: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = query;
+    while let Some(i) = rest.find("drover_") {
+        let before = rest[..i].chars().next_back();
+        let tail = &rest[i..];
+        let len = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(tail.len());
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            out.insert(tail[..len].to_string());
+        }
+        rest = &tail[len..];
+    }
+    out
+}
+
+/// Every query string of a dashboard: panel targets' `expr`, and template variables'
+/// `query` (a string, or an object holding one) and `definition`.
+fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(q)) => out.push(q.clone()),
+                    _ => dashboard_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| dashboard_queries(v, out)),
+        _ => {}
+    }
+}
+
+/// The dashboards' structure: a title and a uid unique across files; panels with unique
+/// ids that fit the 24-column grid; every panel but a row has a datasource and at least
+/// one target, and every target an `expr`. Returns (file, query) for every query.
+fn dashboards() -> Vec<(String, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "fleet, control plane, agents and tenant-queue dashboards: {files:?}");
+    let mut uids = BTreeSet::new();
+    let mut out = Vec::new();
+    for path in files {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let d: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
+        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "{name}: no title");
+        let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{name}: no uid"));
+        assert!(uids.insert(uid.to_string()), "{name}: uid {uid} used twice");
+        let panels = d["panels"].as_array().unwrap_or_else(|| panic!("{name}: no panels"));
+        let mut ids = BTreeSet::new();
+        for p in panels {
+            let title = p["title"].as_str().unwrap_or_else(|| panic!("{name}: a panel without a title"));
+            let id = p["id"].as_u64().unwrap_or_else(|| panic!("{name}/{title}: no id"));
+            assert!(ids.insert(id), "{name}/{title}: panel id {id} used twice");
+            let (x, w) = (p["gridPos"]["x"].as_u64(), p["gridPos"]["w"].as_u64());
+            assert!(x.zip(w).is_some_and(|(x, w)| w > 0 && x + w <= 24), "{name}/{title}: gridPos {}", p["gridPos"]);
+            if p["type"] == "row" {
+                continue;
+            }
+            assert!(p["datasource"].is_object(), "{name}/{title}: no datasource");
+            let targets = p["targets"].as_array().filter(|t| !t.is_empty());
+            let targets = targets.unwrap_or_else(|| panic!("{name}/{title}: no targets"));
+            for t in targets {
+                assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()), "{name}/{title}: a target without expr");
+            }
+        }
+        let mut queries = Vec::new();
+        dashboard_queries(&d, &mut queries);
+        out.extend(queries.into_iter().map(|q| (name.clone(), q)));
+    }
+    out
+}
+
+/// Every `drover_*` name a dashboard or an alert rule uses is a family a live process
+/// exports (a histogram's series by its family).
+fn assert_queries_use_exported_metrics(exported: &BTreeSet<String>) {
+    let mut used = Vec::new();
+    for (file, query) in dashboards() {
+        used.extend(metric_names(&query).into_iter().map(|n| (format!("deploy/grafana/dashboards/{file}"), n)));
+    }
+    let alerts = repo_file("deploy/prometheus/alerts.yml");
+    let alert_names = metric_names(&alerts);
+    assert!(alert_names.len() >= 8, "too few metrics found in alerts.yml: {alert_names:?}");
+    used.extend(alert_names.into_iter().map(|n| ("deploy/prometheus/alerts.yml".to_string(), n)));
+    let unknown: Vec<_> = used.iter().filter(|(_, n)| family_of(n, |f| exported.contains(f)).is_none()).collect();
+    assert!(unknown.is_empty(), "names no live process exports: {unknown:?}");
 }
 
 /// Each documented family against the exported ones, both ways.
@@ -174,7 +272,7 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 #[tokio::test]
-async fn every_exported_metric_is_documented_and_every_documented_metric_is_exported() {
+async fn docs_dashboards_and_alerts_match_what_a_live_fleet_exports() {
     let _docker = docker().await;
     let c = common::cluster(ClusterOptions { nodes: 3, lease_ttl: Some("5s".into()), tls: true, ..Default::default() })
         .await;
@@ -224,9 +322,23 @@ async fn every_exported_metric_is_documented_and_every_documented_metric_is_expo
     merge(&mut servers, &finished);
     let mut agents = BTreeMap::new();
     merge(&mut agents, &agent);
-    let doc = operations_doc();
+    let doc = repo_file("docs/operations.md");
     assert_matches_doc("server", &servers, &doc_table(&doc, "Server metrics"));
     assert_matches_doc("agent", &agents, &doc_table(&doc, "Agent metrics"));
+    let exported: BTreeSet<String> = servers.into_keys().chain(agents.into_keys()).collect();
+    assert_queries_use_exported_metrics(&exported);
+}
+
+#[test]
+fn metric_names_are_found_in_queries_and_nothing_else_is() {
+    let q = "histogram_quantile(0.99, sum by (le) (rate(drover_apply_seconds_bucket{job=\"drover-servers\"}[5m]))) \
+             / drover_x:y - time() # DroverNoLeader not_drover_z";
+    let names: Vec<String> = metric_names(q).into_iter().collect();
+    assert_eq!(names, ["drover_apply_seconds_bucket", "drover_x:y"]);
+    assert_eq!(
+        family_of("drover_apply_seconds_bucket", |f| f == "drover_apply_seconds").as_deref(),
+        Some("drover_apply_seconds")
+    );
 }
 
 #[test]
