@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::agent_tasks::*;
 use drover_chaos::{AgentOptions, Cluster, ClusterOptions, eventually};
+use drover_proto::admin as pa;
 use drover_proto::v1 as pv;
 
 /// One metric family: its type and the label names its series carry (`le` of histogram
@@ -327,6 +328,77 @@ async fn docs_dashboards_and_alerts_match_what_a_live_fleet_exports() {
     assert_matches_doc("agent", &agents, &doc_table(&doc, "Agent metrics"));
     let exported: BTreeSet<String> = servers.into_keys().chain(agents.into_keys()).collect();
     assert_queries_use_exported_metrics(&exported);
+}
+
+/// One scrape of every running node: node id → exposition.
+async fn scrape_each(c: &Cluster) -> Option<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for id in c.running_ids() {
+        let (code, body) = c.http_get(id, "/metrics").await.ok()?;
+        (code == 200).then_some(())?;
+        out.insert(id, body);
+    }
+    Some(out)
+}
+
+fn leader_of(scrapes: &BTreeMap<u64, String>) -> Option<u64> {
+    scrapes.iter().find(|(_, t)| value(t, "drover_raft_is_leader", &[]) == Some(1.0)).map(|(id, _)| *id)
+}
+
+#[tokio::test]
+async fn a_leader_kill_is_counted_its_lag_grows_and_a_waiting_queue_head_ages() {
+    let mut c = common::cluster(ClusterOptions { nodes: 3, ..Default::default() }).await;
+    let first = eventually(Duration::from_secs(20), "a leader whose followers have caught up", || async {
+        let s = scrape_each(&c).await?;
+        let leader = leader_of(&s)?;
+        let lags: Vec<f64> = samples(&s[&leader])
+            .into_iter()
+            .filter(|x| x.name == "drover_raft_follower_lag_entries")
+            .map(|x| x.value)
+            .collect();
+        (lags == [0.0, 0.0]).then_some((leader, s))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (old_leader, before) = first;
+    let changes = |t: &str| value(t, "drover_raft_leader_changes_total", &[]).unwrap_or(0.0);
+    for (id, text) in &before {
+        assert!(changes(text) >= 1.0, "node {id} has seen the first leader:\n{text}");
+        let lags = samples(text).iter().filter(|x| x.name == "drover_raft_follower_lag_entries").count();
+        assert_eq!(lags, if *id == old_leader { 2 } else { 0 }, "only the leader reports follower lag");
+    }
+
+    c.kill(old_leader).expect("kill the leader");
+    let new_leader =
+        eventually(Duration::from_secs(20), "a new leader", || async { leader_of(&scrape_each(&c).await?) })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    // A leader elected a moment ago may still answer Unavailable; these writes are
+    // idempotent, so they are simply asked again.
+    eventually(Duration::from_secs(10), "tenant, code and tasks written", || async {
+        let mut admin = c.admin(new_leader).ok()?;
+        admin.upsert_tenant(pa::UpsertTenantRequest { id: "acme".into(), ..Default::default() }).await.ok()?;
+        let mut t = c.tenant(new_leader, "acme").ok()?;
+        t.register_code(sh("echo", "echo hello")).await.ok()?;
+        t.queue_tasks(common::batch(3, 16, "metrics-doc")).await.ok()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The new leader counts the change, and the dead node falls behind by what was
+    // written since (the tenant, the code, the tasks); with no agent the queue's head ages.
+    let dead = old_leader.to_string();
+    let after = eventually(Duration::from_secs(20), "the change counted, the lag and the age grown", || async {
+        let s = scrape_each(&c).await?;
+        let leader = leader_of(&s)?;
+        let lag = value(&s[&leader], "drover_raft_follower_lag_entries", &[("follower", &dead)])?;
+        let age = value(&s[&leader], "drover_queue_oldest_age_seconds", &[("tenant", "acme"), ("priority", "0")])?;
+        (lag >= 3.0 && age >= 1.0).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    for (id, text) in &after {
+        assert!(changes(text) > changes(&before[id]), "node {id} counted the new leader:\n{text}");
+    }
 }
 
 #[test]
