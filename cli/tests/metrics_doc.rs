@@ -293,7 +293,7 @@ async fn docs_dashboards_and_alerts_match_what_a_live_fleet_exports() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(value(&waiting, "drover_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
     let expiry = value(&waiting, "drover_tls_cert_expiry_seconds", &[]).expect("servers report their expiry");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let now = unix_now();
     assert!(expiry > now && expiry < now + 31.0 * 86_400.0, "certificates are issued for 30 days: {expiry}");
     assert_eq!(
         samples(&waiting).iter().filter(|s| s.name == "drover_raft_is_leader" && s.value == 1.0).count(),
@@ -399,6 +399,36 @@ async fn a_leader_kill_is_counted_its_lag_grows_and_a_waiting_queue_head_ages() 
     for (id, text) in &after {
         assert!(changes(text) > changes(&before[id]), "node {id} counted the new leader:\n{text}");
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
+}
+
+#[tokio::test]
+async fn a_certificate_reloaded_on_sighup_reports_its_new_expiry() {
+    let c = common::cluster(ClusterOptions { nodes: 1, tls: true, ..Default::default() }).await;
+    let id = c.ids()[0];
+    let expiry = || async { value(&scrape_each(&c).await?[&id], "drover_tls_cert_expiry_seconds", &[]) };
+    let before = eventually(Duration::from_secs(10), "the node's certificate expiry", expiry)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Test certificates run 30 days from an hour before their issue, to the second: wait
+    // for the clock to pass the issue's second so the new certificate expires later.
+    let issued = before - 30.0 * 86_400.0 + 3_600.0;
+    eventually(Duration::from_secs(5), "a second after the first issue", || async {
+        (unix_now() >= issued + 1.0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    c.write_node_cert(id).expect("new certificate");
+    c.hangup(id).expect("SIGHUP");
+    let after = eventually(Duration::from_secs(10), "the reloaded certificate's expiry", || async {
+        expiry().await.filter(|e| *e > before)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(id, 20)));
+    assert!(after <= unix_now() + 30.0 * 86_400.0, "{after}");
 }
 
 #[test]
