@@ -1,14 +1,50 @@
-//! The server's Prometheus registry. Gauges that mirror state (Raft progress, queue
-//! depth, tasks by state) are refreshed at scrape time from Raft's metrics and the state
-//! machine's in-memory indexes; labels are bounded (tenant, priority, state, reason),
-//! never task ids.
+//! The server's Prometheus registry. Gauges that mirror state (Raft progress, follower
+//! lag, queue depth and the age of each queue's head, tasks by state) are refreshed at
+//! scrape time from Raft's metrics and the state machine's in-memory indexes; labels are
+//! bounded (tenant, priority, state, reason, follower node id), never task ids. Every
+//! metric is listed in `docs/operations.md` (a test compares that table with a live
+//! scrape).
+//!
+//! Counters whose label values are a closed set start at zero for every value, so that a
+//! series exists before its first event (a rate over a series that appears at 1 misses
+//! that first event, and an alert on it never sees a change). The one counter fed by a
+//! watcher rather than by the code that acts, `drover_raft_leader_changes_total`, is
+//! driven by [`watch_leader_changes`].
+
+use std::collections::BTreeMap;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::raft::node::RaftNode;
+use crate::raft::types::NodeId;
+use crate::state::model::Task;
 use crate::storage::sm_store::ApplyMetrics;
+
+/// Label values known in advance, initialised to zero (see the module doc). They name
+/// what the counting code passes: `leader` (lease expiry, schedule firing), `api::authz`,
+/// `accept`, `http` and `webhook`.
+const LEASE_EXPIRY_REASONS: &[&str] = &["lease_lost", "timeout"];
+const SCHEDULE_OUTCOMES: &[&str] = &["queued", "skipped", "owed", "too_late", "failed"];
+const DENIAL_REASONS: &[&str] =
+    &["no_certificate", "bad_certificate", "expired_certificate", "unknown_ca", "role", "source_cidr"];
+const LISTENERS: &[&str] = &["grpc", "http", "webhook"];
+const REFUSAL_REASONS: &[&str] = &["connection_limit", "evicted", "tls_error", "handshake_timeout"];
+const WEBHOOK_RESULTS: &[&str] = &[
+    "accepted",
+    "deduplicated",
+    "rate_limited",
+    "unauthorized",
+    "not_found",
+    "too_large",
+    "queue_full",
+    "bad_request",
+    "unavailable",
+    "error",
+];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -25,6 +61,12 @@ pub struct Metrics {
     pub append_splits: IntCounter,
     /// Webhook requests by how they ended (`result`, see [`crate::webhook`]).
     pub webhook_requests: IntCounterVec,
+    /// Leaders this node has seen take office (fed by [`watch_leader_changes`]).
+    pub leader_changes: IntCounter,
+    build_info: IntGaugeVec,
+    tls_cert_expiry: IntGauge,
+    follower_lag: IntGaugeVec,
+    queue_oldest_age: GaugeVec,
     term: IntGauge,
     last_log_index: IntGauge,
     applied_index: IntGauge,
@@ -80,7 +122,7 @@ impl Metrics {
             )?,
             append_splits: IntCounter::new(
                 "raft_append_splits_total",
-                "AppendEntries messages over 8 MiB resent to a follower as fewer entries",
+                "AppendEntries messages over 1 MiB resent to a follower as fewer entries",
             )?,
             webhook_requests: IntCounterVec::new(
                 Opts::new(
@@ -88,6 +130,32 @@ impl Metrics {
                     "Webhook requests by result (rate_limited: refused for failed secrets)",
                 ),
                 &["result"],
+            )?,
+            leader_changes: IntCounter::new(
+                "raft_leader_changes_total",
+                "Leaders this node has seen take office (a new leader id, or a new term), the first after start included",
+            )?,
+            build_info: IntGaugeVec::new(
+                Opts::new("build_info", "Always 1; the label carries the version of the running server"),
+                &["version"],
+            )?,
+            tls_cert_expiry: IntGauge::new(
+                "tls_cert_expiry_seconds",
+                "When this node's own TLS certificate expires, in unix seconds (absent without TLS)",
+            )?,
+            follower_lag: IntGaugeVec::new(
+                Opts::new(
+                    "raft_follower_lag_entries",
+                    "On the leader: log entries each follower is behind the leader's last log index",
+                ),
+                &["follower"],
+            )?,
+            queue_oldest_age: GaugeVec::new(
+                Opts::new(
+                    "queue_oldest_age_seconds",
+                    "Seconds the task at the head of each ready queue (the next one placement takes) has waited",
+                ),
+                &["tenant", "priority"],
             )?,
             term: IntGauge::new("raft_term", "Current Raft term")?,
             last_log_index: IntGauge::new("raft_last_log_index", "Index of the last entry in this node's log")?,
@@ -120,6 +188,10 @@ impl Metrics {
         m.registry.register(Box::new(m.connections_refused.clone()))?;
         m.registry.register(Box::new(m.append_splits.clone()))?;
         m.registry.register(Box::new(m.webhook_requests.clone()))?;
+        m.registry.register(Box::new(m.leader_changes.clone()))?;
+        m.registry.register(Box::new(m.build_info.clone()))?;
+        m.registry.register(Box::new(m.follower_lag.clone()))?;
+        m.registry.register(Box::new(m.queue_oldest_age.clone()))?;
         m.registry.register(Box::new(m.term.clone()))?;
         m.registry.register(Box::new(m.last_log_index.clone()))?;
         m.registry.register(Box::new(m.applied_index.clone()))?;
@@ -130,6 +202,24 @@ impl Metrics {
         m.registry.register(Box::new(m.tasks.clone()))?;
         m.registry.register(Box::new(m.tasks_unplaceable.clone()))?;
         m.registry.register(Box::new(m.agents.clone()))?;
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for reason in LEASE_EXPIRY_REASONS {
+            m.leases_expired.with_label_values(&[reason]);
+        }
+        for outcome in SCHEDULE_OUTCOMES {
+            m.schedule_fires.with_label_values(&[outcome]);
+        }
+        for reason in DENIAL_REASONS {
+            m.api_denied.with_label_values(&[reason]);
+        }
+        for listener in LISTENERS {
+            for reason in REFUSAL_REASONS {
+                m.connections_refused.with_label_values(&[listener, reason]);
+            }
+        }
+        for result in WEBHOOK_RESULTS {
+            m.webhook_requests.with_label_values(&[result]);
+        }
         Ok(m)
     }
 
@@ -138,16 +228,36 @@ impl Metrics {
         crate::accept::AcceptMetrics { denied: self.api_denied.clone(), refused: self.connections_refused.clone() }
     }
 
+    /// Records when this node's certificate expires (at start, and after each reload).
+    /// The gauge is exported from the first call on: a node without TLS has none, so an
+    /// expiry alert cannot fire for it.
+    pub fn set_tls_cert_expiry(&self, not_after_unix_seconds: i64) {
+        self.tls_cert_expiry.set(not_after_unix_seconds);
+        match self.registry.register(Box::new(self.tls_cert_expiry.clone())) {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+            Err(e) => tracing::warn!(error = %e, "registering drover_tls_cert_expiry_seconds failed"),
+        }
+    }
+
     /// Refreshes the state gauges and renders the Prometheus text exposition.
     pub fn render(&self, node: &RaftNode) -> Result<String, MetricsError> {
         let r = node.metrics();
         self.term.set(r.current_term as i64);
         self.last_log_index.set(r.last_log_index.unwrap_or(0) as i64);
+        self.follower_lag.reset();
+        if let Some(replication) = &r.replication {
+            let matched = replication.iter().map(|(id, log)| (*id, log.map(|l| l.index)));
+            for (follower, lag) in follower_lags(node.id, r.last_log_index, matched) {
+                self.follower_lag.with_label_values(&[&follower.to_string()]).set(lag as i64);
+            }
+        }
         self.applied_index.set(r.last_applied.map(|l| l.index).unwrap_or(0) as i64);
         self.snapshot_index.set(r.snapshot.map(|l| l.index).unwrap_or(0) as i64);
         self.is_leader.set(i64::from(node.is_leader()));
+        let mut heads = Vec::new();
         if let Ok(sm) = node.sm.machine() {
             let idx = sm.indexes();
+            heads = queue_heads(idx);
             self.queue_depth.reset();
             for (tenant, priority, n) in idx.queue_depths() {
                 self.queue_depth.with_label_values(&[tenant.as_str(), &priority.to_string()]).set(n as i64);
@@ -161,8 +271,142 @@ impl Metrics {
             self.agents.with_label_values(&["connected"]).set(connected.len() as i64);
             self.agents.with_label_values(&["gone"]).set(sm.agents_gone().len() as i64);
         }
+        // One task-row read per (tenant, priority) with ready tasks, outside the state
+        // machine lock (an apply may run meanwhile; a head that has just left its queue
+        // is skipped, and the next scrape sees the new head).
+        self.queue_oldest_age.reset();
+        let now_ms = crate::raft::node::now_ms();
+        let kv = node.sm.kv();
+        for (tenant, priority, id) in heads {
+            match crate::state::views::get_task(&kv, None, id) {
+                Ok(Some(task)) if task.state == crate::state::model::TaskState::Queued => {
+                    let age_ms = now_ms.saturating_sub(waiting_since_ms(&task));
+                    self.queue_oldest_age
+                        .with_label_values(&[tenant.as_str(), &priority.to_string()])
+                        .set(age_ms as f64 / 1000.0);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(task_id = id, error = %e, "reading a queue head for metrics failed"),
+            }
+        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+/// The lowest ready task id per (tenant, priority): the task placement takes next from
+/// that queue (it picks the lowest id among the classes an agent may take).
+fn queue_heads(idx: &crate::state::indexes::Indexes) -> Vec<(String, u8, u64)> {
+    let mut out = Vec::new();
+    for (tenant, q) in &idx.ready {
+        for (priority, classes) in q.by_priority.iter().enumerate() {
+            if let Some(id) = classes.values().filter_map(|ids| ids.first().copied()).min() {
+                out.push((tenant.clone(), priority as u8, id));
+            }
+        }
+    }
+    out
+}
+
+/// When a queued task last became ready: queued, promoted from a delay, or put back
+/// after its last attempt ended (a lost lease, a hand-back, a retry).
+fn waiting_since_ms(task: &Task) -> u64 {
+    let requeued = task.attempt_log.last().map(|a| a.finished_ms).unwrap_or(0);
+    task.created_ms.max(task.ready_at_ms).max(requeued)
+}
+
+/// Each follower's lag behind the leader's last log index, from the leader's replication
+/// progress (`matched` is `None` for a follower nothing is known to match yet). The
+/// leader's own entry is left out.
+fn follower_lags(
+    leader: NodeId,
+    last_log_index: Option<u64>,
+    matched: impl Iterator<Item = (NodeId, Option<u64>)>,
+) -> BTreeMap<NodeId, u64> {
+    let last = last_log_index.unwrap_or(0);
+    matched.filter(|(id, _)| *id != leader).map(|(id, m)| (id, last.saturating_sub(m.unwrap_or(0)))).collect()
+}
+
+/// The leader a node has last seen, to count changes: a different leader id, or the same
+/// node leading in a new term (it was elected again).
+#[derive(Default)]
+struct LeaderSeen {
+    last: Option<(NodeId, u64)>,
+}
+
+impl LeaderSeen {
+    /// Whether `(leader, term)` is a change from what was seen before. A moment with no
+    /// leader (an election under way) is not a change by itself.
+    fn observe(&mut self, leader: Option<NodeId>, term: u64) -> bool {
+        let Some(leader) = leader else { return false };
+        let changed = self.last != Some((leader, term));
+        self.last = Some((leader, term));
+        changed
+    }
+}
+
+/// Counts leader changes in `drover_raft_leader_changes_total` until `shutdown` fires or
+/// Raft stops. Raft's metrics are a watch channel that keeps only the latest value, so
+/// two elections between two observations count as one; a flapping leader still shows.
+pub async fn watch_leader_changes(node: std::sync::Arc<RaftNode>, counter: IntCounter, shutdown: CancellationToken) {
+    let mut rx = node.raft.metrics();
+    let mut seen = LeaderSeen::default();
+    loop {
+        let (leader, term) = {
+            let m = rx.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if seen.observe(leader, term) {
+            counter.inc();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exported_from_the_start_except_the_scrape_time_ones() {
+        let m = Metrics::new().expect("metrics");
+        let names: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        for name in [
+            "drover_build_info",
+            "drover_raft_leader_changes_total",
+            "drover_leases_expired_total",
+            "drover_api_denied_total",
+            "drover_connections_refused_total",
+            "drover_webhook_requests_total",
+            "drover_schedule_fires_total",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "drover_tls_cert_expiry_seconds"), "no certificate, no expiry");
+        m.set_tls_cert_expiry(1_900_000_000);
+        m.set_tls_cert_expiry(1_900_000_001);
+        let expiry = m.registry.gather().into_iter().find(|f| f.name() == "drover_tls_cert_expiry_seconds");
+        let value = expiry.map(|f| f.get_metric()[0].get_gauge().get_value());
+        assert_eq!(value, Some(1_900_000_001.0), "a reload replaces the value");
+    }
+
+    #[test]
+    fn follower_lag_leaves_the_leader_out_and_counts_unmatched_followers_from_zero() {
+        let lags = follower_lags(1, Some(100), [(1, Some(100)), (2, Some(97)), (3, None)].into_iter());
+        assert_eq!(lags, BTreeMap::from([(2, 3), (3, 100)]));
+        // A follower ahead of a stale last index (they are read at different moments).
+        assert_eq!(follower_lags(1, Some(5), [(2, Some(6))].into_iter()), BTreeMap::from([(2, 0)]));
+    }
+
+    #[test]
+    fn a_leader_change_is_a_new_leader_or_a_new_term_and_elections_are_not_changes() {
+        let mut seen = LeaderSeen::default();
+        let steps = [(None, 1), (Some(1), 1), (Some(1), 1), (None, 2), (Some(2), 2), (Some(2), 3), (Some(2), 3)];
+        let changes: Vec<bool> = steps.iter().map(|(l, t)| seen.observe(*l, *t)).collect();
+        assert_eq!(changes, [false, true, false, false, true, true, false]);
     }
 }

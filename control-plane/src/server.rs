@@ -80,6 +80,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     .validate()
     .map_err(|e| ServerError::Raft(e.to_string()))?;
     let tls = cfg.tls.as_ref().map(NodeTls::load).transpose()?.map(Arc::new);
+    if let Some(files) = &cfg.tls {
+        record_cert_expiry(&metrics, &files.cert);
+    }
     let dialer = Dialer { tls: tls.as_ref().map(|t| t.client.clone()), overrides: Arc::new(cfg.dial.clone()) };
     let network = NetworkFactory::new(dialer.clone(), metrics.append_splits.clone());
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm_store)
@@ -167,8 +170,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     };
     let grpc_task = tasks.spawn(grpc);
     if let Some(tls) = &tls {
-        tasks.spawn(reload_on_sighup(tls.clone(), shutdown.clone()));
+        tasks.spawn(reload_on_sighup(tls.clone(), metrics.clone(), cfg.tls.clone(), shutdown.clone()));
     }
+    tasks.spawn(crate::metrics::watch_leader_changes(node.clone(), metrics.leader_changes.clone(), shutdown.clone()));
     tasks.spawn({
         let (node, metrics, token, tls) = (node.clone(), metrics.clone(), shutdown.clone(), tls.clone());
         async move {
@@ -213,8 +217,25 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     }
 }
 
+/// `drover_tls_cert_expiry_seconds` from the certificate file. The file was just loaded
+/// by [`NodeTls`], so failing to read it here only loses the metric (logged).
+fn record_cert_expiry(metrics: &Metrics, cert: &std::path::Path) {
+    let expiry = std::fs::read(cert)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| drover_identity::certs::not_after_from_pem(&pem).map_err(|e| e.to_string()));
+    match expiry {
+        Ok(not_after) => metrics.set_tls_cert_expiry(not_after),
+        Err(e) => tracing::warn!(path = %cert.display(), error = %e, "cannot read the certificate's expiry"),
+    }
+}
+
 /// Re-reads the TLS files on every SIGHUP; new connections present the new certificate.
-async fn reload_on_sighup(tls: Arc<NodeTls>, shutdown: CancellationToken) {
+async fn reload_on_sighup(
+    tls: Arc<NodeTls>,
+    metrics: Arc<Metrics>,
+    files: Option<crate::config::TlsFiles>,
+    shutdown: CancellationToken,
+) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -228,7 +249,12 @@ async fn reload_on_sighup(tls: Arc<NodeTls>, shutdown: CancellationToken) {
             r = hup.recv() => if r.is_none() { return },
         }
         match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: reloaded TLS certificates"),
+            Ok(()) => {
+                tracing::info!("SIGHUP: reloaded TLS certificates");
+                if let Some(files) = &files {
+                    record_cert_expiry(&metrics, &files.cert);
+                }
+            }
             Err(e) => tracing::error!(error = %e, "SIGHUP: reloading TLS certificates failed; keeping the old ones"),
         }
     }

@@ -134,6 +134,16 @@ pub fn identity_from_pem(pem: &[u8]) -> Result<SpiffeId, IdentityError> {
     identity_from_der(&p.contents)
 }
 
+/// When the first certificate of a PEM file stops being valid, in unix seconds (a
+/// process reporting its own certificate's expiry, `drover_tls_cert_expiry_seconds`).
+pub fn not_after_from_pem(pem: &[u8]) -> Result<i64, IdentityError> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem)
+        .map_err(|_| IdentityError::Malformed("no PEM certificate found".to_string()))?;
+    let (_, cert) = X509Certificate::from_der(&p.contents)
+        .map_err(|_| IdentityError::Malformed("unparseable certificate".into()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// Writes a file; private keys (`private = true`) are created with mode 0600.
 pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
     let io = |source| CertError::Io { path: path.display().to_string(), source };
@@ -164,6 +174,16 @@ mod tests {
         assert_eq!(identity_from_der(&der(&leaf.cert)).expect("identity"), id);
         let e = identity_from_der(&der(&ca.cert)).expect_err("CA is not an identity");
         assert!(e.to_string().contains("CA"), "{e}");
+    }
+
+    #[test]
+    fn expiry_is_read_back_from_the_pem() {
+        let ca = new_ca("drover test CA", 30).expect("ca");
+        let start = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        let id = SpiffeId::new(Role::Agent, "a1").expect("id");
+        let leaf = issue(&ca, &LeafSpec { not_before: Some(start), ..LeafSpec::new(id, 7) }).expect("leaf");
+        assert_eq!(not_after_from_pem(leaf.cert.as_bytes()).expect("expiry"), 1_700_000_000 + 7 * 86_400);
+        assert!(not_after_from_pem(b"not a certificate").is_err());
     }
 
     #[test]

@@ -122,6 +122,18 @@ impl Agent {
     pub async fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
         let uplink = Arc::new(Uplink::new(&cfg)?);
         let metrics = AgentMetrics::new()?;
+        if let Some(tls) = &cfg.tls {
+            // The uplink has just read this file, so failing here only loses the metric.
+            match std::fs::read(&tls.cert)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| drover_identity::certs::not_after_from_pem(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(not_after) => metrics.set_tls_cert_expiry(not_after),
+                Err(e) => {
+                    tracing::warn!(path = %tls.cert.display(), error = %e, "cannot read the certificate's expiry")
+                }
+            }
+        }
         let work_dir = cfg.data_dir.join("tasks");
         tokio::fs::create_dir_all(&work_dir)
             .await
@@ -158,6 +170,7 @@ impl Agent {
         let deadlines = cfg.watchdog.then(|| Deadlines::new(cfg.data_dir.join("watchdog")));
         let (ship_tx, ship_rx) = mpsc::channel(1024);
         metrics.slots_free.set(cfg.slots as i64);
+        metrics.image_cache_budget_bytes.set(i64::try_from(cfg.images.disk_budget.as_u64()).unwrap_or(i64::MAX));
         let book = LeaseBook::new(cfg.slots, margin_for(DEFAULT_TTL, watchdog::TICK));
         Arc::new(Agent {
             uplink,
@@ -356,6 +369,8 @@ impl ControlTarget for Agent {
     }
 
     fn metrics_text(&self) -> String {
+        let cached: u64 = self.exec.images().iter().map(|i| i.size_bytes).sum();
+        self.metrics.image_cache_bytes.set(i64::try_from(cached).unwrap_or(i64::MAX));
         self.metrics.render()
     }
 }

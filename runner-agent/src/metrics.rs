@@ -1,7 +1,13 @@
 //! The agent's Prometheus metrics (`drover_agent_*`, base units, no task-id labels),
-//! served at `/metrics` on the control socket and the optional loopback listener.
+//! served at `/metrics` on the control socket and the optional loopback listener
+//! (`metrics_listen`). `drover_build_info` and `drover_tls_cert_expiry_seconds` carry the
+//! same names as the server's, so one alert covers both. Every metric is listed in
+//! `docs/operations.md` (a test compares that table with a live scrape).
+//!
+//! `drover_agent_tasks_total` starts at zero for every outcome, so a rate over it sees
+//! the first event of each (the image-cache gauges are refreshed at scrape time).
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::executor::ExecMetrics;
 
@@ -11,15 +17,24 @@ pub struct AgentMetrics {
     pub exec: ExecMetrics,
     pub slots_busy: IntGauge,
     pub slots_free: IntGauge,
-    /// By outcome: success, error, timeout, killed, lost (lease lost or revoked),
-    /// handed_back (drain, or an engine failure).
+    /// By outcome: success, error, timeout, killed, image_pull, infrastructure (as
+    /// reported), lost (lease lost or revoked), handed_back (drain, or an engine failure).
     pub tasks: IntCounterVec,
     /// Leases not renewed before their deadline (their containers were stopped).
     pub leases_lost: IntCounter,
     pub log_bytes_shipped: IntCounter,
     pub lease_renew_failures: IntCounter,
     pub completions_rejected: IntCounter,
+    /// Bytes of the images this agent has used that are on the engine now (refreshed at
+    /// scrape time) and the budget past which they are evicted.
+    pub image_cache_bytes: IntGauge,
+    pub image_cache_budget_bytes: IntGauge,
+    tls_cert_expiry: IntGauge,
 }
+
+/// Every outcome `tasks` is counted under (see [`AgentMetrics::tasks`]).
+const TASK_OUTCOMES: &[&str] =
+    &["success", "error", "timeout", "killed", "image_pull", "infrastructure", "lost", "handed_back"];
 
 impl AgentMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -52,6 +67,29 @@ impl AgentMetrics {
         )?;
         registry.register(Box::new(completions_rejected.clone()))?;
         registry.register(Box::new(leases_lost.clone()))?;
+        for outcome in TASK_OUTCOMES {
+            tasks.with_label_values(&[outcome]);
+        }
+        let build_info = IntGaugeVec::new(
+            Opts::new("drover_build_info", "Always 1; the label carries the version of the running agent"),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info))?;
+        let image_cache_bytes = IntGauge::new(
+            "drover_agent_image_cache_bytes",
+            "Size of the images this agent has used that are on the engine now",
+        )?;
+        let image_cache_budget_bytes = IntGauge::new(
+            "drover_agent_image_cache_budget_bytes",
+            "The image disk budget: least-recently-used images are evicted past it",
+        )?;
+        registry.register(Box::new(image_cache_bytes.clone()))?;
+        registry.register(Box::new(image_cache_budget_bytes.clone()))?;
+        let tls_cert_expiry = IntGauge::new(
+            "drover_tls_cert_expiry_seconds",
+            "When this agent's own TLS certificate expires, in unix seconds (absent without TLS)",
+        )?;
         Ok(AgentMetrics {
             registry,
             exec,
@@ -62,7 +100,20 @@ impl AgentMetrics {
             lease_renew_failures,
             completions_rejected,
             leases_lost,
+            image_cache_bytes,
+            image_cache_budget_bytes,
+            tls_cert_expiry,
         })
+    }
+
+    /// Records when the agent's certificate expires; the gauge is exported from the first
+    /// call on (an agent without TLS has none, so an expiry alert cannot fire for it).
+    pub fn set_tls_cert_expiry(&self, not_after_unix_seconds: i64) {
+        self.tls_cert_expiry.set(not_after_unix_seconds);
+        match self.registry.register(Box::new(self.tls_cert_expiry.clone())) {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+            Err(e) => tracing::warn!(error = %e, "registering drover_tls_cert_expiry_seconds failed"),
+        }
     }
 
     pub fn render(&self) -> String {
