@@ -29,8 +29,15 @@ use crate::storage::sm_store::ApplyMetrics;
 /// `accept`, `http` and `webhook`.
 const LEASE_EXPIRY_REASONS: &[&str] = &["lease_lost", "timeout"];
 const SCHEDULE_OUTCOMES: &[&str] = &["queued", "skipped", "owed", "too_late", "failed"];
-const DENIAL_REASONS: &[&str] =
-    &["no_certificate", "bad_certificate", "expired_certificate", "unknown_ca", "role", "source_cidr"];
+const DENIAL_REASONS: &[&str] = &[
+    "no_certificate",
+    "bad_certificate",
+    "expired_certificate",
+    "unknown_ca",
+    "role",
+    "source_cidr",
+    "agent_attributes",
+];
 const LISTENERS: &[&str] = &["grpc", "http", "webhook"];
 const REFUSAL_REASONS: &[&str] = &["connection_limit", "evicted", "tls_error", "handshake_timeout"];
 const WEBHOOK_RESULTS: &[&str] = &[
