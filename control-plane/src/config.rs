@@ -233,7 +233,10 @@ impl ServerConfig {
                 return bad("initial_members", "node ids must be positive".into());
             }
             if addr.parse::<SocketAddr>().is_err() {
-                return bad("initial_members", format!("{addr:?} (node {id}) is not host:port"));
+                return bad(
+                    "initial_members",
+                    format!("{addr:?} (node {id}) is not IP:port (names are not resolved here)"),
+                );
             }
         }
         if !self.initial_members.is_empty() && !self.initial_members.contains_key(&self.node_id) {
@@ -245,6 +248,19 @@ impl ServerConfig {
 
 #[cfg(test)]
 mod tests {
+
+    /// The example configs under deploy/examples are what operators copy: they must parse
+    /// and validate with the real parser.
+    #[test]
+    fn the_deploy_examples_parse_and_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        for id in 1..=3u64 {
+            let path = dir.join(format!("server-{id}.toml"));
+            let c = ServerConfig::from_toml(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!((c.node_id, c.initial_members.len(), c.allow_unregistered_agents), (id, 3, false));
+        }
+    }
     use super::*;
 
     fn parse(extra: &str) -> ServerConfig {

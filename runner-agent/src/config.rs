@@ -215,6 +215,18 @@ impl AgentConfig {
 
 #[cfg(test)]
 mod tests {
+
+    /// The example configs under deploy/examples parse and validate with the real parser.
+    #[test]
+    fn the_deploy_examples_parse_and_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        for name in ["agent-eu-west.toml", "agent-us-east.toml", "agent-dedicated.toml"] {
+            let path = dir.join(name);
+            let c = AgentConfig::from_toml(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(c.control_plane.len(), 3, "{name}");
+        }
+    }
     use super::*;
 
     fn parse(extra: &str) -> Result<AgentConfig, String> {

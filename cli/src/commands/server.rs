@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub struct ServerArgs {
-    /// TOML config file (see the README's configuration reference).
+    /// TOML config file (every key: docs/configuration.md).
     #[arg(long, env = "DROVER_CONFIG")]
     config: Option<PathBuf>,
     #[arg(long)]
