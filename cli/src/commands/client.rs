@@ -26,23 +26,23 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Args, Clone)]
 pub struct Conn {
     /// Control-plane gRPC addresses (HOST:PORT, comma-separated); any node works.
-    #[arg(long, env = "DROVER_ADDR", value_delimiter = ',', global = true)]
+    #[arg(help_heading = "Connection", long, env = "DROVER_ADDR", value_delimiter = ',', global = true)]
     pub addr: Vec<String>,
     /// CA bundle (PEM) the server's certificate must chain to.
-    #[arg(long, env = "DROVER_CA", global = true)]
+    #[arg(help_heading = "Connection", long, env = "DROVER_CA", global = true)]
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM) carrying your role identity.
-    #[arg(long, env = "DROVER_CERT", global = true)]
+    #[arg(help_heading = "Connection", long, env = "DROVER_CERT", global = true)]
     pub cert: Option<PathBuf>,
     /// Client private key (PEM).
-    #[arg(long, env = "DROVER_KEY", global = true)]
+    #[arg(help_heading = "Connection", long, env = "DROVER_KEY", global = true)]
     pub key: Option<PathBuf>,
     /// Development only: act as this tenant against a `--dev-insecure` server (plaintext,
     /// identity in metadata instead of a certificate).
-    #[arg(long, env = "DROVER_DEV_TENANT", global = true, conflicts_with = "cert")]
+    #[arg(help_heading = "Connection", long, env = "DROVER_DEV_TENANT", global = true, conflicts_with = "cert")]
     pub dev_tenant: Option<String>,
     /// A named context from ~/.config/drover/config.toml.
-    #[arg(long, env = "DROVER_CONTEXT", global = true)]
+    #[arg(help_heading = "Connection", long, env = "DROVER_CONTEXT", global = true)]
     pub context: Option<String>,
 }
 

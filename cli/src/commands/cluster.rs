@@ -13,6 +13,7 @@ use super::output::{Format, print_json};
 pub struct ClusterArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Output format: aligned tables for people, or JSON for scripts.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
     output: Format,
     #[command(subcommand)]

@@ -14,6 +14,7 @@ use super::output::{Format, code_json, print_json, retry_on_arg};
 pub struct CodeArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Output format: aligned tables for people, or JSON for scripts.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
     output: Format,
     #[command(subcommand)]

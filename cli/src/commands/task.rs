@@ -27,6 +27,7 @@ pub const EXIT_WAIT_EXPIRED: u8 = 75;
 pub struct TaskArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Output format: aligned tables for people, or JSON for scripts.
     #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
     output: Format,
     #[command(subcommand)]
@@ -75,24 +76,31 @@ enum TaskCmd {
         #[command(flatten)]
         placement: super::placement::PlacementArgs,
     },
-    Get {
-        id: u64,
-    },
+    /// A task: state, retries, every attempt, and why it waits if it does.
+    Get { id: u64 },
+    /// Tasks in id order, a page at a time (`--after` the last id shown), or all of them.
     List {
+        /// Only tasks in this state: delayed, queued, running, complete, error, timeout,
+        /// killed or cancelled.
         #[arg(long)]
         state: Option<String>,
+        /// Only tasks of this code.
         #[arg(long)]
         code: Option<String>,
+        /// Tasks per page (at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Start after this task id (the `next page` hint of the previous page).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Every page, to the end.
+        #[arg(long, conflicts_with = "after")]
+        all: bool,
     },
-    Cancel {
-        id: u64,
-    },
+    /// Cancel a queued, delayed or running task (a running container is stopped).
+    Cancel { id: u64 },
     /// Queue a new task with the same code, payload and priority as a finished one.
-    Retry {
-        id: u64,
-    },
+    Retry { id: u64 },
     /// Print a task's output (stdout to stdout, stderr and Drover's notes to stderr).
     Logs {
         id: u64,
@@ -228,16 +236,28 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
                 Format::Table => task_detail(&task),
             }
         }
-        TaskCmd::List { state, code, limit } => {
+        TaskCmd::List { state, code, limit, after, all } => {
             let state = match state {
                 Some(s) => parse_state(&s)? as i32,
                 None => 0,
             };
-            let req = pv::ListTasksRequest { state, code: code.unwrap_or_default(), after_id: 0, limit };
-            let r = t.list_tasks(req).await.map_err(|s| explain(&s))?.into_inner();
+            let mut req = pv::ListTasksRequest { state, code: code.unwrap_or_default(), after_id: after, limit };
+            let mut tasks = Vec::new();
+            let next = loop {
+                let r = t.list_tasks(req.clone()).await.map_err(|s| explain(&s))?.into_inner();
+                tasks.extend(r.tasks);
+                if !all || r.next_after_id == 0 {
+                    break r.next_after_id;
+                }
+                req.after_id = r.next_after_id;
+            };
             match a.output {
-                Format::Json => print_json(&serde_json::Value::Array(r.tasks.iter().map(task_json).collect())),
-                Format::Table => task_table(&r.tasks),
+                Format::Json => print_json(&serde_json::Value::Array(tasks.iter().map(task_json).collect())),
+                Format::Table => task_table(&tasks),
+            }
+            // On stderr, so a script's JSON stays whole.
+            if next != 0 {
+                eprintln!("next page: --after {next} (or --all)");
             }
         }
         TaskCmd::Cancel { id } => {
