@@ -12,4 +12,5 @@ pub mod placement;
 pub mod schedule;
 pub mod server;
 pub mod task;
+pub mod task_flags;
 pub mod tenant;

@@ -1,7 +1,6 @@
 //! `drover schedule create|list|get|delete|pause|resume` (tenant API). Times are shown
 //! in UTC (RFC 3339); a cron schedule's expression is evaluated in its own zone.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -10,7 +9,7 @@ use drover_proto::v1 as pv;
 use serde_json::{Value, json};
 
 use super::client::{Conn, explain, tenant};
-use super::output::{Format, print_json, retry_on_arg, state_name};
+use super::output::{Format, print_json, state_name};
 
 #[derive(Args)]
 pub struct ScheduleArgs {
@@ -60,36 +59,8 @@ struct CreateArgs {
     /// After an outage, run the latest missed tick if it is at most this old (default 1m).
     #[arg(long, value_parser = humantime::parse_duration)]
     catch_up: Option<Duration>,
-    /// The payload, JSON text.
-    #[arg(long, conflicts_with = "payload_file")]
-    payload: Option<String>,
-    /// Read the payload from a file (`-`: standard input). Must be JSON unless --raw.
-    #[arg(long)]
-    payload_file: Option<PathBuf>,
-    /// Send the payload as bytes, without checking that it is JSON.
-    #[arg(long)]
-    raw: bool,
-    /// 0 (default) to 2 (most urgent).
-    #[arg(long, default_value_t = 0)]
-    priority: u32,
-    /// Overrides the code's timeout.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    timeout: Option<Duration>,
-    /// Overrides the code's retries.
-    #[arg(long)]
-    retries: Option<u32>,
-    /// Overrides the code's delay before the first retry, for example 5s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    retry_delay: Option<Duration>,
-    /// Overrides the code's longest delay between retries.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    retry_backoff_max: Option<Duration>,
-    /// Overrides which failures are retried: exit_code, oom, timeout, image_pull,
-    /// runner_lost, infrastructure, cancelled (comma-separated or repeated).
-    #[arg(long)]
-    retry_on: Vec<String>,
     #[command(flatten)]
-    placement: super::placement::PlacementArgs,
+    task: super::task_flags::TaskFlags,
 }
 
 #[derive(Subcommand)]
@@ -224,29 +195,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
     let mut t = tenant(&a.conn).await?;
     let one = match a.cmd {
         ScheduleCmd::Create(c) => {
-            let CreateArgs {
-                code,
-                cron,
-                tz,
-                every,
-                start_at,
-                end_at,
-                run_times,
-                overlap,
-                catch_up,
-                payload,
-                payload_file,
-                raw,
-                priority,
-                timeout,
-                retries,
-                retry_delay,
-                retry_backoff_max,
-                retry_on,
-                placement,
-            } = *c;
-            let retry_on = retry_on_arg(&retry_on)?;
-            let payload = super::task::read_payload(payload, payload_file, raw)?;
+            let CreateArgs { code, cron, tz, every, start_at, end_at, run_times, overlap, catch_up, task } = *c;
             let req = pv::CreateScheduleRequest {
                 cron: cron.unwrap_or_default(),
                 timezone: tz.unwrap_or_default(),
@@ -254,18 +203,7 @@ pub async fn run(a: ScheduleArgs) -> anyhow::Result<()> {
                 start_at_ms: start_at.map(ms).transpose()?.unwrap_or(0),
                 end_at_ms: end_at.map(ms).transpose()?.unwrap_or(0),
                 run_times: run_times.unwrap_or(0),
-                task: Some(pv::NewTask {
-                    code,
-                    payload,
-                    priority,
-                    delay_ms: 0,
-                    timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
-                    retries,
-                    retry_delay_ms: retry_delay.map(|d| d.as_millis() as u64),
-                    retry_backoff_max_ms: retry_backoff_max.map(|d| d.as_millis() as u64),
-                    retry_on,
-                    placement: placement.to_proto(),
-                }),
+                task: Some(task.new_task(code, None)?),
                 overlap: match overlap {
                     OverlapArg::Skip => pv::Overlap::Skip,
                     OverlapArg::Allow => pv::Overlap::Allow,

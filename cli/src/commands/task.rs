@@ -14,9 +14,8 @@ use clap::{Args, Subcommand};
 use drover_proto::v1 as pv;
 
 use super::client::{Conn, TenantClient, explain, tenant};
-use super::output::{
-    Format, finished, parse_state, print_json, retry_on_arg, state_name, task_detail, task_json, task_table,
-};
+use super::output::{Format, finished, parse_state, print_json, state_name, task_detail, task_json, task_table};
+use super::task_flags::TaskFlags;
 
 pub const EXIT_TIMEOUT: u8 = 124;
 pub const EXIT_CANCELLED: u8 = 125;
@@ -39,42 +38,14 @@ enum TaskCmd {
     /// Queue tasks of a code.
     Queue {
         code: String,
-        /// The payload, JSON text.
-        #[arg(long, conflicts_with = "payload_file")]
-        payload: Option<String>,
-        /// Read the payload from a file (`-`: standard input). Must be JSON unless --raw.
-        #[arg(long)]
-        payload_file: Option<PathBuf>,
-        /// Send the payload as bytes, without checking that it is JSON.
-        #[arg(long)]
-        raw: bool,
-        /// 0 (default) to 2 (most urgent).
-        #[arg(long, default_value_t = 0)]
-        priority: u32,
         /// Run no earlier than this from now, for example 30s.
         #[arg(long, value_parser = humantime::parse_duration)]
         delay: Option<Duration>,
-        /// Overrides the code's timeout.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<Duration>,
-        /// Overrides the code's retries (max_retries).
-        #[arg(long)]
-        retries: Option<u32>,
-        /// Overrides the code's wait before the first retry, for example 2s (doubles per retry).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        retry_delay: Option<Duration>,
-        /// Overrides the code's cap on the retry wait, for example 5m.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        retry_backoff_max: Option<Duration>,
-        /// Overrides which failures are retried: exit_code, oom, timeout, image_pull,
-        /// runner_lost, infrastructure, cancelled (comma-separated or repeated).
-        #[arg(long)]
-        retry_on: Vec<String>,
         /// Queue this many identical tasks.
         #[arg(long, default_value_t = 1)]
         count: u32,
         #[command(flatten)]
-        placement: super::placement::PlacementArgs,
+        task: TaskFlags,
     },
     /// A task: state, retries, every attempt, and why it waits if it does.
     Get { id: u64 },
@@ -181,45 +152,20 @@ pub fn exit_status(t: &pv::Task) -> u8 {
 pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
     let mut t = tenant(&a.conn).await?;
     match a.cmd {
-        TaskCmd::Queue {
-            code,
-            payload,
-            payload_file,
-            raw,
-            priority,
-            delay,
-            timeout,
-            retries,
-            retry_delay,
-            retry_backoff_max,
-            retry_on,
-            count,
-            placement,
-        } => {
-            let payload = read_payload(payload, payload_file, raw)?;
-            let retry_on = retry_on_arg(&retry_on)?;
+        TaskCmd::Queue { code, delay, count, task } => {
             if count == 0 {
                 anyhow::bail!("--count 0: nothing to queue");
             }
+            let task = task.new_task(code, delay)?;
             let mut ids = Vec::new();
             let mut left = count;
             let mut part = 0;
             while left > 0 {
                 let n = left.min(1000);
-                let task = pv::NewTask {
-                    code: code.clone(),
-                    payload: payload.clone(),
-                    priority,
-                    delay_ms: delay.map(|d| d.as_millis() as u64).unwrap_or(0),
-                    timeout_ms: timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
-                    retries,
-                    placement: placement.to_proto(),
-                    retry_delay_ms: retry_delay.map(|d| d.as_millis() as u64),
-                    retry_backoff_max_ms: retry_backoff_max.map(|d| d.as_millis() as u64),
-                    retry_on: retry_on.clone(),
+                let req = pv::QueueTasksRequest {
+                    tasks: vec![task.clone(); n as usize],
+                    idempotency_key: idempotency_key(part),
                 };
-                let req =
-                    pv::QueueTasksRequest { tasks: vec![task; n as usize], idempotency_key: idempotency_key(part) };
                 ids.extend(queue_call(&mut t, req).await?);
                 left -= n;
                 part += 1;
