@@ -96,3 +96,38 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand and every flag or argument a user can type says what it is for in
+    /// `--help` (clap's own `--help`/`--version` aside). Lists every gap, not the first.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, gaps: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    gaps.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" || sub.is_hide_set() {
+                    continue;
+                }
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    gaps.push(format!("{sub_path} (the command)"));
+                }
+                walk(sub, &sub_path, gaps);
+            }
+        }
+        let mut gaps = Vec::new();
+        walk(&super::Cli::command(), "drover", &mut gaps);
+        assert!(gaps.is_empty(), "without help text:\n{}", gaps.join("\n"));
+    }
+}

@@ -40,7 +40,7 @@ enum AgentCmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML config file (see the README's agent configuration); flags override it.
+    /// TOML config file (docs/configuration.md, the agent's keys); flags override it.
     #[arg(long, env = "DROVER_AGENT_CONFIG")]
     config: Option<PathBuf>,
     /// Control-plane addresses (HOST:PORT, comma-separated).

@@ -549,7 +549,7 @@ fn errors_are_retried_then_fail() {
 fn lost_leases_are_bounded_and_timeouts_finish() {
     let mut h = acme();
     let id = h.queue("acme", vec![task("work")])[0];
-    assert_eq!(MAX_LOST_LEASES, 5, "the README says five");
+    assert_eq!(MAX_LOST_LEASES, 5, "docs/tasks.md says five");
     for n in 1..=MAX_LOST_LEASES {
         let e = h.lease("a1", &agent("", ""), 1)[0].epoch;
         assert_eq!(h.expire(id, e, ExpireReason::LeaseLost), vec![id]);
