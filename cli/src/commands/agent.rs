@@ -46,8 +46,10 @@ struct RunArgs {
     /// Control-plane addresses (HOST:PORT, comma-separated).
     #[arg(long, value_delimiter = ',')]
     control_plane: Vec<String>,
+    /// Directory for task files, the watchdog's deadlines and the control socket.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Tasks run at once.
     #[arg(long)]
     slots: Option<u32>,
     /// CA bundle (PEM) the control plane's certificate must chain to.
@@ -56,11 +58,13 @@ struct RunArgs {
     /// This agent's certificate (PEM, role agent).
     #[arg(long, requires = "tls_ca")]
     tls_cert: Option<PathBuf>,
+    /// This agent's private key (PEM).
     #[arg(long, requires = "tls_ca")]
     tls_key: Option<PathBuf>,
     /// Development only: plaintext to a --dev-insecure control plane, with this agent id.
     #[arg(long, conflicts_with = "tls_ca")]
     dev_agent_id: Option<String>,
+    /// The region this host is in.
     #[arg(long)]
     region: Option<String>,
     /// Serve only this dedicated cluster's tasks.
@@ -72,6 +76,7 @@ struct RunArgs {
     /// Loopback address for a read-only /metrics listener.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The control socket's path (default: DATA_DIR/agent.sock).
     #[arg(long)]
     control_socket: Option<PathBuf>,
 }

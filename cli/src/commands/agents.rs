@@ -28,7 +28,10 @@ enum AgentsCmd {
     Register(Box<RegisterArgs>),
     /// Remove an agent's registration (it then serves the shared fleet, if unregistered
     /// agents are allowed).
-    Deregister { id: String },
+    Deregister {
+        /// The agent's id.
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -38,6 +41,7 @@ struct RegisterArgs {
     /// The dedicated or shared cluster it serves (default: the shared fleet).
     #[arg(long, default_value = "")]
     cluster: String,
+    /// The region it runs in.
     #[arg(long, default_value = "")]
     region: String,
     /// The tenant VPC it runs in.

@@ -18,20 +18,25 @@ pub struct CertsArgs {
 enum CertsCmd {
     /// Create a CA: DIR/ca.pem and DIR/ca.key (mode 0600).
     Init {
+        /// Directory to write ca.pem and ca.key to.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// The CA certificate's common name.
         #[arg(long, default_value = "Drover CA")]
         name: String,
+        /// Days the CA is valid.
         #[arg(long, default_value_t = 3650)]
         days: u32,
     },
     /// Issue a role certificate signed by DIR/ca.pem: DIR/ROLE-ID.pem and DIR/ROLE-ID.key.
     Issue {
+        /// Directory holding ca.pem and ca.key; the new pair is written there too.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// tenant, agent, server or operator.
         #[arg(long)]
         role: Role,
+        /// The holder's id: tenant or agent name, server node id, operator name.
         #[arg(long)]
         id: String,
         /// DNS names the holder serves under (servers), repeatable.
@@ -40,6 +45,7 @@ enum CertsCmd {
         /// IP addresses the holder serves under (servers), repeatable.
         #[arg(long)]
         ip: Vec<IpAddr>,
+        /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u32,
     },

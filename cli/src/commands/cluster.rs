@@ -24,6 +24,7 @@ pub struct ClusterArgs {
 enum ClusterCmd {
     /// Create a cluster, or change its guaranteed slots.
     Create {
+        /// The cluster's name (1..=128 of A-Za-z0-9._-).
         name: String,
         /// The tenant it is dedicated to (default: a shared cluster any tenant may use).
         #[arg(long)]
@@ -32,9 +33,11 @@ enum ClusterCmd {
         #[arg(long, default_value_t = 0)]
         guaranteed_slots: u32,
     },
+    /// Every cluster: owner, registered and connected agents, slots against the guarantee.
     List,
     /// Delete a cluster that no agent is registered to.
     Delete {
+        /// The cluster to delete.
         name: String,
     },
     /// Set the most one task may ask for on a cluster, or on the shared fleet (`--shared`);
@@ -43,6 +46,7 @@ enum ClusterCmd {
         /// The cluster (omit with --shared).
         #[arg(required_unless_present = "shared", conflicts_with = "shared")]
         name: Option<String>,
+        /// Set the shared fleet's ceilings instead of a cluster's.
         #[arg(long)]
         shared: bool,
         /// For example 8GiB.
@@ -51,6 +55,7 @@ enum ClusterCmd {
         /// CPUs, for example 4 or 0.5.
         #[arg(long)]
         cpus: Option<f64>,
+        /// Processes per task.
         #[arg(long)]
         pids: Option<u32>,
     },

@@ -24,6 +24,7 @@ pub struct CodeArgs {
 /// `drover code register`.
 #[derive(Args)]
 struct RegisterArgs {
+    /// The code's name (1..=128 of A-Za-z0-9._-); registering it again updates it.
     name: String,
     /// Image reference, for example registry.example.com/team/worker:1.4
     #[arg(long)]
@@ -40,6 +41,7 @@ struct RegisterArgs {
     /// CPUs, for example 0.5.
     #[arg(long)]
     cpus: Option<f64>,
+    /// Most processes a run may have (default: the agent's).
     #[arg(long)]
     pids: Option<u32>,
     /// Timeout per run, for example 10m (default: 1h).
@@ -72,11 +74,16 @@ struct RegisterArgs {
 enum CodeCmd {
     /// Register a code (a container image and how to run it), or update it.
     Register(Box<RegisterArgs>),
+    /// Your codes.
     List,
+    /// A code: image, command, limits, retry policy, placement, webhook.
     Get {
+        /// The code's name.
         name: String,
     },
+    /// Delete a code (its queued tasks stay queued until it is registered again or they are cancelled).
     Delete {
+        /// The code's name.
         name: String,
     },
     /// A code's webhook: POST /v1/webhooks/<tenant>/<code> on the servers' webhook
@@ -92,9 +99,15 @@ enum WebhookCmd {
     /// Give the code a webhook and print its URL and secret. The secret is shown this
     /// once (the servers keep only its hash); enabling again makes a new one and the old
     /// one stops working.
-    Enable { name: String },
+    Enable {
+        /// The code's name.
+        name: String,
+    },
     /// Remove the code's webhook.
-    Disable { name: String },
+    Disable {
+        /// The code's name.
+        name: String,
+    },
 }
 
 fn print_codes(codes: &[pv::Code]) {

@@ -30,11 +30,22 @@ enum RaftCmd {
     /// Show this node's view: term, leader, indexes, members.
     Status,
     /// Add a node as a non-voting learner; returns once it has caught up.
-    AddLearner { node_id: u64, addr: String },
+    AddLearner {
+        /// The new node's id (its server certificate's identity).
+        node_id: u64,
+        /// Where the other nodes reach it, HOST:PORT.
+        addr: String,
+    },
     /// Make learners voters.
-    Promote { node_ids: Vec<u64> },
+    Promote {
+        /// Ids of learners to make voters.
+        node_ids: Vec<u64>,
+    },
     /// Remove a node from the cluster.
-    Remove { node_id: u64 },
+    Remove {
+        /// The node to remove.
+        node_id: u64,
+    },
     /// Build a snapshot on the node and purge the log behind it.
     Snapshot,
 }

@@ -34,6 +34,7 @@ enum OverlapArg {
 
 #[derive(Args)]
 struct CreateArgs {
+    /// The code each tick queues a task of.
     code: String,
     /// A cron expression: 5 fields (minute first) or 6 (second first), or @hourly etc.
     #[arg(long, required_unless_present = "every", conflicts_with = "every")]
@@ -67,20 +68,26 @@ struct CreateArgs {
 enum ScheduleCmd {
     /// Queue CODE on a cron expression or every fixed period.
     Create(Box<CreateArgs>),
+    /// Your schedules, with their next fire time and state.
     List,
     /// A schedule, its next five fire times and its last run.
     Get {
+        /// The schedule's id.
         id: u64,
     },
+    /// Delete a schedule (tasks it already queued are kept).
     Delete {
+        /// The schedule's id.
         id: u64,
     },
     /// Stop firing until resumed (ticks while paused are not run, nor counted as missed).
     Pause {
+        /// The schedule's id.
         id: u64,
     },
     /// Fire again from the next tick on.
     Resume {
+        /// The schedule's id.
         id: u64,
     },
 }

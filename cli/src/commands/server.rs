@@ -15,6 +15,7 @@ pub struct ServerArgs {
     /// TOML config file (every key: docs/configuration.md).
     #[arg(long, env = "DROVER_CONFIG")]
     config: Option<PathBuf>,
+    /// This node's Raft id (a positive integer, unique in the cluster and never reused).
     #[arg(long)]
     node_id: Option<u64>,
     /// gRPC listen address (tenant, agent, admin and Raft services).
@@ -26,6 +27,7 @@ pub struct ServerArgs {
     /// HTTP listen address for /metrics, /healthz, /readyz.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Directory for the Raft log, state-machine tables and snapshots.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Members of a new cluster, as ID=HOST:PORT, comma-separated.

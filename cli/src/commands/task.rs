@@ -37,6 +37,7 @@ pub struct TaskArgs {
 enum TaskCmd {
     /// Queue tasks of a code.
     Queue {
+        /// The code to run.
         code: String,
         /// Run no earlier than this from now, for example 30s.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -48,7 +49,10 @@ enum TaskCmd {
         task: TaskFlags,
     },
     /// A task: state, retries, every attempt, and why it waits if it does.
-    Get { id: u64 },
+    Get {
+        /// The task's id.
+        id: u64,
+    },
     /// Tasks in id order, a page at a time (`--after` the last id shown), or all of them.
     List {
         /// Only tasks in this state: delayed, queued, running, complete, error, timeout,
@@ -69,11 +73,18 @@ enum TaskCmd {
         all: bool,
     },
     /// Cancel a queued, delayed or running task (a running container is stopped).
-    Cancel { id: u64 },
+    Cancel {
+        /// The task's id.
+        id: u64,
+    },
     /// Queue a new task with the same code, payload and priority as a finished one.
-    Retry { id: u64 },
+    Retry {
+        /// The finished task's id.
+        id: u64,
+    },
     /// Print a task's output (stdout to stdout, stderr and Drover's notes to stderr).
     Logs {
+        /// The task's id.
         id: u64,
         /// Keep streaming until the task ends.
         #[arg(long, short = 'f')]
@@ -81,6 +92,7 @@ enum TaskCmd {
     },
     /// Wait for a task to end; exit with its exit code (see `drover task --help`).
     Wait {
+        /// The task's id.
         id: u64,
         /// Give up after this long (exit 75).
         #[arg(long, value_parser = humantime::parse_duration)]

@@ -23,6 +23,7 @@ enum TenantCmd {
     /// Create a tenant, or update its limits.
     #[command(alias = "update")]
     Create {
+        /// The tenant id (its certificates carry it).
         id: String,
         /// Most tasks queued or delayed at once (0: server default).
         #[arg(long, default_value_t = 0)]
