@@ -87,7 +87,17 @@ EOF
   done
   wait_leader
   local ops=(--addr "$(addrs)" --ca "$pki/ca.pem" --cert "$pki/operator-local.pem" --key "$pki/operator-local.key")
-  "$bin" tenant create demo "${ops[@]}" >/dev/null
+  # A restart on existing data may still be electing when a node first names a leader;
+  # the write is retried until one takes it (creating the tenant again changes nothing).
+  local created=""
+  for _ in $(seq 1 60); do
+    if "$bin" tenant create demo "${ops[@]}" >/dev/null 2>"$dir/tenant-create.err"; then created=1; break; fi
+    sleep 0.5
+  done
+  if [[ -z $created ]]; then
+    echo "error: creating tenant demo: $(cat "$dir/tenant-create.err")" >&2
+    return 1
+  fi
   local cp="[\"$(grpc 1)\", \"$(grpc 2)\", \"$(grpc 3)\"]"
   for i in 1 2; do
     if alive "agent-$i"; then continue; fi

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use drover_identity::{Role, SpiffeId};
 
 use crate::accept::PeerStream;
+use crate::leader::quorum_clock::QuorumClock;
 use crate::metrics::Metrics;
 use crate::raft::node::RaftNode;
 use crate::tls::NodeTls;
@@ -33,6 +34,7 @@ use crate::tls::NodeTls;
 struct Ctx {
     node: Arc<RaftNode>,
     metrics: Arc<Metrics>,
+    quorum: Arc<QuorumClock>,
 }
 
 /// Who is on the other end of an HTTPS connection.
@@ -84,6 +86,7 @@ pub async fn serve(
     tls: Option<Arc<NodeTls>>,
     node: Arc<RaftNode>,
     metrics: Arc<Metrics>,
+    quorum: Arc<QuorumClock>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let accept_metrics = metrics.accept_metrics();
@@ -91,7 +94,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready));
-    let ctx = Ctx { node, metrics };
+    let ctx = Ctx { node, metrics, quorum };
     let app = app.layer(axum::middleware::from_fn_with_state(ctx.clone(), authorize)).with_state(ctx);
     match tls {
         Some(tls) => {
@@ -147,7 +150,13 @@ async fn authorize(State(ctx): State<Ctx>, req: Request, next: Next) -> axum::re
 }
 
 async fn metrics_handler(State(ctx): State<Ctx>) -> impl IntoResponse {
-    match ctx.metrics.render(&ctx.node) {
+    // A leader counts as one only while a quorum follows it: openraft keeps a leader cut
+    // off from its followers in the leader state, though it can commit nothing (writes
+    // fail once no quorum has answered for `quorum_timeout`, the same bound used here).
+    let fresh = ctx.node.leader_term().is_some_and(|term| {
+        ctx.quorum.since(term, std::time::Instant::now()).is_some_and(|age| age < ctx.node.quorum_timeout)
+    });
+    match ctx.metrics.render(&ctx.node, fresh) {
         Ok(text) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

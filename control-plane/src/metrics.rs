@@ -247,7 +247,9 @@ impl Metrics {
     }
 
     /// Refreshes the state gauges and renders the Prometheus text exposition.
-    pub fn render(&self, node: &RaftNode) -> Result<String, MetricsError> {
+    /// `quorum_fresh`: whether this node is a leader a quorum has confirmed recently (see
+    /// `drover_raft_is_leader` in docs/operations.md); the caller reads the quorum clock.
+    pub fn render(&self, node: &RaftNode, quorum_fresh: bool) -> Result<String, MetricsError> {
         let r = node.metrics();
         self.term.set(r.current_term as i64);
         self.last_log_index.set(r.last_log_index.unwrap_or(0) as i64);
@@ -260,7 +262,7 @@ impl Metrics {
         }
         self.applied_index.set(r.last_applied.map(|l| l.index).unwrap_or(0) as i64);
         self.snapshot_index.set(r.snapshot.map(|l| l.index).unwrap_or(0) as i64);
-        self.is_leader.set(i64::from(node.is_leader()));
+        self.is_leader.set(i64::from(quorum_fresh));
         let mut heads = Vec::new();
         if let Ok(sm) = node.sm.machine() {
             let idx = sm.indexes();

@@ -114,6 +114,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         denied: metrics.api_denied.clone(),
         quorum: quorum.clone(),
         log_followers: Default::default(),
+        shutdown: shutdown.clone(),
     });
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -175,8 +176,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     tasks.spawn(crate::metrics::watch_leader_changes(node.clone(), metrics.leader_changes.clone(), shutdown.clone()));
     tasks.spawn({
         let (node, metrics, token, tls) = (node.clone(), metrics.clone(), shutdown.clone(), tls.clone());
+        let quorum = quorum.clone();
         async move {
-            if let Err(e) = crate::http::serve(http_listener, tls, node, metrics, token).await {
+            if let Err(e) = crate::http::serve(http_listener, tls, node, metrics, quorum, token).await {
                 tracing::error!(error = %e, "http listener failed");
             }
         }
@@ -208,14 +210,41 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    let grpc_result = grpc_task.await;
-    tasks.wait().await;
+    let started = std::time::Instant::now();
+    // The gRPC server drains: it answers the calls in flight, then closes. Long polls and
+    // log follows end on the shutdown token; anything still open after the drain bound is
+    // cut (its client retries elsewhere), so a stop never waits on a client.
+    let mut grpc_task = grpc_task;
+    let grpc_result = match tokio::time::timeout(SHUTDOWN_DRAIN, &mut grpc_task).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                drain_ms = SHUTDOWN_DRAIN.as_millis() as u64,
+                "gRPC calls still open after the drain bound; closing them"
+            );
+            grpc_task.abort();
+            Ok(Ok(()))
+        }
+    };
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "gRPC server stopped");
+    if tokio::time::timeout(SHUTDOWN_DRAIN, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            drain_ms = SHUTDOWN_DRAIN.as_millis() as u64,
+            "background tasks still running after the drain bound"
+        );
+    }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "background tasks stopped");
     raft.shutdown().await.map_err(|e| ServerError::Raft(e.to_string()))?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "raft stopped");
     match grpc_result {
         Ok(r) => r.map_err(ServerError::from),
         Err(e) => Err(ServerError::Raft(format!("grpc task: {e}"))),
     }
 }
+
+/// How long a stopping node waits for the gRPC calls in flight, and then for its
+/// background tasks, before it goes on without them.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// `drover_tls_cert_expiry_seconds` from the certificate file. The file was just loaded
 /// by [`NodeTls`], so failing to read it here only loses the metric (logged).

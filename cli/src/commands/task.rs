@@ -160,6 +160,10 @@ pub fn exit_status(t: &pv::Task) -> u8 {
     }
 }
 
+/// How long `task logs -f` keeps trying to resume a follow that a node ended (it stopped,
+/// or the connection dropped) before it gives up.
+const FOLLOW_RESUME: Duration = Duration::from_secs(30);
+
 /// Runs a task command; `Ok(code)` is the process exit code.
 pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
     let mut t = tenant(&a.conn).await?;
@@ -255,22 +259,45 @@ pub async fn run(a: TaskArgs) -> anyhow::Result<u8> {
                 let task = get(&mut t, id).await?;
                 eprintln!("task {id}: {} — following its output (Ctrl-C to stop)", state_name(task.state));
             }
-            let mut s = t
-                .get_task_log(pv::GetTaskLogRequest { id, from_index: 0, follow })
-                .await
-                .map_err(|s| explain(&s))?
-                .into_inner();
+            // A follow outlives the node serving it: when that node stops (it ends the
+            // stream `Unavailable`) or the connection drops, the follow resumes from the
+            // next chunk on whichever node answers, for up to FOLLOW_RESUME without output.
+            let mut from = 0;
+            let mut resume_until: Option<Instant> = None;
             let mut out = std::io::stdout().lock();
-            while let Some(batch) = s.message().await.map_err(|s| explain(&s))? {
-                for c in batch.chunks {
-                    if c.stream == pv::LogStream::Stdout as i32 {
-                        out.write_all(&c.data)?;
-                    } else {
+            loop {
+                let streamed: anyhow::Result<()> = async {
+                    let mut s =
+                        t.get_task_log(pv::GetTaskLogRequest { id, from_index: from, follow }).await?.into_inner();
+                    while let Some(batch) = s.message().await? {
+                        resume_until = None;
+                        for c in batch.chunks {
+                            from = c.index + 1;
+                            if c.stream == pv::LogStream::Stdout as i32 {
+                                out.write_all(&c.data)?;
+                            } else {
+                                out.flush()?;
+                                std::io::stderr().write_all(&c.data)?;
+                            }
+                        }
                         out.flush()?;
-                        std::io::stderr().write_all(&c.data)?;
                     }
+                    Ok(())
                 }
-                out.flush()?;
+                .await;
+                let Err(e) = streamed else { break };
+                let Some(s) = e.downcast_ref::<tonic::Status>() else { return Err(e) };
+                if !(follow && s.code() == tonic::Code::Unavailable) {
+                    return Err(explain(s));
+                }
+                let until = *resume_until.get_or_insert_with(|| Instant::now() + FOLLOW_RESUME);
+                if Instant::now() >= until {
+                    return Err(explain(s));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(again) = tenant(&a.conn).await {
+                    t = again;
+                }
             }
             if show {
                 let task = get(&mut t, id).await?;

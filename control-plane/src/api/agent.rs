@@ -268,6 +268,10 @@ impl Agent for AgentService {
                 _ = tokio::time::sleep_until(deadline) => {
                     return Ok(Response::new(pa::LeaseResponse { tasks: vec![], lease_ttl_ms, lease_valid_ms: 0 }));
                 }
+                // The agent polls another node at once.
+                _ = self.ctx.shutdown.cancelled() => {
+                    return Err(ApiError::Unavailable("this node is shutting down".into()).into());
+                }
             }
         }
     }

@@ -63,6 +63,11 @@ pub struct ApiCtx {
     pub quorum: Arc<QuorumClock>,
     /// Open `GetTaskLog` follow streams per tenant.
     pub log_followers: LogFollowers,
+    /// Cancelled when the node shuts down: long polls and follow streams end then, since
+    /// the gRPC server's graceful shutdown waits for every open call (an idle agent's
+    /// `Lease` poll would hold a stopping node for `max_lease_wait`, a log follower for
+    /// as long as its task runs).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Most `GetTaskLog` streams with `follow` one tenant may hold open on one node.

@@ -346,6 +346,11 @@ pub(super) async fn task_log(
                 _ = &mut notified => {}
                 _ = tx.closed() => return,
                 _ = tokio::time::sleep(LOG_RECHECK) => {}
+                _ = ctx.shutdown.cancelled() => {
+                    let why = format!("this node is shutting down; follow again from index {from} on another node");
+                    let _ = tx.send(Err(ApiError::Unavailable(why).into())).await;
+                    return;
+                }
             }
         }
     });
