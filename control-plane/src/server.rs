@@ -211,9 +211,12 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     let started = std::time::Instant::now();
-    // The gRPC server drains: it answers the calls in flight, then closes. Long polls and
-    // log follows end on the shutdown token; anything still open after the drain bound is
-    // cut (its client retries elsewhere), so a stop never waits on a client.
+    // The gRPC server drains: it answers the calls in flight, then closes each connection
+    // gracefully. Long polls and log follows end on the shutdown token. A graceful HTTP/2
+    // close needs the client's answer (GOAWAY, then a PING it must acknowledge), so a
+    // client that has stopped answering (a frozen process; in the tests, a harness whose
+    // runtime thread is blocked while it waits for this very stop) would hold the node up
+    // forever: after the drain bound the rest is cut, and its client retries elsewhere.
     let mut grpc_task = grpc_task;
     let grpc_result = match tokio::time::timeout(SHUTDOWN_DRAIN, &mut grpc_task).await {
         Ok(r) => r,
