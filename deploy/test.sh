@@ -4,8 +4,9 @@
 # tests run real Docker containers from an image built here from the static busybox).
 #
 # Prerequisites are handled here: as root, a missing Docker engine (Debian's docker.io)
-# and busybox-static are installed and dockerd is started when it is not running; as
-# another user, the script says exactly what to run instead.
+# and busybox-static are installed and dockerd is started when it is not running, and
+# Debian's prometheus package when promtool is missing; as another user, the script says
+# exactly what to run instead.
 # Then the chaos suite (`drover-chaos suite ci`): every fault scenario once against a
 # real 3-server TLS cluster with two agents, its history checked for violations.
 # Usage: deploy/test.sh [extra cargo test args]   (with args, the chaos suite is skipped;
@@ -19,6 +20,9 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 bash deploy/docker-up.sh
+# The alert rules' promtool checks; also installs Debian's prometheus package (promtool
+# and the server the Prometheus end-to-end test runs) when it is missing.
+bash deploy/prometheus/check.sh
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked "$@"
