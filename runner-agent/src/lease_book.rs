@@ -339,6 +339,21 @@ impl LeaseBook {
         }
     }
 
+    /// The last word before a created container's start request: the lease is still held,
+    /// not being stopped, and its deadline ahead. A deadline that has passed (the agent
+    /// was slow or frozen since [`Self::created`]) stops the lease here.
+    pub fn may_start(&mut self, lease: Lease, now: Instant) -> bool {
+        let Some(h) = self.held.get_mut(&lease.task_id) else { return false };
+        if h.lease != lease || h.stop.is_some() || h.phase != Phase::Running {
+            return false;
+        }
+        if h.deadline <= now {
+            h.stop = Some(StopReason::LeaseLost);
+            return false;
+        }
+        true
+    }
+
     /// Whether a report for `lease` may still be sent (or retried).
     pub fn may_report(&self, lease: Lease, now: Instant) -> bool {
         self.held

@@ -141,7 +141,13 @@ impl Agent {
                     tracing::error!(error = %e, "arming the watchdog failed; not starting the container");
                     return false;
                 }
-                true
+                // Arming awaited a file write: ask again, so that the start request follows
+                // the last check with nothing awaited in between.
+                let ok = lock(&self.state).book.may_start(lease, now());
+                if !ok {
+                    tracing::warn!("the lease ended while the watchdog was armed; not starting the container");
+                }
+                ok
             }
             CreatedDecision::Abort => {
                 tracing::warn!("the lease ended during the image pull or create; not starting the container");

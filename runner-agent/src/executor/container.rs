@@ -150,12 +150,7 @@ impl DockerExecutor {
                 self.metrics.create_seconds.observe(created.elapsed().as_secs_f64());
                 report.container_id = r.id;
                 let id = report.container_id.clone();
-                if on_created(id.clone()).await {
-                    self.supervise(&id, None, spec.timeout, output, cancel, &mut report).await;
-                } else {
-                    report.outcome = RunOutcome::Killed;
-                    report.error = "not started: the lease ended before the container could start".into();
-                }
+                self.supervise(&id, Ok(on_created), spec.timeout, output, cancel, &mut report).await;
                 if let Err(e) = self.remove(&id).await {
                     tracing::error!(container = %id, error = %e, "removing the container failed");
                 }
@@ -182,7 +177,7 @@ impl DockerExecutor {
         cancel: CancellationToken,
     ) -> RunReport {
         let mut report = RunReport::new(container_id.to_string());
-        self.supervise(container_id, Some(logs_since), timeout_left, output, cancel, &mut report).await;
+        self.supervise(container_id, Err(logs_since), timeout_left, output, cancel, &mut report).await;
         if let Err(e) = self.remove(container_id).await {
             tracing::error!(container = %container_id, error = %e, "removing the container failed");
         }
@@ -204,15 +199,20 @@ impl DockerExecutor {
     }
 
     /// Starts (fresh) or follows (adopted) the container and waits for it to end.
+    /// `start`: `Ok(on_created)` for a container just made, which is started only if
+    /// `on_created` says so, asked as the last step before the start request (after the
+    /// output is attached), so that nothing the agent awaits lies between the lease check
+    /// and the start; `Err(since)` for one adopted at start-up, already running.
     async fn supervise(
         &self,
         id: &str,
-        adopted_since: Option<SystemTime>,
+        start: Result<OnCreated<'_>, SystemTime>,
         timeout: Duration,
         output: mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
         report: &mut RunReport,
     ) {
+        let adopted_since = start.err();
         let stream: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>> =
             match adopted_since {
                 None => {
@@ -244,7 +244,13 @@ impl DockerExecutor {
                 }
             };
         let pump = tokio::spawn(pump_output(stream, output, adopted_since));
-        if adopted_since.is_none() {
+        if let Ok(on_created) = start {
+            if !on_created(id.to_string()).await {
+                pump.abort();
+                report.outcome = RunOutcome::Killed;
+                report.error = "not started: the lease ended before the container could start".into();
+                return;
+            }
             let started = Instant::now();
             if let Err(e) = self.docker.start_container(id, None::<q::StartContainerOptions>).await {
                 report.infrastructure = engine_failure(&e);

@@ -104,6 +104,26 @@ fn a_lease_lost_during_the_pull_never_starts_its_container() {
 }
 
 #[test]
+fn a_freeze_between_the_check_and_the_start_request_is_caught_by_the_last_check() {
+    // Seen in the long chaos run: an agent passed the check, was frozen (SIGSTOP) for 6 s,
+    // and on waking started the container of a lease that had meanwhile been re-granted.
+    let t0 = Instant::now();
+    let mut b = book(1);
+    let GrantDecision::Run { deadline } = b.grant(lease(1), t0, ms(TTL_MS), t0) else { panic!() };
+    assert_eq!(b.created(lease(1), "c1", t0 + ms(10)), CreatedDecision::Start { deadline });
+    assert!(b.may_start(lease(1), t0 + ms(20)), "still well inside the lease");
+    assert!(!b.may_start(lease(1), deadline), "the deadline passed while frozen");
+    assert_eq!(b.exited(lease(1), Exit::Ended, deadline), AfterExit::Forget(StopReason::LeaseLost));
+    // Another lease of the same task, or one being stopped, never starts.
+    let mut b = book(1);
+    b.grant(lease(2), t0, ms(TTL_MS), t0);
+    b.created(lease(2), "c2", t0);
+    assert!(!b.may_start(Lease { task_id: 2, epoch: 99 }, t0));
+    assert!(b.stop(lease(2), StopReason::Revoked));
+    assert!(!b.may_start(lease(2), t0));
+}
+
+#[test]
 fn drain_hands_back_running_work_and_lets_reports_finish() {
     let t0 = Instant::now();
     let mut b = book(3);
