@@ -53,6 +53,19 @@ const WEBHOOK_RESULTS: &[&str] = &[
     "error",
 ];
 
+/// The `outcome` values of `drover_task_attempts_total`.
+pub const ATTEMPT_OUTCOMES: [&str; 7] =
+    ["success", "exit_code", "oom", "timeout", "killed", "image_pull", "infrastructure"];
+
+/// Task and proposal metrics the leader's API handlers record.
+#[derive(Clone)]
+pub struct TaskApiMetrics {
+    pub dispatch_seconds: Histogram,
+    pub run_seconds: Histogram,
+    pub attempts: IntCounterVec,
+    pub propose_seconds: Histogram,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub apply: ApplyMetrics,
@@ -70,6 +83,8 @@ pub struct Metrics {
     pub webhook_requests: IntCounterVec,
     /// Leaders this node has seen take office (fed by [`watch_leader_changes`]).
     pub leader_changes: IntCounter,
+    /// What the leader's API handlers observe about tasks and proposals.
+    pub tasks_api: TaskApiMetrics,
     build_info: IntGaugeVec,
     tls_cert_expiry: IntGauge,
     follower_lag: IntGaugeVec,
@@ -183,6 +198,30 @@ impl Metrics {
                 Opts::new("agents", "Known agents by presence (connected, or gone: not heard from within the grace)"),
                 &["state"],
             )?,
+            tasks_api: TaskApiMetrics {
+                dispatch_seconds: Histogram::with_opts(
+                    HistogramOpts::new(
+                        "task_dispatch_seconds",
+                        "Time from a task becoming runnable (queued, its delay or backoff over) to its lease grant",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.005, 2.0, 16)?),
+                )?,
+                run_seconds: Histogram::with_opts(
+                    HistogramOpts::new("task_run_seconds", "Time from a task's container start to its accepted report")
+                        .buckets(prometheus::exponential_buckets(0.05, 2.0, 18)?),
+                )?,
+                attempts: IntCounterVec::new(
+                    Opts::new("task_attempts_total", "Task attempts whose report the leader accepted, by outcome"),
+                    &["outcome"],
+                )?,
+                propose_seconds: Histogram::with_opts(
+                    HistogramOpts::new(
+                        "propose_seconds",
+                        "Time for an API command to be proposed, committed and applied (batched with others)",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+                )?,
+            },
             apply,
             registry,
         };
@@ -209,6 +248,13 @@ impl Metrics {
         m.registry.register(Box::new(m.tasks.clone()))?;
         m.registry.register(Box::new(m.tasks_unplaceable.clone()))?;
         m.registry.register(Box::new(m.agents.clone()))?;
+        m.registry.register(Box::new(m.tasks_api.dispatch_seconds.clone()))?;
+        m.registry.register(Box::new(m.tasks_api.run_seconds.clone()))?;
+        m.registry.register(Box::new(m.tasks_api.attempts.clone()))?;
+        m.registry.register(Box::new(m.tasks_api.propose_seconds.clone()))?;
+        for outcome in ATTEMPT_OUTCOMES {
+            m.tasks_api.attempts.with_label_values(&[outcome]);
+        }
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for reason in LEASE_EXPIRY_REASONS {
             m.leases_expired.with_label_values(&[reason]);

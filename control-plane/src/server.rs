@@ -115,6 +115,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         quorum: quorum.clone(),
         log_followers: Default::default(),
         shutdown: shutdown.clone(),
+        task_metrics: metrics.tasks_api.clone(),
     });
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)

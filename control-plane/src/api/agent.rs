@@ -158,6 +158,8 @@ impl AgentService {
         let kv = self.ctx.node.sm.kv();
         let (task, payload) = views::get_task_with_payload(&kv, None, task_id)?
             .ok_or_else(|| ApiError::Internal(format!("granted task {task_id} vanished")))?;
+        let waited_ms = crate::raft::node::now_ms().saturating_sub(task.ready_at_ms.max(task.created_ms));
+        self.ctx.task_metrics.dispatch_seconds.observe(waited_ms as f64 / 1000.0);
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
         let code = sm.codes().get(&(task.tenant.clone(), task.code.clone()));
         let (image, command, env, limits) = match code {
@@ -353,10 +355,21 @@ impl Agent for AgentService {
         }
         let leases: Vec<LeaseRef> = completions.iter().map(|c| c.lease).collect();
         self.check_owned(&agent_id, leases.iter().map(|l| (l.task_id, l.epoch)))?;
+        let observed: Vec<(&'static str, u64)> =
+            completions.iter().map(|c| (attempt_outcome(c), c.started_ms)).collect();
         let results = match self.ctx.propose(Command::Complete { completions }).await? {
             SmResponse::Completed { results } => results,
             other => return Err(unexpected(other)),
         };
+        let now = crate::raft::node::now_ms();
+        for ((outcome, started_ms), r) in observed.iter().zip(&results) {
+            if r.is_ok() {
+                self.ctx.task_metrics.attempts.with_label_values(&[outcome]).inc();
+                if *started_ms > 0 {
+                    self.ctx.task_metrics.run_seconds.observe(now.saturating_sub(*started_ms) as f64 / 1000.0);
+                }
+            }
+        }
         let results = leases
             .into_iter()
             .zip(results)
@@ -420,6 +433,20 @@ impl Agent for AgentService {
             }
         }
         Ok(Response::new(pa::AppendLogsResponse { stale }))
+    }
+}
+
+/// A completion's `drover_task_attempts_total` outcome: the agent's outcome, with a
+/// failed or killed run the kernel killed for memory counted as `oom`.
+fn attempt_outcome(c: &Completion) -> &'static str {
+    match c.outcome {
+        Outcome::Success => "success",
+        Outcome::Error | Outcome::Killed if c.oom_killed => "oom",
+        Outcome::Error => "exit_code",
+        Outcome::Timeout => "timeout",
+        Outcome::Killed => "killed",
+        Outcome::ImagePull => "image_pull",
+        Outcome::Infrastructure => "infrastructure",
     }
 }
 

@@ -68,6 +68,8 @@ pub struct ApiCtx {
     /// `Lease` poll would hold a stopping node for `max_lease_wait`, a log follower for
     /// as long as its task runs).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Dispatch and run times, attempt outcomes, proposal latency.
+    pub task_metrics: crate::metrics::TaskApiMetrics,
 }
 
 /// Most `GetTaskLog` streams with `follow` one tenant may hold open on one node.
@@ -117,7 +119,10 @@ impl Drop for FollowSlot {
 impl ApiCtx {
     /// Proposes and turns a state-machine refusal into an API error.
     pub async fn propose(&self, cmd: Command) -> Result<Response, ApiError> {
-        match self.batcher.propose(cmd).await? {
+        let started = std::time::Instant::now();
+        let r = self.batcher.propose(cmd).await;
+        self.task_metrics.propose_seconds.observe(started.elapsed().as_secs_f64());
+        match r? {
             Response::Rejected(e) => Err(e.into()),
             r => Ok(r),
         }
