@@ -218,7 +218,7 @@ async fn prometheus_scrapes_the_fleet_and_the_no_leader_alert_fires() {
         ("max(drover_tasks_unplaceable)", 3.0),
         (r#"sum(drover_raft_is_leader{job="drover-servers"})"#, 1.0),
         ("count(drover_raft_follower_lag_entries)", 2.0),
-        (r#"max(drover_agents{state="connected"})"#, 2.0),
+        (r#"max(sum by (instance) (drover_agents{state="connected"}))"#, 2.0),
     ];
     let last = std::sync::Mutex::new(Vec::new());
     let seen = eventually(Duration::from_secs(60), "every expected series in Prometheus", || async {

@@ -195,8 +195,11 @@ impl Metrics {
                 "Queued tasks whose placement no connected agent meets",
             )?,
             agents: IntGaugeVec::new(
-                Opts::new("agents", "Known agents by presence (connected, or gone: not heard from within the grace)"),
-                &["state"],
+                Opts::new(
+                    "agents",
+                    "Known agents by presence (connected, or gone: not heard from within the grace) and region",
+                ),
+                &["state", "region"],
             )?,
             tasks_api: TaskApiMetrics {
                 dispatch_seconds: Histogram::with_opts(
@@ -323,8 +326,22 @@ impl Metrics {
             }
             let connected: Vec<_> = sm.connected_agents().map(|a| a.attrs.clone()).collect();
             self.tasks_unplaceable.set(crate::state::placement::unplaceable(idx, &connected) as i64);
-            self.agents.with_label_values(&["connected"]).set(connected.len() as i64);
-            self.agents.with_label_values(&["gone"]).set(sm.agents_gone().len() as i64);
+            // By region; both states always have a series (region "" when none), so a
+            // fleet with no gone agent reads 0 rather than nothing.
+            let mut by: std::collections::BTreeMap<(&str, &str), i64> =
+                [(("connected", ""), 0), (("gone", ""), 0)].into_iter().collect();
+            for a in &connected {
+                *by.entry(("connected", a.region.as_str())).or_default() += 1;
+            }
+            let known = sm.agents();
+            for id in sm.agents_gone().keys() {
+                let region = known.get(id).map(|r| r.attrs.region.as_str()).unwrap_or("");
+                *by.entry(("gone", region)).or_default() += 1;
+            }
+            self.agents.reset();
+            for ((state, region), n) in by {
+                self.agents.with_label_values(&[state, region]).set(n);
+            }
         }
         // One task-row read per (tenant, priority) with ready tasks, outside the state
         // machine lock (an apply may run meanwhile; a head that has just left its queue
