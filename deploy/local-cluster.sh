@@ -48,17 +48,14 @@ start() {
 
 alive() { [[ -f "$dir/$1.pid" ]] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
 
-# Waits up to 30 s for `drover operator raft status` to name a leader.
-wait_leader() {
-  for _ in $(seq 1 60); do
-    if DROVER_CA=$dir/pki/ca.pem DROVER_CERT=$dir/pki/operator-local.pem DROVER_KEY=$dir/pki/operator-local.key \
-      "$bin" operator raft status --addr "$(addrs)" -o json 2>/dev/null | grep -Eq '"leader_id": [0-9]+'; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  echo "error: no leader within 30 s; see $dir/server-*.log" >&2
-  return 1
+# Writes FILE with the CLI's `export` lines for the certificate pair pki/ID.pem/.key.
+write_env() {
+  cat >"$1" <<EOF
+export DROVER_ADDR=$(addrs)
+export DROVER_CA=$dir/pki/ca.pem
+export DROVER_CERT=$dir/pki/$2.pem
+export DROVER_KEY=$dir/pki/$2.key
+EOF
 }
 
 up() {
@@ -85,17 +82,16 @@ tls = { ca = "$pki/ca.pem", cert = "$pki/server-$i.pem", key = "$pki/server-$i.k
 EOF
     start "server-$i" "$bin" server --config "$dir/server-$i.toml"
   done
-  wait_leader
   local ops=(--addr "$(addrs)" --ca "$pki/ca.pem" --cert "$pki/operator-local.pem" --key "$pki/operator-local.key")
-  # A restart on existing data may still be electing when a node first names a leader;
-  # the write is retried until one takes it (creating the tenant again changes nothing).
+  # The first write waits for a leader that can commit (a restart on existing data may
+  # still be electing): retried for up to 30 s; creating the tenant again changes nothing.
   local created=""
   for _ in $(seq 1 60); do
     if "$bin" tenant create demo "${ops[@]}" >/dev/null 2>"$dir/tenant-create.err"; then created=1; break; fi
     sleep 0.5
   done
   if [[ -z $created ]]; then
-    echo "error: creating tenant demo: $(cat "$dir/tenant-create.err")" >&2
+    echo "error: creating tenant demo: $(cat "$dir/tenant-create.err"); see $dir/server-*.log" >&2
     return 1
   fi
   local cp="[\"$(grpc 1)\", \"$(grpc 2)\", \"$(grpc 3)\"]"
@@ -110,18 +106,8 @@ ${DROVER_LOCAL_AGENT_ATTRS:-}
 EOF
     start "agent-$i" "$bin" agent run --config "$dir/agent-$i.toml"
   done
-  cat >"$dir/env" <<EOF
-export DROVER_ADDR=$(addrs)
-export DROVER_CA=$pki/ca.pem
-export DROVER_CERT=$pki/tenant-demo.pem
-export DROVER_KEY=$pki/tenant-demo.key
-EOF
-  cat >"$dir/env.operator" <<EOF
-export DROVER_ADDR=$(addrs)
-export DROVER_CA=$pki/ca.pem
-export DROVER_CERT=$pki/operator-local.pem
-export DROVER_KEY=$pki/operator-local.key
-EOF
+  write_env "$dir/env" tenant-demo
+  write_env "$dir/env.operator" operator-local
   echo "fleet up in $dir: 3 servers ($(addrs)), 2 agents"
   echo "tenant demo:  source $dir/env"
   echo "operator:     source $dir/env.operator"

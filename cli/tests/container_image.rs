@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drover_chaos::ports;
+use drover_chaos::{clients, eventually, ports};
 
 /// Runs a command; its stdout on success, a panic with its output otherwise.
 fn run(cmd: &mut Command) -> String {
@@ -57,16 +56,6 @@ fn import_glibc_base(binary: &std::path::Path, name: &str) {
     run(Command::new("sh").args(["-c", &script]));
 }
 
-/// `GET /readyz` on the node's plaintext HTTP listener: the status line and body.
-fn readyz(addr: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    Some(text)
-}
-
 #[tokio::test]
 async fn the_image_builds_serves_a_control_plane_and_stops_cleanly() {
     let _docker = common::agent_tasks::docker().await;
@@ -107,20 +96,16 @@ async fn the_image_builds_serves_a_control_plane_and_stops_cleanly() {
         "--dev-insecure",
     ]));
     let http_addr = format!("127.0.0.1:{http}");
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        match readyz(&http_addr) {
-            Some(r) if r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200") => {
-                assert!(r.contains("ready: leader 1"), "{r}");
-                break;
-            }
-            _ if Instant::now() > until => {
-                let logs = Command::new("docker").args(["logs", &cleanup.container]).output();
-                panic!("the containerized server never became ready: {logs:?}");
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    let ready = eventually(Duration::from_secs(30), "the containerized server to be ready", || async {
+        let (code, text) = clients::plain_http_get(&http_addr, "/readyz").await.ok()?;
+        (code == 200).then_some(text)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let logs = Command::new("docker").args(["logs", &cleanup.container]).output();
+        panic!("{e}: {logs:?}")
+    });
+    assert!(ready.contains("ready: leader 1"), "{ready}");
 
     // `docker stop` sends SIGTERM and kills after 10 s: a clean stop exits 0 well before.
     let stopping = Instant::now();

@@ -7,10 +7,10 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::agent_tasks::*;
-use drover_chaos::{AgentOptions, ClusterOptions};
+use drover_chaos::{AgentOptions, ClusterOptions, eventually};
 
 #[tokio::test]
 async fn a_log_follow_resumes_on_another_node_when_its_node_stops() {
@@ -37,21 +37,19 @@ async fn a_log_follow_resumes_on_another_node_when_its_node_stops() {
         .expect("run drover task logs -f");
 
     // Once the follow has shown output, the node serving it stops.
-    let until = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&out_path).unwrap_or_default().contains("line-2") {
-        assert!(Instant::now() < until, "no output followed: {:?}", std::fs::read_to_string(&err_path));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(60), "followed output up to line-2", || async {
+        std::fs::read_to_string(&out_path).ok()?.contains("line-2").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", std::fs::read_to_string(&err_path)));
     c.stop(follower).expect("stop the node serving the follow");
 
-    let until = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = cli.try_wait().expect("wait for the CLI") {
-            break s;
-        }
-        assert!(Instant::now() < until, "the follow did not end: {:?}", std::fs::read_to_string(&err_path));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = eventually(Duration::from_secs(60), "the follow to end", || {
+        let exited = cli.try_wait().expect("wait for the CLI");
+        async move { exited }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", std::fs::read_to_string(&err_path)));
     let out = std::fs::read_to_string(&out_path).expect("output");
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(status.success(), "{status}: {err}");

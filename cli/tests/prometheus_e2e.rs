@@ -17,11 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::agent_tasks::*;
-use drover_chaos::{AgentOptions, Cluster, ClusterOptions, eventually, ports};
+use drover_chaos::{AgentOptions, Cluster, ClusterOptions, clients, eventually, ports};
 use drover_identity::certs::{self, LeafSpec};
 use drover_identity::{Role, SpiffeId};
 use drover_proto::v1 as pv;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The Prometheus server, stopped and waited for when dropped.
 struct Prometheus {
@@ -41,12 +40,8 @@ impl Prometheus {
     /// `GET path` on Prometheus's HTTP API; the body parsed as JSON, `data` taken out of
     /// a `success` answer. None while it is not answering.
     async fn api(&self, path: &str) -> Option<serde_json::Value> {
-        let mut s = tokio::net::TcpStream::connect(&self.addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await.ok()?.ok()?;
-        let text = String::from_utf8(raw).ok()?;
+        let got = tokio::time::timeout(Duration::from_secs(5), clients::plain_http_get(&self.addr, path)).await;
+        let (_, text) = got.ok()?.ok()?;
         let (_, body) = text.split_once("\r\n\r\n")?;
         let v: serde_json::Value = serde_json::from_str(body).ok()?;
         (v["status"] == "success").then(|| v["data"].clone())
@@ -68,6 +63,23 @@ impl Prometheus {
         match self.query(promql).await?.as_slice() {
             [(_, v)] => Some(*v),
             _ => None,
+        }
+    }
+
+    /// Whether alert `name` is firing; None while Prometheus does not answer.
+    async fn firing(&self, name: &str) -> Option<bool> {
+        let alerts = self.api("/api/v1/alerts").await?;
+        Some(alerts["alerts"].as_array()?.iter().any(|a| a["labels"]["alertname"] == name && a["state"] == "firing"))
+    }
+
+    /// Waits up to 60 s for alert `name` to be firing (or, with `firing` false, not to be);
+    /// panics with the alerts and Prometheus's log otherwise.
+    async fn wait_alert(&self, name: &str, firing: bool, what: &str) {
+        let waited =
+            eventually(Duration::from_secs(60), what, || async { (self.firing(name).await? == firing).then_some(()) })
+                .await;
+        if let Err(e) = waited {
+            panic!("{e}\nalerts: {:?}\nprometheus log:\n{}", self.api("/api/v1/alerts").await, self.log());
         }
     }
 
@@ -237,15 +249,7 @@ async fn prometheus_scrapes_the_fleet_and_the_no_leader_alert_fires() {
     }
     assert!(prom.scalar("max(drover_raft_applied_index)").await.is_some_and(|v| v > 0.0));
     assert!(prom.scalar("sum(drover_queue_oldest_age_seconds)").await.is_some_and(|v| v >= 0.0));
-    let firing = |name: &'static str| {
-        let prom = &prom;
-        async move {
-            let alerts = prom.api("/api/v1/alerts").await?;
-            let alerts = alerts["alerts"].as_array()?.clone();
-            Some(alerts.iter().any(|a| a["labels"]["alertname"] == name && a["state"] == "firing"))
-        }
-    };
-    assert_eq!(firing("DroverNoLeader").await, Some(false), "no alert while a leader serves");
+    assert_eq!(prom.firing("DroverNoLeader").await, Some(false), "no alert while a leader serves");
 
     // Two of three servers stopped, the leader among them: the one left cannot elect
     // itself, so no scraped server is the leader and the alert fires.
@@ -253,37 +257,19 @@ async fn prometheus_scrapes_the_fleet_and_the_no_leader_alert_fires() {
     let follower = c.ids().into_iter().find(|id| *id != leader).expect("a follower");
     c.stop(leader).expect("stop the leader");
     c.stop(follower).expect("stop a follower");
-    let why = eventually(Duration::from_secs(60), "DroverNoLeader firing", || async {
-        firing("DroverNoLeader").await?.then_some(())
-    })
-    .await
-    .err();
-    if let Some(e) = why {
-        panic!("{e}\nalerts: {:?}\nprometheus log:\n{}", prom.api("/api/v1/alerts").await, prom.log());
-    }
+    prom.wait_alert("DroverNoLeader", true, "DroverNoLeader firing").await;
 
     // Both back: a leader again, and the alert resolves. Then the leader is left alone
     // (its two followers stopped): a leader that cannot reach a quorum is not a leader
     // anyone can use, so it must not count as one and the alert fires again.
     c.restart(leader).expect("restart");
     c.restart(follower).expect("restart");
-    eventually(Duration::from_secs(60), "DroverNoLeader resolved", || async {
-        (!firing("DroverNoLeader").await?).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nprometheus log:\n{}", prom.log()));
+    prom.wait_alert("DroverNoLeader", false, "DroverNoLeader resolved").await;
     let leader = c.wait_leader(Duration::from_secs(20)).await.expect("leader");
     for id in c.ids().into_iter().filter(|id| *id != leader) {
         c.stop(id).expect("stop a follower");
     }
-    let why = eventually(Duration::from_secs(60), "DroverNoLeader firing with the leader alone", || async {
-        firing("DroverNoLeader").await?.then_some(())
-    })
-    .await
-    .err();
-    if let Some(e) = why {
-        panic!("{e}\nalerts: {:?}\nprometheus log:\n{}", prom.api("/api/v1/alerts").await, prom.log());
-    }
+    prom.wait_alert("DroverNoLeader", true, "DroverNoLeader firing with the leader alone").await;
     drop(prom);
     drop(agents);
 }

@@ -170,7 +170,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             stop,
         )),
     };
-    let grpc_task = tasks.spawn(grpc);
+    let mut grpc_task = tasks.spawn(grpc);
     if let Some(tls) = &tls {
         tasks.spawn(reload_on_sighup(tls.clone(), metrics.clone(), cfg.tls.clone(), shutdown.clone()));
     }
@@ -218,7 +218,6 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     // client that has stopped answering (a frozen process; in the tests, a harness whose
     // runtime thread is blocked while it waits for this very stop) would hold the node up
     // forever: after the drain bound the rest is cut, and its client retries elsewhere.
-    let mut grpc_task = grpc_task;
     let grpc_result = match tokio::time::timeout(SHUTDOWN_DRAIN, &mut grpc_task).await {
         Ok(r) => r,
         Err(_) => {

@@ -65,6 +65,14 @@ fn unix_ms(t: SystemTime) -> u64 {
 /// Asked once a container exists, before it starts: whether to start it.
 pub type OnCreated<'a> = &'a (dyn Fn(String) -> futures::future::BoxFuture<'static, bool> + Send + Sync);
 
+/// How [`DockerExecutor::supervise`] comes by its container.
+enum Start<'a> {
+    /// Just created: started if `OnCreated` still says so.
+    New(OnCreated<'a>),
+    /// Adopted at start-up, already running: output from this time on.
+    Adopted(SystemTime),
+}
+
 /// Whether a failure is the engine's (unreachable, connection dropped, timed out) rather
 /// than an answer about the task (an HTTP error from the engine, a non-zero exit).
 pub fn engine_failure(e: &bollard::errors::Error) -> bool {
@@ -150,7 +158,7 @@ impl DockerExecutor {
                 self.metrics.create_seconds.observe(created.elapsed().as_secs_f64());
                 report.container_id = r.id;
                 let id = report.container_id.clone();
-                self.supervise(&id, Ok(on_created), spec.timeout, output, cancel, &mut report).await;
+                self.supervise(&id, Start::New(on_created), spec.timeout, output, cancel, &mut report).await;
                 if let Err(e) = self.remove(&id).await {
                     tracing::error!(container = %id, error = %e, "removing the container failed");
                 }
@@ -177,7 +185,7 @@ impl DockerExecutor {
         cancel: CancellationToken,
     ) -> RunReport {
         let mut report = RunReport::new(container_id.to_string());
-        self.supervise(container_id, Err(logs_since), timeout_left, output, cancel, &mut report).await;
+        self.supervise(container_id, Start::Adopted(logs_since), timeout_left, output, cancel, &mut report).await;
         if let Err(e) = self.remove(container_id).await {
             tracing::error!(container = %container_id, error = %e, "removing the container failed");
         }
@@ -199,20 +207,22 @@ impl DockerExecutor {
     }
 
     /// Starts (fresh) or follows (adopted) the container and waits for it to end.
-    /// `start`: `Ok(on_created)` for a container just made, which is started only if
-    /// `on_created` says so, asked as the last step before the start request (after the
-    /// output is attached), so that nothing the agent awaits lies between the lease check
-    /// and the start; `Err(since)` for one adopted at start-up, already running.
+    /// A new container is started only if `on_created` says so, asked as the last step
+    /// before the start request (after the output is attached), so that nothing the agent
+    /// awaits lies between the lease check and the start; an adopted one already runs.
     async fn supervise(
         &self,
         id: &str,
-        start: Result<OnCreated<'_>, SystemTime>,
+        start: Start<'_>,
         timeout: Duration,
         output: mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
         report: &mut RunReport,
     ) {
-        let adopted_since = start.err();
+        let adopted_since = match start {
+            Start::New(_) => None,
+            Start::Adopted(since) => Some(since),
+        };
         let stream: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>> =
             match adopted_since {
                 None => {
@@ -244,7 +254,7 @@ impl DockerExecutor {
                 }
             };
         let pump = tokio::spawn(pump_output(stream, output, adopted_since));
-        if let Ok(on_created) = start {
+        if let Start::New(on_created) = start {
             if !on_created(id.to_string()).await {
                 pump.abort();
                 report.outcome = RunOutcome::Killed;
