@@ -325,7 +325,7 @@ impl Metrics {
                 self.tasks.with_label_values(&[s.as_str()]).set(idx.state_counts[s.index()] as i64);
             }
             let connected: Vec<_> = sm.connected_agents().map(|a| a.attrs.clone()).collect();
-            self.tasks_unplaceable.set(crate::state::placement::unplaceable(idx, &connected) as i64);
+            self.tasks_unplaceable.set(crate::state::placement::unplaceable(idx, sm.tenant_modes(), &connected) as i64);
             // By region; both states always have a series (region "" when none), so a
             // fleet with no gone agent reads 0 rather than nothing.
             let mut by: std::collections::BTreeMap<(&str, &str), i64> =

@@ -112,8 +112,7 @@ impl AgentService {
     /// Whether the leader's current state has a task this agent could be granted.
     fn has_work(&self, attrs: &AgentAttrs) -> Result<bool, ApiError> {
         let sm = self.ctx.node.sm.machine().map_err(ApiError::from)?;
-        let only = sm.serves_only(&attrs.cluster);
-        Ok(placement::pick(sm.indexes(), sm.tenants(), sm.codes(), "", attrs, only).is_some())
+        Ok(placement::pick(sm.indexes(), sm.tenants(), sm.codes(), "", attrs, sm.serves(attrs)).is_some())
     }
 
     /// Refuses a lease call whose declared attributes its registration does not allow, or

@@ -52,7 +52,8 @@ impl From<StateError> for ApiError {
             | StateError::TaskNotFound(_)
             | StateError::ScheduleNotFound(_)
             | StateError::ClusterNotFound(_)
-            | StateError::AgentNotRegistered(_) => ApiError::NotFound(e.to_string()),
+            | StateError::AgentNotRegistered(_)
+            | StateError::PoolNotFound(_) => ApiError::NotFound(e.to_string()),
             StateError::ClusterNotAllowed { .. } => ApiError::PermissionDenied(e.to_string()),
             StateError::QuotaExceeded { .. } => ApiError::Exhausted(e.to_string()),
             StateError::StaleEpoch { .. } | StateError::AlreadyFinished(_) | StateError::StaleTick { .. } => {

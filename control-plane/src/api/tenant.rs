@@ -246,7 +246,8 @@ pub(super) async fn get_task(ctx: &ApiCtx, tenant: &str, id: u64, include_payloa
 fn why_waiting(ctx: &ApiCtx, task: &crate::state::model::Task) -> Result<Option<placement::Waiting>, ApiError> {
     let sm = ctx.node.sm.machine().map_err(ApiError::from)?;
     let agents: Vec<_> = sm.connected_agents().map(|a| a.attrs.clone()).collect();
-    Ok(placement::why_waiting(task, sm.indexes(), sm.tenants(), sm.codes(), &agents))
+    let mode = sm.tenant_mode(&task.tenant);
+    Ok(placement::why_waiting(task, sm.indexes(), sm.tenants(), sm.codes(), mode, &agents))
 }
 
 pub(super) async fn list_tasks(

@@ -295,6 +295,23 @@ pub enum Command {
         cluster: String,
         ceilings: super::fleet::Ceilings,
     },
+    /// Creates an IP pool or replaces its addresses (see [`super::modes`]). Answered with
+    /// [`Response::Pool`].
+    CreatePool {
+        name: String,
+        addresses: Vec<String>,
+    },
+    /// Deletes a pool no tenant and no registration uses. Answered with
+    /// [`Response::PoolDeleted`].
+    DeletePool {
+        name: String,
+    },
+    /// Sets a tenant's mode: shared, ip_whitelist (a pool) or vpc. Answered with
+    /// [`Response::TenantMode`].
+    SetTenantMode {
+        tenant: String,
+        mode: super::modes::TenantMode,
+    },
 }
 
 impl Command {
@@ -388,4 +405,7 @@ pub enum Response {
     Registration(Box<super::fleet::AgentRegistration>),
     Deregistered,
     Ceilings(super::fleet::Ceilings),
+    Pool(Box<super::modes::IpPool>),
+    PoolDeleted,
+    TenantMode(super::modes::TenantMode),
 }

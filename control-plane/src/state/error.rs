@@ -38,6 +38,8 @@ pub enum StateError {
     ClusterNotFound(String),
     #[error("agent {0:?} is not registered")]
     AgentNotRegistered(String),
+    #[error("IP pool {0:?} not found")]
+    PoolNotFound(String),
 }
 
 impl StateError {

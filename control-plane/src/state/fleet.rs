@@ -14,7 +14,8 @@
 //!   before it is proposed.
 //! * An agent of a dedicated cluster is given only its owner's tasks, whatever the tasks'
 //!   placement says ([`StateMachine::serves_only`]), so a cluster deleted and made again
-//!   for another tenant never inherits the first owner's waiting work.
+//!   for another tenant never inherits the first owner's waiting work. IP pools and VPCs
+//!   narrow it further ([`super::modes`]).
 //!
 //! Invariants: every registration's cluster exists (a cluster with registered agents
 //! cannot be deleted); a cluster's owner never changes (delete it and create it again).
@@ -278,6 +279,9 @@ impl StateMachine {
         }
         if !reg.cluster.is_empty() && !self.clusters.contains_key(&reg.cluster) {
             return Ok(Err(StateError::ClusterNotFound(reg.cluster.clone())));
+        }
+        if let Err(e) = self.check_registration_modes(&reg.ip_pool, &reg.egress_ip, &reg.vpc) {
+            return Ok(Err(e));
         }
         if !self.registrations.contains_key(&reg.id) && self.registrations.len() >= MAX_REGISTERED_AGENTS {
             return Ok(Err(StateError::invalid(

@@ -158,6 +158,50 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     if let Some(r) = regs.values().find(|r| !r.cluster.is_empty() && !clusters.contains_key(&r.cluster)) {
         problems.push(format!("agent {:?} is registered to missing cluster {:?}", r.id, r.cluster));
     }
+    let mut pools = std::collections::BTreeMap::new();
+    kv.scan(keys::POOL, keys::POOL, &mut |_, v| {
+        match keys::decode::<super::modes::IpPool>(v) {
+            Ok(p) => {
+                pools.insert(p.name.clone(), p);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    if pools != sm.pools {
+        problems.push(format!("pool rows {:?} differ from memory {:?}", pools.keys(), sm.pools.keys()));
+    }
+    let mut modes = std::collections::BTreeMap::new();
+    kv.scan(keys::TENANT_MODE, keys::TENANT_MODE, &mut |k, v| {
+        match keys::decode::<super::modes::TenantMode>(v) {
+            Ok(m) => {
+                modes.insert(String::from_utf8_lossy(&k[keys::TENANT_MODE.len()..]).into_owned(), m);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    if modes != sm.tenant_modes {
+        problems.push(format!("tenant mode rows {modes:?} differ from memory {:?}", sm.tenant_modes));
+    }
+    let mut pool_users = std::collections::BTreeMap::new();
+    for (t, m) in &modes {
+        if let super::modes::TenantMode::IpWhitelist { pool } = m {
+            if !pools.contains_key(pool) {
+                problems.push(format!("tenant {t:?} uses missing pool {pool:?}"));
+            }
+            if let Some(other) = pool_users.insert(pool.clone(), t.clone()) {
+                problems.push(format!("pool {pool:?} is used by tenants {other:?} and {t:?}"));
+            }
+        }
+    }
+    for r in regs.values().filter(|r| !r.ip_pool.is_empty()) {
+        if !pools.get(&r.ip_pool).is_some_and(|p| p.addresses.contains(&r.egress_ip)) {
+            problems.push(format!("agent {:?} is registered with {:?} not in pool {:?}", r.id, r.egress_ip, r.ip_pool));
+        }
+    }
     let mut live = sm.idx.canonical();
     let want = rebuilt.canonical();
     // Idempotency expiries are not derived from tasks; compare them separately.

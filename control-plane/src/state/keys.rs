@@ -12,6 +12,8 @@
 //! | `d/`   | agent id                 | [`AgentGone`] (the agent is not connected; see [`super::presence`]) |
 //! | `e/`   | agent id                 | [`AgentRegistration`] (what it may serve; see [`super::fleet`]) |
 //! | `n/`   | cluster name             | [`Cluster`]      |
+//! | `o/`   | IP pool name             | [`IpPool`] (see [`super::modes`]) |
+//! | `q/`   | tenant                   | [`TenantMode`] (absent: shared) |
 //! | `s/`   | schedule id (u64 big-endian) | [`Schedule`](super::schedules::Schedule) |
 //! | `g/`   | task id                  | log metadata (see [`super::logs`]) |
 //! | `l/`   | task id, chunk index (u32) | log chunk      |
@@ -37,6 +39,8 @@
 //! [`AgentGone`]: super::presence::AgentGone
 //! [`AgentRegistration`]: super::fleet::AgentRegistration
 //! [`Cluster`]: super::fleet::Cluster
+//! [`IpPool`]: super::modes::IpPool
+//! [`TenantMode`]: super::modes::TenantMode
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -52,6 +56,8 @@ pub const AGENT: &[u8] = b"a/";
 pub const AGENT_GONE: &[u8] = b"d/";
 pub const REGISTRATION: &[u8] = b"e/";
 pub const CLUSTER: &[u8] = b"n/";
+pub const POOL: &[u8] = b"o/";
+pub const TENANT_MODE: &[u8] = b"q/";
 pub const SCHEDULE: &[u8] = b"s/";
 pub const WEBHOOK: &[u8] = b"w/";
 pub const META_RR_CURSOR: &[u8] = b"m/rr_cursor";
@@ -103,6 +109,12 @@ pub fn registration(id: &str) -> Vec<u8> {
 }
 pub fn cluster(name: &str) -> Vec<u8> {
     join(CLUSTER, &[name.as_bytes()])
+}
+pub fn pool(name: &str) -> Vec<u8> {
+    join(POOL, &[name.as_bytes()])
+}
+pub fn tenant_mode(tenant: &str) -> Vec<u8> {
+    join(TENANT_MODE, &[tenant.as_bytes()])
 }
 
 /// The task id at the end of a `k/` or `g/` key.

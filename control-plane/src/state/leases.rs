@@ -47,16 +47,11 @@ impl StateMachine {
             }
             self.record_agent(txn, ctx, &req.agent_id, &req.attrs, req.slots);
             let want = req.max_tasks.min(validate::MAX_TASKS_PER_LEASE_REQUEST);
-            let only = self.serves_only(&req.attrs.cluster).map(String::from);
             for _ in 0..want {
-                let Some((tenant, id)) = placement::pick(
-                    &self.idx,
-                    &self.tenants,
-                    &self.codes,
-                    &self.rr_cursor,
-                    &req.attrs,
-                    only.as_deref(),
-                ) else {
+                let serves = self.serves(&req.attrs);
+                let Some((tenant, id)) =
+                    placement::pick(&self.idx, &self.tenants, &self.codes, &self.rr_cursor, &req.attrs, serves)
+                else {
                     break;
                 };
                 self.rr_cursor = tenant;

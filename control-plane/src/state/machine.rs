@@ -49,6 +49,9 @@ pub struct StateMachine {
     pub(super) clusters: BTreeMap<String, super::fleet::Cluster>,
     pub(super) registrations: BTreeMap<String, super::fleet::AgentRegistration>,
     pub(super) shared_ceilings: super::fleet::Ceilings,
+    /// IP pools, and the modes of tenants not in shared mode (see [`super::modes`]).
+    pub(super) pools: BTreeMap<String, super::modes::IpPool>,
+    pub(super) tenant_modes: BTreeMap<String, super::modes::TenantMode>,
     /// Webhooks by (tenant, code); every one belongs to an existing code.
     pub(super) webhooks: BTreeMap<(String, String), Webhook>,
     pub(super) rr_cursor: String,
@@ -101,6 +104,17 @@ impl StateMachine {
         kv.scan(keys::REGISTRATION, keys::REGISTRATION, &mut |_, v| {
             keep(keys::decode::<super::fleet::AgentRegistration>(v).map(|r| {
                 sm.registrations.insert(r.id.clone(), r);
+            }))
+        })?;
+        kv.scan(keys::POOL, keys::POOL, &mut |_, v| {
+            keep(keys::decode::<super::modes::IpPool>(v).map(|p| {
+                sm.pools.insert(p.name.clone(), p);
+            }))
+        })?;
+        kv.scan(keys::TENANT_MODE, keys::TENANT_MODE, &mut |k, v| {
+            let tenant = String::from_utf8_lossy(&k[keys::TENANT_MODE.len()..]).into_owned();
+            keep(keys::decode::<super::modes::TenantMode>(v).map(|m| {
+                sm.tenant_modes.insert(tenant, m);
             }))
         })?;
         kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode_task(v).map(|t| sm.idx.insert(&t))))?;
@@ -242,6 +256,9 @@ impl StateMachine {
             Command::RegisterAgent { registration } => self.register_agent(txn, ctx, registration),
             Command::DeregisterAgent { id } => self.deregister_agent(txn, id),
             Command::SetCeilings { cluster, ceilings } => self.set_ceilings(txn, cluster, *ceilings),
+            Command::CreatePool { name, addresses } => self.create_pool(txn, ctx, name, addresses),
+            Command::DeletePool { name } => self.delete_pool(txn, name),
+            Command::SetTenantMode { tenant, mode } => self.set_tenant_mode(txn, tenant, mode),
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }

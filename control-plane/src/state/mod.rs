@@ -25,6 +25,7 @@ pub mod legacy;
 pub mod logs;
 pub mod machine;
 pub mod model;
+pub mod modes;
 pub mod placement;
 pub mod presence;
 pub mod retry;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use super::indexes::Indexes;
 use super::model::{AgentAttrs, Code, Placement, Task, TaskState, Tenant};
+use super::modes::{Serves, TenantMode};
 
 /// Whether a task with placement `p` may run on an agent with attributes `a`.
 ///
@@ -23,21 +24,23 @@ pub fn matches(p: &Placement, a: &AgentAttrs) -> bool {
         && p.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
 }
 
-/// Picks the next task for an agent, or None. Returns (tenant, task id). `only_tenant`:
-/// the owner of the agent's dedicated cluster, whose tasks alone it may run.
+/// Picks the next task for an agent, or None. Returns (tenant, task id). `serves`: the
+/// tenants whose tasks the agent may run at all (its dedicated cluster's owner, its IP
+/// pool's or VPC's tenant, or tenants whose mode admits plain agents; see
+/// [`super::modes`]).
 pub fn pick(
     idx: &Indexes,
     tenants: &BTreeMap<String, Tenant>,
     codes: &BTreeMap<(String, String), Code>,
     cursor: &str,
     agent: &AgentAttrs,
-    only_tenant: Option<&str>,
+    serves: Serves<'_>,
 ) -> Option<(String, u64)> {
     // Tenants after the cursor first, then from the start up to and including it.
     let after = idx.ready.range::<str, _>((std::ops::Bound::Excluded(cursor), std::ops::Bound::Unbounded));
     let before = idx.ready.range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(cursor)));
     for (tenant, q) in after.chain(before) {
-        if only_tenant.is_some_and(|o| o != tenant) {
+        if !serves.tenant(tenant) {
             continue;
         }
         if let Some(t) = tenants.get(tenant)
@@ -115,6 +118,7 @@ pub fn why_waiting(
     idx: &Indexes,
     tenants: &BTreeMap<String, Tenant>,
     codes: &BTreeMap<(String, String), Code>,
+    mode: &TenantMode,
     agents: &[AgentAttrs],
 ) -> Option<Waiting> {
     match task.state {
@@ -136,6 +140,12 @@ pub fn why_waiting(
             return Some(Waiting::TenantConcurrency { limit: t.limits.max_concurrency, running });
         }
     }
+    // Only the agents the tenant's mode admits (its pool's, its VPC's, or plain ones).
+    let admitted: Vec<&AgentAttrs> = agents.iter().filter(|a| mode.admits(a)).collect();
+    if admitted.is_empty() && (!agents.is_empty() || *mode != TenantMode::Shared) {
+        return Some(Waiting::NoAgentMatches { constraint: mode.constraint() });
+    }
+    let agents = admitted;
     if !agents.iter().any(|a| matches(&task.placement, a)) {
         let p = &task.placement;
         let constraint = if agents.is_empty() {
@@ -155,16 +165,22 @@ pub fn why_waiting(
     Some(Waiting::WaitingForSlot)
 }
 
-/// How many ready tasks have a placement that none of `agents` (the connected ones) meets:
-/// the tasks [`why_waiting`] would report as [`Waiting::NoAgentMatches`] or behind a limit
-/// they would meet next. Counted per ready-queue class, so the cost is the number of
-/// classes, not of tasks.
-pub fn unplaceable(idx: &Indexes, agents: &[AgentAttrs]) -> u64 {
+/// How many ready tasks have a placement that none of `agents` (the connected ones) its
+/// tenant's mode admits meets: the tasks [`why_waiting`] would report as
+/// [`Waiting::NoAgentMatches`] or behind a limit they would meet next. Counted per
+/// ready-queue class, so the cost is the number of classes, not of tasks. `modes`: the
+/// tenants not in shared mode.
+pub fn unplaceable(idx: &Indexes, modes: &BTreeMap<String, TenantMode>, agents: &[AgentAttrs]) -> u64 {
+    let plain: Vec<&AgentAttrs> = agents.iter().filter(|a| TenantMode::Shared.admits(a)).collect();
     let mut n = 0;
-    for q in idx.ready.values() {
+    for (tenant, q) in &idx.ready {
+        let admitted: Vec<&AgentAttrs> = match modes.get(tenant) {
+            Some(m) => agents.iter().filter(|a| m.admits(a)).collect(),
+            None => plain.clone(),
+        };
         for level in &q.by_priority {
             for (class_id, ids) in level {
-                if !agents.iter().any(|a| matches(&idx.class(*class_id).placement, a)) {
+                if !admitted.iter().any(|a| matches(&idx.class(*class_id).placement, a)) {
                     n += ids.len() as u64;
                 }
             }

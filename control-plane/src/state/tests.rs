@@ -14,6 +14,7 @@
 //! log to check determinism.
 
 mod fleet;
+mod modes;
 mod presence;
 mod schedules;
 mod why_waiting;
@@ -932,6 +933,9 @@ enum Op {
     NewTerm,
     HandBack { pick: usize, zombie: bool },
     Presence { gone: Vec<usize>, seen: Vec<usize>, old_term: bool },
+    /// Tenant t1's mode: 0 shared, 1 vpc with fallback, 2 vpc without (its tasks then wait:
+    /// every harness agent is plain).
+    SetMode { mode: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -961,6 +965,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), proptest::bool::weighted(0.3)).prop_map(|(pick, zombie)| Op::HandBack { pick, zombie }),
         1 => (proptest::collection::vec(0..4usize, 0..3), proptest::collection::vec(0..3usize, 0..2), old_term())
             .prop_map(|(gone, seen, old_term)| Op::Presence { gone, seen, old_term }),
+        1 => (0..3u8).prop_map(|mode| Op::SetMode { mode }),
     ]
 }
 
@@ -1030,6 +1035,8 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
                 let t = h.task(g.task_id);
                 assert_eq!((g.epoch, t.state), (h.index, TaskState::Running));
                 assert!(placement::matches(&t.placement, &attrs), "{t:?} granted to {attrs:?}");
+                let mode = h.sm.tenant_mode(&t.tenant);
+                assert!(mode.admits(&attrs), "{t:?} of a tenant in mode {mode:?} granted to {attrs:?}");
             }
             grants.extend(new);
         }
@@ -1160,6 +1167,15 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
             assert!(h.sm.indexes().idem_expiry.first().is_none_or(|(at, _)| *at > h.sm.clock_ms()));
         }
         Op::NewTerm => h.term += 1,
+        Op::SetMode { mode } => {
+            use super::modes::TenantMode;
+            let mode = match mode {
+                0 => TenantMode::Shared,
+                m => TenantMode::Vpc { vpc: "t1-vpc".into(), fallback: m == 1 },
+            };
+            let r = h.apply(Command::SetTenantMode { tenant: "t1".into(), mode: mode.clone() });
+            assert_eq!(r, Response::TenantMode(mode));
+        }
         Op::Presence { gone, seen, old_term } => {
             // Agents 0..3 are the harness's (3 is one never heard of); a seen agent comes
             // back with its usual attributes.

@@ -41,9 +41,9 @@ fn gone_marks_known_agents_a_lease_or_a_sighting_clears_them_and_they_survive_a_
     let id = h.queue("acme", vec![placed("one", "", "eu")])[0];
     let agents: Vec<AgentAttrs> = h.sm.connected_agents().map(|a| a.attrs.clone()).collect();
     let t = h.task(id);
-    let why = why_waiting(&t, h.sm.indexes(), h.sm.tenants(), h.sm.codes(), &agents);
+    let why = why_waiting(&t, h.sm.indexes(), h.sm.tenants(), h.sm.codes(), h.sm.tenant_mode("acme"), &agents);
     assert_eq!(why, Some(Waiting::NoAgentMatches { constraint: "region=eu".into() }));
-    assert_eq!(placement::unplaceable(h.sm.indexes(), &agents), 1);
+    assert_eq!(placement::unplaceable(h.sm.indexes(), h.sm.tenant_modes(), &agents), 1);
 
     // Its lease call clears the mark in the same entry, and it gets the task.
     let g = h.lease("a-eu", &eu, 1);

@@ -6,7 +6,7 @@ use crate::state::placement::{Waiting, why_waiting};
 impl Harness {
     fn why(&self, id: u64, agents: &[AgentAttrs]) -> Option<Waiting> {
         let t = self.task(id);
-        why_waiting(&t, self.sm.indexes(), self.sm.tenants(), self.sm.codes(), agents)
+        why_waiting(&t, self.sm.indexes(), self.sm.tenants(), self.sm.codes(), self.sm.tenant_mode(&t.tenant), agents)
     }
 }
 
