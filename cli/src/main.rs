@@ -40,6 +40,8 @@ enum Command {
     Agents(commands::agents::AgentsArgs),
     /// Runner clusters, shared or dedicated to a tenant (operator).
     Cluster(commands::cluster::ClusterArgs),
+    /// IP pools: egress addresses for ip_whitelist tenants (operator; `ips`: tenant).
+    Pool(commands::pool::PoolArgs),
     /// Register and manage codes (tenant).
     Code(commands::code::CodeArgs),
     /// Queue, inspect, follow and wait for tasks (tenant).
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
             Command::Code(a) => commands::code::run(a).await,
             Command::Agents(a) => commands::agents::run(a).await,
             Command::Cluster(a) => commands::cluster::run(a).await,
+            Command::Pool(a) => commands::pool::run(a).await,
             Command::Schedule(a) => commands::schedule::run(a).await,
             Command::Dev(a) => commands::dev::run(a).await,
             Command::Task(a) => return commands::task::run(a).await,

@@ -119,7 +119,7 @@ pub(crate) fn wall(deadline: Instant) -> SystemTime {
 
 impl Agent {
     /// Connects to the Docker engine, prepares the data directory and the watchdog.
-    pub async fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
+    pub async fn new(mut cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
         let uplink = Arc::new(Uplink::new(&cfg)?);
         let metrics = AgentMetrics::new()?;
         if let Some(tls) = &cfg.tls {
@@ -140,6 +140,10 @@ impl Agent {
             .map_err(|source| AgentError::Io { path: work_dir.clone(), source })?;
         let docker = bollard::Docker::connect_with_local_defaults()
             .map_err(|e| crate::executor::ExecError::Unreachable { endpoint: docker_endpoint(), source: e })?;
+        // From here on `network_mode` is what task containers join: the egress network of
+        // an IP-pool agent, the VPC's network of a VPC agent, the configured mode otherwise.
+        cfg.network_mode = crate::executor::network::task_network(&docker, &cfg).await?;
+        tracing::info!(network = %cfg.network_mode, "task containers join this network");
         let cache = Arc::new(ImageCache::new(docker, cfg.images.disk_budget.as_u64(), metrics.exec.clone()));
         let exec = Arc::new(
             DockerExecutor::connect(

@@ -84,9 +84,15 @@ pub struct AgentConfig {
     /// even while the agent is frozen. Only turn off for debugging.
     #[serde(default = "d_true")]
     pub watchdog: bool,
-    /// Docker network mode for task containers ("none" isolates them).
+    /// Docker network mode for task containers on a plain (shared-fleet) agent ("none"
+    /// isolates them). An IP-pool agent uses its egress network and a VPC agent its
+    /// `task_network` instead (see `executor::network`).
     #[serde(default = "d_network")]
     pub network_mode: String,
+    /// A VPC agent (`attributes.vpc`): the tenant's Docker network task containers join.
+    /// Required for a VPC agent, refused for any other.
+    #[serde(default)]
+    pub task_network: Option<String>,
     /// Dial overrides: a control-plane node's advertised `HOST:PORT` (as configured or
     /// as a leader hint names it) → the `HOST:PORT` to connect to instead (a proxy or
     /// tunnel). TLS still verifies the advertised host.
@@ -206,6 +212,21 @@ impl AgentConfig {
                 format!("{} is over the limit of {}", self.logs.batch_bytes, bytesize::ByteSize(MAX_LOG_BATCH_BYTES)),
             );
         }
+        let a = &self.attributes;
+        match (a.vpc.is_empty(), &self.task_network) {
+            (false, None) => return invalid("task_network", "is required for a VPC agent (attributes.vpc)".into()),
+            (true, Some(_)) => return invalid("task_network", "is only for a VPC agent (attributes.vpc)".into()),
+            _ => {}
+        }
+        if !a.vpc.is_empty() && !a.ip_pool.is_empty() {
+            return invalid("attributes.ip_pool", "an agent serves an IP pool or a VPC, not both".into());
+        }
+        if a.ip_pool.is_empty() != a.egress_ip.is_empty() {
+            return invalid("attributes.egress_ip", "an IP-pool agent needs both ip_pool and egress_ip".into());
+        }
+        if !a.egress_ip.is_empty() && a.egress_ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return invalid("attributes.egress_ip", format!("{:?} is not an IPv4 address", a.egress_ip));
+        }
         if self.limits.memory.as_u64() < 4 * 1024 * 1024 {
             return invalid("limits.memory", "must be at least 4 MiB (Docker's minimum)".into());
         }
@@ -257,5 +278,22 @@ mod tests {
         assert!(err("dev_agent_id = \"a\"\n[limits]\nmemory = \"1 MiB\"").contains("invalid limits.memory"));
         assert!(err("dev_agent_id = \"a\"\nslotz = 3").contains("unknown field"));
         assert!(err("dev_agent_id = \"a\"\n[logs]\nbatch_bytes = \"2 MiB\"").contains("invalid logs.batch_bytes"));
+    }
+
+    #[test]
+    fn pool_and_vpc_agents_say_what_they_need() {
+        let err = |extra: &str| parse(&format!("dev_agent_id = \"a\"\n{extra}")).expect_err("invalid");
+        let ok = |extra: &str| parse(&format!("dev_agent_id = \"a\"\n{extra}")).expect("valid");
+        assert!(err("[attributes]\nvpc = \"corp\"").contains("invalid task_network: is required for a VPC agent"));
+        assert!(err("task_network = \"corp-net\"").contains("invalid task_network: is only for a VPC agent"));
+        assert!(err("[attributes]\nip_pool = \"p\"").contains("invalid attributes.egress_ip"));
+        assert!(err("[attributes]\nip_pool = \"p\"\negress_ip = \"10.0.0.300\"").contains("not an IPv4 address"));
+        let both = "task_network = \"n\"\n[attributes]\nvpc = \"v\"\nip_pool = \"p\"\negress_ip = \"10.0.0.1\"";
+        assert!(err(both).contains("an IP pool or a VPC, not both"));
+        assert_eq!(
+            ok("task_network = \"corp-net\"\n[attributes]\nvpc = \"corp\"").task_network.as_deref(),
+            Some("corp-net")
+        );
+        assert_eq!(ok("[attributes]\nip_pool = \"p\"\negress_ip = \"10.0.0.1\"").attributes.egress_ip, "10.0.0.1");
     }
 }

@@ -9,6 +9,7 @@ pub mod dev;
 pub mod operator;
 pub mod output;
 pub mod placement;
+pub mod pool;
 pub mod schedule;
 pub mod server;
 pub mod task;

@@ -1,4 +1,4 @@
-//! `drover tenant create|update|list` (operator, through `drover.admin.v1`).
+//! `drover tenant create|update|list|mode` (operator, through `drover.admin.v1`).
 
 use clap::{Args, Subcommand};
 use drover_proto::admin as pa;
@@ -38,8 +38,45 @@ enum TenantCmd {
         #[arg(long = "allow-cidr")]
         allowed_cidrs: Vec<String>,
     },
-    /// Tenants with their queued and running counts and limits.
+    /// Tenants with their queued and running counts, limits and mode.
     List,
+    /// Where a tenant's tasks may run: `shared` (the shared fleet), `ip-whitelist` (only
+    /// on agents of its IP pool, so its traffic leaves from the pool's addresses) or `vpc`
+    /// (only on agents registered with its VPC; with --fallback, the shared fleet too).
+    Mode {
+        /// The tenant.
+        id: String,
+        /// The mode.
+        #[arg(value_enum)]
+        mode: ModeArg,
+        /// ip-whitelist: the tenant's pool (drover pool create).
+        #[arg(long, required_if_eq("mode", "ip-whitelist"))]
+        pool: Option<String>,
+        /// vpc: the VPC name its agents are registered with (drover agents register --vpc).
+        #[arg(long, required_if_eq("mode", "vpc"))]
+        vpc: Option<String>,
+        /// vpc: let shared-fleet agents run its tasks too (they run isolated, outside the VPC).
+        #[arg(long)]
+        fallback: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Shared,
+    IpWhitelist,
+    Vpc,
+}
+
+/// A mode for people: `shared`, `ip_whitelist(pool)`, `vpc(name)` or `vpc(name)+fallback`.
+fn mode_text(m: Option<&pa::TenantMode>) -> String {
+    let m = m.cloned().unwrap_or_default();
+    match pa::TenantModeKind::try_from(m.kind) {
+        Ok(pa::TenantModeKind::IpWhitelist) => format!("ip_whitelist({})", m.pool),
+        Ok(pa::TenantModeKind::Vpc) if m.fallback => format!("vpc({})+fallback", m.vpc),
+        Ok(pa::TenantModeKind::Vpc) => format!("vpc({})", m.vpc),
+        _ => "shared".to_string(),
+    }
 }
 
 pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
@@ -69,6 +106,31 @@ pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
                 Format::Table => outln!("tenant {} saved", t.id),
             }
         }
+        TenantCmd::Mode { id, mode, pool, vpc, fallback } => {
+            let kind = match mode {
+                ModeArg::Shared => pa::TenantModeKind::Shared,
+                ModeArg::IpWhitelist => pa::TenantModeKind::IpWhitelist,
+                ModeArg::Vpc => pa::TenantModeKind::Vpc,
+            };
+            let req = pa::SetTenantModeRequest {
+                tenant: id.clone(),
+                mode: Some(pa::TenantMode {
+                    kind: kind.into(),
+                    pool: pool.unwrap_or_default(),
+                    vpc: vpc.unwrap_or_default(),
+                    fallback,
+                }),
+            };
+            let m = with_leader(&a.conn, |ch| {
+                let req = req.clone();
+                async move { AdminClient::new(ch).set_tenant_mode(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+            match a.output {
+                Format::Json => print_json(&serde_json::json!({ "id": id, "mode": mode_text(Some(&m)) })),
+                Format::Table => outln!("tenant {id} mode {}", mode_text(Some(&m))),
+            }
+        }
         TenantCmd::List => {
             let r = with_leader(&a.conn, |ch| async move {
                 AdminClient::new(ch).list_tenants(pa::ListTenantsRequest {}).await.map(|r| r.into_inner())
@@ -85,13 +147,14 @@ pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
                         "max_concurrency": l.max_concurrency,
                         "max_payload_bytes": l.max_payload_bytes,
                         "allowed_cidrs": t.allowed_cidrs,
+                        "mode": mode_text(t.mode.as_ref()),
                     })
                 });
                 print_json(&serde_json::Value::Array(tenants.collect()));
                 return Ok(());
             }
             outln!(
-                "{:<24} {:>10} {:>10} {:>12} {:>14}",
+                "{:<24} {:>10} {:>10} {:>12} {:>14}  MODE",
                 "TENANT",
                 "QUEUED",
                 "RUNNING",
@@ -101,12 +164,13 @@ pub async fn run(a: TenantArgs) -> anyhow::Result<()> {
             for t in r.tenants {
                 let l = t.limits.unwrap_or_default();
                 outln!(
-                    "{:<24} {:>10} {:>10} {:>12} {:>14}",
+                    "{:<24} {:>10} {:>10} {:>12} {:>14}  {}",
                     t.id,
                     t.queued_tasks,
                     t.running_tasks,
                     l.max_queued_tasks,
-                    l.max_concurrency
+                    l.max_concurrency,
+                    mode_text(t.mode.as_ref())
                 );
             }
         }

@@ -61,7 +61,12 @@ pub async fn get(c: &Cluster, id: u64) -> pv::Task {
 
 /// The task, or None while the cluster cannot answer (an election under way).
 pub async fn try_get(c: &Cluster, id: u64) -> Option<pv::Task> {
-    let mut t = tenant(c);
+    try_get_of(c, "acme", id).await
+}
+
+/// [`try_get`] for any tenant's task.
+pub async fn try_get_of(c: &Cluster, tenant: &str, id: u64) -> Option<pv::Task> {
+    let mut t = c.tenant(c.ids()[0], tenant).ok()?;
     t.get_task(pv::GetTaskRequest { id, include_payload: false }).await.ok().map(|r| r.into_inner())
 }
 
@@ -78,8 +83,13 @@ pub fn finished(t: &pv::Task) -> bool {
 
 /// Waits for task `id` to end; on timeout, fails with the agents' log tails.
 pub async fn wait_finished(c: &Cluster, id: u64, within: Duration, agents: &[&AgentProc]) -> pv::Task {
+    wait_finished_of(c, "acme", id, within, agents).await
+}
+
+/// [`wait_finished`] for any tenant's task.
+pub async fn wait_finished_of(c: &Cluster, tenant: &str, id: u64, within: Duration, agents: &[&AgentProc]) -> pv::Task {
     let r = eventually(within, &format!("task {id} to finish"), || async {
-        let t = try_get(c, id).await?;
+        let t = try_get_of(c, tenant, id).await?;
         finished(&t).then_some(t)
     })
     .await;
@@ -94,7 +104,14 @@ pub async fn wait_finished(c: &Cluster, id: u64, within: Duration, agents: &[&Ag
 
 /// A task's whole log: (stdout, stderr, system) bytes.
 pub async fn log(c: &Cluster, id: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let mut s = tenant(c)
+    log_of(c, "acme", id).await
+}
+
+/// [`log`] for any tenant's task.
+pub async fn log_of(c: &Cluster, tenant: &str, id: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut s = c
+        .tenant(c.ids()[0], tenant)
+        .expect("tenant client")
         .get_task_log(pv::GetTaskLogRequest { id, from_index: 0, follow: false })
         .await
         .expect("get log")

@@ -230,7 +230,10 @@ impl Admin for AdminService {
         let tenants = sm
             .tenants()
             .values()
-            .map(|t| convert::tenant_out(t, idx.waiting(&t.id), idx.running_for_tenant(&t.id) as u64))
+            .map(|t| pa::TenantInfo {
+                mode: Some(super::modes::mode_out(sm.tenant_mode(&t.id))),
+                ..convert::tenant_out(t, idx.waiting(&t.id), idx.running_for_tenant(&t.id) as u64)
+            })
             .collect();
         Ok(Response::new(pa::ListTenantsResponse { tenants }))
     }
@@ -264,6 +267,22 @@ impl Admin for AdminService {
 
     async fn set_ceilings(&self, req: Request<pa::SetCeilingsRequest>) -> ApiResult<pa::Ceilings> {
         Ok(Response::new(super::fleet::set_ceilings(&self.ctx, req.into_inner()).await?))
+    }
+
+    async fn create_pool(&self, req: Request<pa::CreatePoolRequest>) -> ApiResult<pa::PoolInfo> {
+        Ok(Response::new(super::modes::create_pool(&self.ctx, req.into_inner()).await?))
+    }
+
+    async fn list_pools(&self, _req: Request<pa::ListPoolsRequest>) -> ApiResult<pa::ListPoolsResponse> {
+        Ok(Response::new(super::modes::list_pools(&self.ctx).await?))
+    }
+
+    async fn delete_pool(&self, req: Request<pa::DeletePoolRequest>) -> ApiResult<pa::DeletePoolResponse> {
+        Ok(Response::new(super::modes::delete_pool(&self.ctx, req.into_inner().name).await?))
+    }
+
+    async fn set_tenant_mode(&self, req: Request<pa::SetTenantModeRequest>) -> ApiResult<pa::TenantMode> {
+        Ok(Response::new(super::modes::set_tenant_mode(&self.ctx, req.into_inner()).await?))
     }
 
     async fn get_task(&self, req: Request<pa::TenantGetTaskRequest>) -> ApiResult<drover_proto::v1::Task> {

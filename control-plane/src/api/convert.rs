@@ -329,5 +329,6 @@ pub fn tenant_out(t: &Tenant, queued: u64, running: u64) -> pa::TenantInfo {
         queued_tasks: queued,
         running_tasks: running,
         allowed_cidrs: t.allowed_cidrs.clone(),
+        mode: None,
     }
 }

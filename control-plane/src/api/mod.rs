@@ -9,6 +9,7 @@ pub mod caller;
 pub mod convert;
 pub mod error;
 pub mod fleet;
+pub mod modes;
 pub mod oversize;
 pub mod schedules;
 pub mod tenant;

@@ -170,6 +170,11 @@ impl Tenant for TenantService {
         Ok(Response::new(pv::EnableWebhookResponse { url, path, secret: secret.reveal().to_string() }))
     }
 
+    async fn list_pool_ips(&self, req: Request<pv::ListPoolIpsRequest>) -> ApiResult<pv::ListPoolIpsResponse> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(super::modes::list_pool_ips(&self.ctx, &tenant).await?))
+    }
+
     async fn disable_webhook(&self, req: Request<pv::DisableWebhookRequest>) -> ApiResult<pv::DisableWebhookResponse> {
         let tenant = caller::tenant(&req)?;
         let code = req.into_inner().name;

@@ -17,6 +17,7 @@ pub mod fake;
 pub mod image_cache;
 pub mod import;
 pub mod metrics;
+pub mod network;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -138,6 +139,8 @@ pub enum ExecError {
     Image { image: String, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("task network: {0}")]
+    Network(String),
 }
 
 impl ExecError {
@@ -146,7 +149,7 @@ impl ExecError {
         match self {
             ExecError::Unreachable { .. } => true,
             ExecError::Docker(e) => container::engine_failure(e),
-            ExecError::Image { .. } | ExecError::Io(_) => false,
+            ExecError::Image { .. } | ExecError::Io(_) | ExecError::Network(_) => false,
         }
     }
 }

@@ -152,18 +152,24 @@ fn each_agent_runs_only_the_tenants_its_pool_vpc_or_plainness_admits() {
         let t = h.task(id);
         why_waiting(&t, h.sm.indexes(), h.sm.tenants(), h.sm.codes(), h.sm.tenant_mode(&t.tenant), agents)
     };
-    assert_eq!(why(&h, wl[0], &[plain.clone()]), Some(Waiting::NoAgentMatches { constraint: "ip_pool=egress".into() }));
+    assert_eq!(
+        why(&h, wl[0], std::slice::from_ref(&plain)),
+        Some(Waiting::NoAgentMatches { constraint: "ip_pool=egress".into() })
+    );
     assert_eq!(
         why(&h, corp[0], &[plain.clone(), pool_agent.clone()]),
         Some(Waiting::NoAgentMatches { constraint: "vpc=corp-net".into() })
     );
-    assert_eq!(why(&h, corp2[0], &[plain.clone()]), Some(Waiting::WaitingForSlot));
+    assert_eq!(why(&h, corp2[0], std::slice::from_ref(&plain)), Some(Waiting::WaitingForSlot));
     let constraint = "a shared-fleet agent (no IP pool, no VPC)".to_string();
     assert_eq!(
         why(&h, shared[0], &[pool_agent.clone(), vpc_agent.clone()]),
         Some(Waiting::NoAgentMatches { constraint })
     );
-    assert_eq!(crate::state::placement::unplaceable(h.sm.indexes(), h.sm.tenant_modes(), &[plain.clone()]), 4);
+    assert_eq!(
+        crate::state::placement::unplaceable(h.sm.indexes(), h.sm.tenant_modes(), std::slice::from_ref(&plain)),
+        4
+    );
 
     // The pool no tenant uses serves nobody; the pool agent its tenant only; the VPC
     // agent its tenant only; the plain agent the shared tenant and the VPC tenant that
@@ -175,8 +181,11 @@ fn each_agent_runs_only_the_tenants_its_pool_vpc_or_plainness_admits() {
     got.sort();
     assert_eq!(got, [corp2[0], shared[0]]);
 
-    // A whitelist task queued while only plain agents ask waits for its pool.
+    // A whitelist task, and a VPC task without fallback, queued while only plain agents
+    // ask wait for their pool and their VPC.
     let later = h.queue("wl", vec![task("one")]);
+    let corp_later = h.queue("corp", vec![task("one")]);
     assert!(h.lease("plain-1", &plain, 10).is_empty());
     assert_eq!(ids(&h.lease("pa", &pool_agent, 10)), later);
+    assert_eq!(ids(&h.lease("va", &vpc_agent, 10)), corp_later);
 }
