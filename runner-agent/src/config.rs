@@ -241,7 +241,9 @@ mod tests {
     #[test]
     fn the_deploy_examples_parse_and_validate() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-        for name in ["agent-eu-west.toml", "agent-us-east.toml", "agent-dedicated.toml"] {
+        for name in
+            ["agent-eu-west.toml", "agent-us-east.toml", "agent-dedicated.toml", "agent-egress.toml", "agent-vpc.toml"]
+        {
             let path = dir.join(name);
             let c = AgentConfig::from_toml(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
