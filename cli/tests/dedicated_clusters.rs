@@ -145,9 +145,11 @@ async fn registered_agents_serve_only_what_they_are_allowed_and_tenants_only_the
     let plan = [
         ("acme", 60, placed(DEDICATED, ""), BTreeSet::from([d1.clone()])),
         ("acme", 40, None, shared.clone()),
-        ("globex", 70, None, shared.clone()),
+        ("globex", 40, None, shared.clone()),
         ("globex", 30, placed("", "us"), BTreeSet::from([us.clone()])),
-        ("initech", 100, None, shared.clone()),
+        ("initech", 70, None, shared.clone()),
+        ("initech", 30, placed("", "eu"), BTreeSet::from([eu.clone()])),
+        ("acme", 30, placed("", "eu"), BTreeSet::from([eu.clone()])),
     ];
     for (tenant, n, placement, on) in plan {
         for task_id in queue_n(&c, tenant, n, placement).await {
