@@ -48,6 +48,11 @@ pub struct ServerConfig {
     #[serde(default)]
     pub advertise: Option<String>,
     pub http_listen: SocketAddr,
+    /// The region this server runs in (free text, for example `eu-west`): shown on
+    /// `drover_build_info` and in its logs, so a spread of voters over regions can be
+    /// checked. Placement does not use it.
+    #[serde(default)]
+    pub region: String,
     /// The webhook listener (see `crate::webhook`): HTTPS with the node's certificate and
     /// no client certificate. Off when absent.
     #[serde(default)]
@@ -190,6 +195,9 @@ impl ServerConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.region.len() > 128 {
+            return bad("region", format!("{} bytes is over the limit of 128", self.region.len()));
+        }
         if self.node_id == 0 {
             return bad("node_id", "must be positive".into());
         }

@@ -158,8 +158,8 @@ impl Metrics {
                 "Leaders this node has seen take office (a new leader id, or a new term), the first after start included",
             )?,
             build_info: IntGaugeVec::new(
-                Opts::new("build_info", "Always 1; the label carries the version of the running server"),
-                &["version"],
+                Opts::new("build_info", "Always 1; the labels carry the version of the running server and its region"),
+                &["version", "region"],
             )?,
             tls_cert_expiry: IntGauge::new(
                 "tls_cert_expiry_seconds",
@@ -258,7 +258,7 @@ impl Metrics {
         for outcome in ATTEMPT_OUTCOMES {
             m.tasks_api.attempts.with_label_values(&[outcome]);
         }
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), ""]).set(1);
         for reason in LEASE_EXPIRY_REASONS {
             m.leases_expired.with_label_values(&[reason]);
         }
@@ -436,6 +436,15 @@ pub async fn watch_leader_changes(node: std::sync::Arc<RaftNode>, counter: IntCo
             _ = shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
         }
+    }
+}
+
+impl Metrics {
+    /// The server's configured region, on `drover_build_info`.
+    pub fn set_region(&self, region: &str) {
+        let version = env!("CARGO_PKG_VERSION");
+        let _ = self.build_info.remove_label_values(&[version, ""]);
+        self.build_info.with_label_values(&[version, region]).set(1);
     }
 }
 

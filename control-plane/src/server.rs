@@ -63,6 +63,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(StorageError::from)?;
     let metrics = Arc::new(Metrics::new()?);
+    metrics.set_region(&cfg.region);
     let (log_store, sm_store) = storage::open(&cfg.data_dir, cfg.cache_capacity.as_u64(), metrics.apply.clone())?;
     let sm = sm_store.shared.clone();
 
