@@ -3,10 +3,10 @@
 # (the integration tests start real `drover` processes on loopback ports, and the agent
 # tests run real Docker containers from an image built here from the static busybox).
 #
-# Prerequisites are handled here: as root, a missing Docker engine (Debian's docker.io)
-# and busybox-static are installed and dockerd is started when it is not running, and
-# Debian's prometheus package when promtool is missing; as another user, the script says
-# exactly what to run instead.
+# Prerequisites are handled here: as root, a missing Docker engine (Debian's docker.io),
+# busybox-static, docker-registry and apache2-utils are installed and dockerd is started
+# when it is not running, and Debian's prometheus package when promtool is missing; as
+# another user, the script says exactly what to run instead.
 # Then the chaos suite (`drover-chaos suite ci`): every fault scenario once against a
 # real 3-server TLS cluster with two agents, its history checked for violations.
 # Usage: deploy/test.sh [extra cargo test args]   (with args, the chaos suite is skipped;
@@ -20,6 +20,21 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 bash deploy/docker-up.sh
+# The private-image test's registry (Debian's docker-registry) and its htpasswd file's
+# tool (apache2-utils).
+need_pkgs=()
+command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || need_pkgs+=(apache2-utils)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing ${need_pkgs[*]}; run: sudo apt-get install -y ${need_pkgs[*]}" >&2
+    exit 1
+  fi
+  echo "installing ${need_pkgs[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_pkgs[@]}" >/dev/null \
+    || { apt-get update >/dev/null \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_pkgs[@]}" >/dev/null; }
+fi
 # The alert rules' promtool checks; also installs Debian's prometheus package (promtool
 # and the server the Prometheus end-to-end test runs) when it is missing.
 bash deploy/prometheus/check.sh

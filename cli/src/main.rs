@@ -42,6 +42,8 @@ enum Command {
     Cluster(commands::cluster::ClusterArgs),
     /// IP pools: egress addresses for ip_whitelist tenants (operator; `ips`: tenant).
     Pool(commands::pool::PoolArgs),
+    /// Logins for private images on a registry (tenant).
+    Registry(commands::registry::RegistryArgs),
     /// Register and manage codes (tenant).
     Code(commands::code::CodeArgs),
     /// Queue, inspect, follow and wait for tasks (tenant).
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Agents(a) => commands::agents::run(a).await,
             Command::Cluster(a) => commands::cluster::run(a).await,
             Command::Pool(a) => commands::pool::run(a).await,
+            Command::Registry(a) => commands::registry::run(a).await,
             Command::Schedule(a) => commands::schedule::run(a).await,
             Command::Dev(a) => commands::dev::run(a).await,
             Command::Task(a) => return commands::task::run(a).await,

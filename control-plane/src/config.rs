@@ -53,6 +53,11 @@ pub struct ServerConfig {
     /// checked. Placement does not use it.
     #[serde(default)]
     pub region: String,
+    /// 64 hex digits (a 256-bit key, for example `openssl rand -hex 32`), the same on
+    /// every server: seals tenants' registry passwords at rest (see `crate::sealing`).
+    /// Absent: `drover registry login` is refused.
+    #[serde(default)]
+    pub registry_key_file: Option<PathBuf>,
     /// The webhook listener (see `crate::webhook`): HTTPS with the node's certificate and
     /// no client certificate. Off when absent.
     #[serde(default)]

@@ -26,6 +26,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod raft;
+pub mod sealing;
 pub mod server;
 pub mod state;
 // openraft's storage and network traits return its own error types by value (over 200

@@ -57,10 +57,16 @@ pub enum ServerError {
     Bind { addr: String, source: std::io::Error },
     #[error("grpc server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Seal(#[from] crate::sealing::SealError),
 }
 
 pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     cfg.validate()?;
+    let registry_key = match &cfg.registry_key_file {
+        Some(path) => Some(Arc::new(crate::sealing::RegistryKey::from_file(path)?)),
+        None => None,
+    };
     std::fs::create_dir_all(&cfg.data_dir).map_err(StorageError::from)?;
     let metrics = Arc::new(Metrics::new()?);
     metrics.set_region(&cfg.region);
@@ -117,6 +123,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         log_followers: Default::default(),
         shutdown: shutdown.clone(),
         task_metrics: metrics.tasks_api.clone(),
+        registry_key,
     });
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -144,7 +144,13 @@ impl Agent {
         // an IP-pool agent, the VPC's network of a VPC agent, the configured mode otherwise.
         cfg.network_mode = crate::executor::network::task_network(&docker, &cfg).await?;
         tracing::info!(network = %cfg.network_mode, "task containers join this network");
-        let cache = Arc::new(ImageCache::new(docker, cfg.images.disk_budget.as_u64(), metrics.exec.clone()));
+        let marks = Some(cfg.data_dir.join("private-images.json"));
+        let cache = Arc::new(ImageCache::with_private_marks(
+            docker,
+            cfg.images.disk_budget.as_u64(),
+            metrics.exec.clone(),
+            marks,
+        ));
         let exec = Arc::new(
             DockerExecutor::connect(
                 ExecutorConfig {

@@ -48,6 +48,11 @@ impl Agent {
             pids: g.pids,
             timeout: Duration::from_millis(g.timeout_ms),
             network_mode: self.cfg.network_mode.clone(),
+            credentials: g.registry_auth.map(|a| crate::executor::image_cache::RegistryCredentials {
+                server: a.server,
+                username: a.username,
+                password: a.password,
+            }),
         }
     }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_runner_agent::executor::image_cache::Access;
 use drover_runner_agent::executor::{
     ContainerSpec, DockerExecutor, ExecMetrics, ExecutorConfig, ImageCache, RunOutcome, container, import,
 };
@@ -46,6 +47,7 @@ fn spec(agent: &str, image: &str, script: &str) -> ContainerSpec {
         pids: 0,
         timeout: Duration::from_secs(30),
         network_mode: String::new(),
+        credentials: None,
     }
 }
 
@@ -129,11 +131,11 @@ async fn the_cache_evicts_least_recently_used_images_past_its_budget_but_never_o
     let metrics = ExecMetrics::new(&prometheus::Registry::new()).expect("metrics");
     // Room for two images.
     let cache = ImageCache::new(docker.clone(), size * 2 + size / 2, metrics.clone());
-    let a = cache.ensure(&names[0]).await.expect("a");
-    let b = cache.ensure(&names[1]).await.expect("b");
+    let a = cache.ensure(&names[0], &Access::default()).await.expect("a");
+    let b = cache.ensure(&names[1], &Access::default()).await.expect("b");
     drop(b);
     // a is in use: c's arrival must evict b, the least recently used idle image.
-    let _c = cache.ensure(&names[2]).await.expect("c");
+    let _c = cache.ensure(&names[2], &Access::default()).await.expect("c");
     let present = |n: String| {
         let docker = docker.clone();
         async move { docker.inspect_image(&n).await.is_ok() }

@@ -10,6 +10,7 @@ pub mod operator;
 pub mod output;
 pub mod placement;
 pub mod pool;
+pub mod registry;
 pub mod schedule;
 pub mod server;
 pub mod task;

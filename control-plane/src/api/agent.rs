@@ -165,6 +165,7 @@ impl AgentService {
             Some(c) => (c.image.clone(), c.command.clone(), c.env.clone().into_iter().collect(), c.limits.clone()),
             None => Default::default(),
         };
+        let registry_auth = super::registries::auth_for(&self.ctx, &sm, &task.tenant, &image);
         Ok(pa::GrantedTask {
             task_id,
             lease_epoch: epoch,
@@ -179,6 +180,7 @@ impl AgentService {
             cpu_millis: limits.cpu_millis,
             pids: limits.pids,
             timeout_ms: task.timeout_ms,
+            registry_auth,
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fleet;
 pub mod modes;
 pub mod oversize;
+pub mod registries;
 pub mod schedules;
 pub mod tenant;
 
@@ -71,6 +72,9 @@ pub struct ApiCtx {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Dispatch and run times, attempt outcomes, proposal latency.
     pub task_metrics: crate::metrics::TaskApiMetrics,
+    /// Seals and opens registry passwords (`registry_key_file`); None: registry logins
+    /// are refused.
+    pub registry_key: Option<Arc<crate::sealing::RegistryKey>>,
 }
 
 /// Most `GetTaskLog` streams with `follow` one tenant may hold open on one node.

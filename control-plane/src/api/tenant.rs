@@ -175,6 +175,24 @@ impl Tenant for TenantService {
         Ok(Response::new(super::modes::list_pool_ips(&self.ctx, &tenant).await?))
     }
 
+    async fn registry_login(&self, req: Request<pv::RegistryLoginRequest>) -> ApiResult<pv::RegistryLoginResponse> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(super::registries::login(&self.ctx, tenant, req.into_inner()).await?))
+    }
+
+    async fn registry_logout(&self, req: Request<pv::RegistryLogoutRequest>) -> ApiResult<pv::RegistryLoginResponse> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(super::registries::logout(&self.ctx, tenant, req.into_inner().registry).await?))
+    }
+
+    async fn list_registry_logins(
+        &self,
+        req: Request<pv::ListRegistryLoginsRequest>,
+    ) -> ApiResult<pv::ListRegistryLoginsResponse> {
+        let tenant = caller::tenant(&req)?;
+        Ok(Response::new(super::registries::list(&self.ctx, &tenant).await?))
+    }
+
     async fn disable_webhook(&self, req: Request<pv::DisableWebhookRequest>) -> ApiResult<pv::DisableWebhookResponse> {
         let tenant = caller::tenant(&req)?;
         let code = req.into_inner().name;

@@ -312,6 +312,13 @@ pub enum Command {
         tenant: String,
         mode: super::modes::TenantMode,
     },
+    /// Saves a tenant's login for a registry (`login`: username and the password as the
+    /// API edge sealed it), or removes it (None). Answered with [`Response::RegistryLogin`].
+    SetRegistryLogin {
+        tenant: String,
+        registry: String,
+        login: Option<(String, Vec<u8>)>,
+    },
 }
 
 impl Command {
@@ -408,4 +415,9 @@ pub enum Response {
     Pool(Box<super::modes::IpPool>),
     PoolDeleted,
     TenantMode(super::modes::TenantMode),
+    /// A [`Command::SetRegistryLogin`] applied: whether the tenant now has a login there.
+    RegistryLogin {
+        registry: String,
+        saved: bool,
+    },
 }

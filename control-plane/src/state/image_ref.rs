@@ -52,6 +52,20 @@ pub fn check(reference: &str) -> Result<(), String> {
     check_name(name)
 }
 
+/// The registry a reference pulls from, as the docker CLI reads it: the first component
+/// when more follow and it has a `.` or a `:` or is `localhost`; `docker.io` otherwise.
+pub fn registry(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first,
+        _ => "docker.io",
+    }
+}
+
+/// Whether `host` can name a registry (`host[:port]`).
+pub fn is_registry(host: &str) -> bool {
+    !host.is_empty() && host.len() <= MAX_NAME_BYTES && is_domain(host)
+}
+
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the repository name is empty".into());
@@ -182,7 +196,7 @@ fn check_digest(d: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{check, is_registry, registry};
 
     const SHA: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -211,6 +225,16 @@ mod tests {
         ] {
             assert_eq!(check(r), Ok(()), "{r}");
         }
+    }
+
+    #[test]
+    fn the_registry_is_read_as_the_docker_cli_reads_it() {
+        assert_eq!(registry("busybox"), "docker.io");
+        assert_eq!(registry("library/busybox:1"), "docker.io");
+        assert_eq!(registry("127.0.0.1:5000/private/app:1"), "127.0.0.1:5000");
+        assert_eq!(registry("localhost/app"), "localhost");
+        assert_eq!(registry("ghcr.io/acme/app@sha256:0"), "ghcr.io");
+        assert!(is_registry("127.0.0.1:5000") && is_registry("ghcr.io") && !is_registry("a/b") && !is_registry(""));
     }
 
     #[test]

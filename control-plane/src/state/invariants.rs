@@ -202,6 +202,20 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
             problems.push(format!("agent {:?} is registered with {:?} not in pool {:?}", r.id, r.egress_ip, r.ip_pool));
         }
     }
+    let mut logins = std::collections::BTreeMap::new();
+    kv.scan(keys::REGISTRY_LOGIN, keys::REGISTRY_LOGIN, &mut |_, v| {
+        match keys::decode::<super::registries::RegistryLogin>(v) {
+            Ok(l) => {
+                logins.insert((l.tenant.clone(), l.registry.clone()), l);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    if logins != sm.registry_logins {
+        problems.push(format!("registry login rows {:?} differ from memory", logins.keys()));
+    }
     let mut live = sm.idx.canonical();
     let want = rebuilt.canonical();
     // Idempotency expiries are not derived from tasks; compare them separately.

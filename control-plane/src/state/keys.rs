@@ -14,6 +14,7 @@
 //! | `n/`   | cluster name             | [`Cluster`]      |
 //! | `o/`   | IP pool name             | [`IpPool`] (see [`super::modes`]) |
 //! | `q/`   | tenant                   | [`TenantMode`] (absent: shared) |
+//! | `y/`   | tenant `\0` registry     | [`RegistryLogin`] (password sealed; see [`super::registries`]) |
 //! | `s/`   | schedule id (u64 big-endian) | [`Schedule`](super::schedules::Schedule) |
 //! | `g/`   | task id                  | log metadata (see [`super::logs`]) |
 //! | `l/`   | task id, chunk index (u32) | log chunk      |
@@ -41,6 +42,7 @@
 //! [`Cluster`]: super::fleet::Cluster
 //! [`IpPool`]: super::modes::IpPool
 //! [`TenantMode`]: super::modes::TenantMode
+//! [`RegistryLogin`]: super::registries::RegistryLogin
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -58,6 +60,7 @@ pub const REGISTRATION: &[u8] = b"e/";
 pub const CLUSTER: &[u8] = b"n/";
 pub const POOL: &[u8] = b"o/";
 pub const TENANT_MODE: &[u8] = b"q/";
+pub const REGISTRY_LOGIN: &[u8] = b"y/";
 pub const SCHEDULE: &[u8] = b"s/";
 pub const WEBHOOK: &[u8] = b"w/";
 pub const META_RR_CURSOR: &[u8] = b"m/rr_cursor";
@@ -115,6 +118,9 @@ pub fn pool(name: &str) -> Vec<u8> {
 }
 pub fn tenant_mode(tenant: &str) -> Vec<u8> {
     join(TENANT_MODE, &[tenant.as_bytes()])
+}
+pub fn registry_login(tenant: &str, registry: &str) -> Vec<u8> {
+    join(REGISTRY_LOGIN, &[tenant.as_bytes(), registry.as_bytes()])
 }
 
 /// The task id at the end of a `k/` or `g/` key.

@@ -52,6 +52,8 @@ pub struct StateMachine {
     /// IP pools, and the modes of tenants not in shared mode (see [`super::modes`]).
     pub(super) pools: BTreeMap<String, super::modes::IpPool>,
     pub(super) tenant_modes: BTreeMap<String, super::modes::TenantMode>,
+    /// Registry logins by (tenant, registry) (see [`super::registries`]).
+    pub(super) registry_logins: BTreeMap<(String, String), super::registries::RegistryLogin>,
     /// Webhooks by (tenant, code); every one belongs to an existing code.
     pub(super) webhooks: BTreeMap<(String, String), Webhook>,
     pub(super) rr_cursor: String,
@@ -115,6 +117,11 @@ impl StateMachine {
             let tenant = String::from_utf8_lossy(&k[keys::TENANT_MODE.len()..]).into_owned();
             keep(keys::decode::<super::modes::TenantMode>(v).map(|m| {
                 sm.tenant_modes.insert(tenant, m);
+            }))
+        })?;
+        kv.scan(keys::REGISTRY_LOGIN, keys::REGISTRY_LOGIN, &mut |_, v| {
+            keep(keys::decode::<super::registries::RegistryLogin>(v).map(|l| {
+                sm.registry_logins.insert((l.tenant.clone(), l.registry.clone()), l);
             }))
         })?;
         kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode_task(v).map(|t| sm.idx.insert(&t))))?;
@@ -259,6 +266,9 @@ impl StateMachine {
             Command::CreatePool { name, addresses } => self.create_pool(txn, ctx, name, addresses),
             Command::DeletePool { name } => self.delete_pool(txn, name),
             Command::SetTenantMode { tenant, mode } => self.set_tenant_mode(txn, tenant, mode),
+            Command::SetRegistryLogin { tenant, registry, login } => {
+                self.set_registry_login(txn, ctx, tenant, registry, login.as_ref())
+            }
             Command::Batch(_) => Ok(Err(StateError::invalid("command", "batches do not nest"))),
         }
     }

@@ -28,6 +28,7 @@ pub mod model;
 pub mod modes;
 pub mod placement;
 pub mod presence;
+pub mod registries;
 pub mod retry;
 pub mod schedules;
 pub mod tasks;

@@ -65,7 +65,7 @@ pub fn name(field: &str, value: &str) -> Result<(), StateError> {
     Ok(())
 }
 
-fn bounded(field: &str, value: &str, max: usize) -> Result<(), StateError> {
+pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), StateError> {
     if value.len() > max {
         return Err(StateError::invalid(field, format!("{} bytes is over the limit of {max}", value.len())));
     }

@@ -133,7 +133,8 @@ impl DockerExecutor {
         on_created: OnCreated<'_>,
     ) -> RunReport {
         let mut report = RunReport::new(String::new());
-        let _image = match self.cache.ensure(&spec.image).await {
+        let access = super::image_cache::Access { tenant: spec.tenant.clone(), credentials: spec.credentials.clone() };
+        let _image = match self.cache.ensure(&spec.image, &access).await {
             Ok(g) => g,
             Err(e) => {
                 report.infrastructure = e.is_engine_failure();
@@ -622,6 +623,7 @@ mod tests {
             pids: 0,
             timeout: Duration::from_secs(3),
             network_mode: String::new(),
+            credentials: None,
         };
         let body = create_body(&ex_cfg, &spec, std::path::Path::new("/tmp/run"));
         let env = body.env.expect("env");

@@ -10,12 +10,20 @@
 //! image a container uses, created or running). A reference without a tag or digest
 //! means `:latest`, as the docker CLI reads it (the engine itself would pull every tag).
 //!
+//! Private images: an image pulled with a tenant's registry login is marked private to
+//! that tenant (the marks are kept in a file, so a restarted agent still knows them). A
+//! task of another tenant never gets it from the cache: the agent pulls it again with that
+//! tenant's own login (or none), so the registry decides, and only a pull that succeeds
+//! adds the tenant to the image's mark. Images pulled without a login, and images the
+//! engine had before this agent pulled them, are public.
+//!
 //! Not yet covered: two agents sharing one engine do not see each other's pins, so one
 //! may remove an image the other has looked up but not yet created a container from
 //! (the other's create then fails and the task is retried). Give each agent its own
 //! engine, or a disk budget large enough that nothing is evicted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -41,12 +49,41 @@ struct Entry {
     last_used: SystemTime,
 }
 
+/// A registry login for one pull. Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RegistryCredentials {{ server: {:?}, username: {:?}, password: <hidden> }}",
+            self.server, self.username
+        )
+    }
+}
+
+/// Who asks for an image: the tenant of the task, and its login for the image's registry.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub tenant: String,
+    pub credentials: Option<RegistryCredentials>,
+}
+
 struct Inner {
     docker: Docker,
     budget: u64,
     metrics: ExecMetrics,
     entries: Mutex<HashMap<String, Entry>>,
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Image → tenants whose pull of it succeeded, for images pulled with a login.
+    private: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Where `private` is kept (None: in memory only).
+    private_file: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -80,6 +117,27 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 impl ImageCache {
     pub fn new(docker: Docker, disk_budget_bytes: u64, metrics: ExecMetrics) -> Self {
+        Self::with_private_marks(docker, disk_budget_bytes, metrics, None)
+    }
+
+    /// A cache that keeps its private-image marks in `file` (read now if it exists).
+    pub fn with_private_marks(
+        docker: Docker,
+        disk_budget_bytes: u64,
+        metrics: ExecMetrics,
+        file: Option<PathBuf>,
+    ) -> Self {
+        let private = file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|bytes| match serde_json::from_slice(&bytes) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable private-image marks; treating every cached image as private");
+                    None
+                }
+            })
+            .unwrap_or_default();
         ImageCache {
             inner: Arc::new(Inner {
                 docker,
@@ -87,8 +145,32 @@ impl ImageCache {
                 metrics,
                 entries: Mutex::new(HashMap::new()),
                 pulls: Mutex::new(HashMap::new()),
+                private: Mutex::new(private),
+                private_file: file,
             }),
         }
+    }
+
+    /// Whether `tenant` may use the cached `image` without pulling it again.
+    fn may_use_cached(&self, image: &str, tenant: &str) -> bool {
+        let p = self.inner.private.lock().unwrap_or_else(|p| p.into_inner());
+        p.get(image).is_none_or(|tenants| tenants.contains(tenant))
+    }
+
+    /// Records that `tenant` pulled `image` with a login (`private`) or that a pull of it
+    /// by `tenant` succeeded while it was private already.
+    async fn mark(&self, image: &str, tenant: &str) -> Result<(), ExecError> {
+        let snapshot = {
+            let mut p = self.inner.private.lock().unwrap_or_else(|p| p.into_inner());
+            p.entry(image.to_string()).or_default().insert(tenant.to_string());
+            serde_json::to_vec(&*p).map_err(|e| ExecError::Io(std::io::Error::other(e)))?
+        };
+        if let Some(f) = &self.inner.private_file {
+            let tmp = f.with_extension("tmp");
+            tokio::fs::write(&tmp, &snapshot).await?;
+            tokio::fs::rename(&tmp, f).await?;
+        }
+        Ok(())
     }
 
     async fn local_size(&self, image: &str) -> Result<Option<u64>, ExecError> {
@@ -99,10 +181,16 @@ impl ImageCache {
         }
     }
 
-    async fn pull(&self, image: &str) -> Result<(), ExecError> {
+    async fn pull(&self, image: &str, credentials: Option<&RegistryCredentials>) -> Result<(), ExecError> {
         let started = Instant::now();
         let opts = bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(image).build();
-        let mut s = self.inner.docker.create_image(Some(opts), None, None);
+        let auth = credentials.map(|c| bollard::auth::DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(c.server.clone()),
+            ..Default::default()
+        });
+        let mut s = self.inner.docker.create_image(Some(opts), None, auth);
         while let Some(item) = s.next().await {
             let info =
                 item.map_err(|e| ExecError::Image { image: image.to_string(), reason: format!("pull failed: {e}") })?;
@@ -115,8 +203,9 @@ impl ImageCache {
     }
 
     /// Makes sure `image` is on the engine (pulling it once if not) and marks it in use
-    /// until the guard is dropped.
-    pub async fn ensure(&self, image: &str) -> Result<ImageGuard, ExecError> {
+    /// until the guard is dropped. A private image another tenant pulled is pulled again
+    /// with `access`'s login (see the module doc).
+    pub async fn ensure(&self, image: &str, access: &Access) -> Result<ImageGuard, ExecError> {
         let image = normalize(image);
         // Pin first: from here on no eviction removes it, even before it is looked up.
         {
@@ -126,7 +215,20 @@ impl ImageCache {
             entry.in_use += 1;
         }
         let guard = ImageGuard { inner: self.inner.clone(), image: image.clone() };
-        let size = match self.local_size(&image).await? {
+        let cached = match self.local_size(&image).await? {
+            Some(size) if self.may_use_cached(&image, &access.tenant) => Some(size),
+            Some(_) => {
+                // Private to other tenants: the registry decides with this tenant's login.
+                self.pull(&image, access.credentials.as_ref()).await.map_err(|e| ExecError::Image {
+                    image: image.clone(),
+                    reason: format!("cached for another tenant; this tenant's own pull failed: {e}"),
+                })?;
+                self.mark(&image, &access.tenant).await?;
+                self.local_size(&image).await?
+            }
+            None => None,
+        };
+        let size = match cached {
             Some(size) => {
                 self.inner.metrics.image_hits.inc();
                 size
@@ -138,14 +240,18 @@ impl ImageCache {
                 };
                 let _held = lock.lock().await;
                 match self.local_size(&image).await? {
-                    // Pulled by whoever held the lock before us.
-                    Some(size) => {
+                    // Pulled by whoever held the lock before us (for this tenant, or
+                    // publicly).
+                    Some(size) if self.may_use_cached(&image, &access.tenant) => {
                         self.inner.metrics.image_hits.inc();
                         size
                     }
-                    None => {
+                    _ => {
                         self.inner.metrics.image_misses.inc();
-                        self.pull(&image).await?;
+                        self.pull(&image, access.credentials.as_ref()).await?;
+                        if access.credentials.is_some() || !self.may_use_cached(&image, &access.tenant) {
+                            self.mark(&image, &access.tenant).await?;
+                        }
                         self.local_size(&image).await?.ok_or_else(|| ExecError::Image {
                             image: image.clone(),
                             reason: "pulled, but the engine does not list it".into(),
@@ -220,7 +326,7 @@ impl ImageCache {
     /// Pulls each image now so the first task using it does not wait.
     pub async fn prepull(&self, images: &[String]) {
         for image in images {
-            match self.ensure(image).await {
+            match self.ensure(image, &Access::default()).await {
                 Ok(guard) => drop(guard),
                 Err(e) => tracing::warn!(image, error = %e, "pre-pull failed"),
             }

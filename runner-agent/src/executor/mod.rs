@@ -61,6 +61,8 @@ pub struct ContainerSpec {
     pub timeout: Duration,
     /// Docker network mode; "none" isolates the container (the default).
     pub network_mode: String,
+    /// The tenant's login for the image's registry, from the grant (never shown by Debug).
+    pub credentials: Option<image_cache::RegistryCredentials>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -189,3 +189,37 @@ fn each_agent_runs_only_the_tenants_its_pool_vpc_or_plainness_admits() {
     assert_eq!(ids(&h.lease("pa", &pool_agent, 10)), later);
     assert_eq!(ids(&h.lease("va", &vpc_agent, 10)), corp_later);
 }
+
+#[test]
+fn registry_logins_are_kept_per_tenant_bounded_and_survive_a_reload() {
+    let mut h = Harness::new();
+    h.tenant("acme", limits(100, 0), &[]);
+    let set = |registry: &str, login: Option<(&str, &[u8])>| Command::SetRegistryLogin {
+        tenant: "acme".into(),
+        registry: registry.into(),
+        login: login.map(|(u, p)| (u.to_string(), p.to_vec())),
+    };
+    let saved = |registry: &str, saved: bool| Response::RegistryLogin { registry: registry.into(), saved };
+    assert_eq!(h.apply(set("127.0.0.1:5000", Some(("alice", b"sealed")))), saved("127.0.0.1:5000", true));
+    assert_eq!(h.sm.registry_login("acme", "127.0.0.1:5000").map(|l| l.username.as_str()), Some("alice"));
+    assert!(h.sm.registry_login("acme", "ghcr.io").is_none());
+    assert_eq!(
+        invalid(&h.apply_unchanged(set("not a host", Some(("u", b"p"))))),
+        "registry: \"not a host\" is not a registry host[:port]"
+    );
+    assert_eq!(invalid(&h.apply_unchanged(set("ghcr.io", Some(("", b"p"))))), "username: must not be empty");
+    assert_eq!(
+        invalid(&h.apply_unchanged(set("ghcr.io", Some(("u", &[0; 2000]))))),
+        "password: must be 1 to 1024 bytes"
+    );
+    let other = Command::SetRegistryLogin { tenant: "nobody".into(), registry: "ghcr.io".into(), login: None };
+    assert_eq!(h.apply_unchanged(other), Response::Rejected(StateError::UnknownTenant("nobody".into())));
+    for i in 1..16 {
+        h.apply(set(&format!("r{i}.example"), Some(("u", b"p"))));
+    }
+    assert!(invalid(&h.apply_unchanged(set("r16.example", Some(("u", b"p"))))).contains("the limit of 16"));
+    let loaded = StateMachine::load(&h.kv).expect("load");
+    assert_eq!(loaded.registry_logins("acme").count(), 16);
+    assert_eq!(h.apply(set("127.0.0.1:5000", None)), saved("127.0.0.1:5000", false));
+    assert_eq!(StateMachine::load(&h.kv).expect("load").registry_logins("acme").count(), 15);
+}
