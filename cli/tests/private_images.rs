@@ -205,5 +205,4 @@ async fn a_private_image_runs_only_for_the_tenant_whose_login_pulls_it() {
         .await
         .expect_err("bad registry");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-    let _ = &registry;
 }

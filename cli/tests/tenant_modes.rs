@@ -38,7 +38,7 @@ struct Firewall {
     net: String,
     egress: String,
     httpd: Child,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Firewall {
@@ -88,7 +88,7 @@ impl Firewall {
             .arg(dir.path())
             .spawn()
             .expect("busybox httpd in the firewall namespace");
-        Firewall { ns, net, egress, httpd, dir }
+        Firewall { ns, net, egress, httpd, _dir: dir }
     }
 
     fn url(&self) -> String {
@@ -116,7 +116,6 @@ impl Drop for Firewall {
         let (net, bridge) = drover_runner_agent::executor::network::egress_names(ip);
         try_run(&["iptables", "-w", "-D", "INPUT", "-i", &bridge, "-j", "DROP"]);
         try_run(&["docker", "network", "rm", &net]);
-        let _ = &self.dir;
     }
 }
 

@@ -18,6 +18,28 @@ use super::logs::{self, LogMeta};
 use super::machine::StateMachine;
 use super::model::TaskState;
 
+/// Every row under `prefix`, decoded and keyed by `key_of(row key, value)`; a row that does
+/// not decode is a problem.
+fn rows<K: Ord, T: serde::de::DeserializeOwned>(
+    kv: &dyn KvRead,
+    prefix: &[u8],
+    problems: &mut Vec<String>,
+    key_of: impl Fn(&[u8], &T) -> K,
+) -> Result<std::collections::BTreeMap<K, T>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    kv.scan(prefix, prefix, &mut |k, v| {
+        match keys::decode::<T>(v) {
+            Ok(t) => {
+                out.insert(key_of(k, &t), t);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        true
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     let mut rebuilt = Indexes::default();
     let mut problems = Vec::new();
@@ -127,62 +149,24 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     if let Some(id) = gone.keys().find(|id| !sm.agents.contains_key(*id)) {
         problems.push(format!("gone mark of unknown agent {id:?}"));
     }
-    let mut clusters = std::collections::BTreeMap::new();
-    kv.scan(keys::CLUSTER, keys::CLUSTER, &mut |_, v| {
-        match keys::decode::<super::fleet::Cluster>(v) {
-            Ok(c) => {
-                clusters.insert(c.name.clone(), c);
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-        true
-    })
-    .map_err(|e| e.to_string())?;
+    let clusters = rows(kv, keys::CLUSTER, &mut problems, |_, c: &super::fleet::Cluster| c.name.clone())?;
     if clusters != sm.clusters {
         problems.push(format!("cluster rows {:?} differ from memory {:?}", clusters.keys(), sm.clusters.keys()));
     }
-    let mut regs = std::collections::BTreeMap::new();
-    kv.scan(keys::REGISTRATION, keys::REGISTRATION, &mut |_, v| {
-        match keys::decode::<super::fleet::AgentRegistration>(v) {
-            Ok(r) => {
-                regs.insert(r.id.clone(), r);
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-        true
-    })
-    .map_err(|e| e.to_string())?;
+    let regs = rows(kv, keys::REGISTRATION, &mut problems, |_, r: &super::fleet::AgentRegistration| r.id.clone())?;
     if regs != sm.registrations {
         problems.push(format!("registration rows {:?} differ from memory {:?}", regs.keys(), sm.registrations.keys()));
     }
     if let Some(r) = regs.values().find(|r| !r.cluster.is_empty() && !clusters.contains_key(&r.cluster)) {
         problems.push(format!("agent {:?} is registered to missing cluster {:?}", r.id, r.cluster));
     }
-    let mut pools = std::collections::BTreeMap::new();
-    kv.scan(keys::POOL, keys::POOL, &mut |_, v| {
-        match keys::decode::<super::modes::IpPool>(v) {
-            Ok(p) => {
-                pools.insert(p.name.clone(), p);
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-        true
-    })
-    .map_err(|e| e.to_string())?;
+    let pools = rows(kv, keys::POOL, &mut problems, |_, p: &super::modes::IpPool| p.name.clone())?;
     if pools != sm.pools {
         problems.push(format!("pool rows {:?} differ from memory {:?}", pools.keys(), sm.pools.keys()));
     }
-    let mut modes = std::collections::BTreeMap::new();
-    kv.scan(keys::TENANT_MODE, keys::TENANT_MODE, &mut |k, v| {
-        match keys::decode::<super::modes::TenantMode>(v) {
-            Ok(m) => {
-                modes.insert(String::from_utf8_lossy(&k[keys::TENANT_MODE.len()..]).into_owned(), m);
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-        true
-    })
-    .map_err(|e| e.to_string())?;
+    let modes = rows(kv, keys::TENANT_MODE, &mut problems, |k, _: &super::modes::TenantMode| {
+        String::from_utf8_lossy(&k[keys::TENANT_MODE.len()..]).into_owned()
+    })?;
     if modes != sm.tenant_modes {
         problems.push(format!("tenant mode rows {modes:?} differ from memory {:?}", sm.tenant_modes));
     }
@@ -202,17 +186,9 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
             problems.push(format!("agent {:?} is registered with {:?} not in pool {:?}", r.id, r.egress_ip, r.ip_pool));
         }
     }
-    let mut logins = std::collections::BTreeMap::new();
-    kv.scan(keys::REGISTRY_LOGIN, keys::REGISTRY_LOGIN, &mut |_, v| {
-        match keys::decode::<super::registries::RegistryLogin>(v) {
-            Ok(l) => {
-                logins.insert((l.tenant.clone(), l.registry.clone()), l);
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-        true
-    })
-    .map_err(|e| e.to_string())?;
+    let logins = rows(kv, keys::REGISTRY_LOGIN, &mut problems, |_, l: &super::registries::RegistryLogin| {
+        (l.tenant.clone(), l.registry.clone())
+    })?;
     if logins != sm.registry_logins {
         problems.push(format!("registry login rows {:?} differ from memory", logins.keys()));
     }

@@ -127,11 +127,6 @@ impl<'a> Serves<'a> {
             }
         }
     }
-
-    /// Every tenant (for tests and callers that check nothing).
-    pub fn anyone() -> Serves<'static> {
-        Serves { only: None, modes: None, agent_plain: true }
-    }
 }
 
 /// A pool's addresses: IPv4, at most [`MAX_POOL_ADDRESSES`], returned sorted without

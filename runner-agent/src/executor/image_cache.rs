@@ -248,10 +248,15 @@ impl ImageCache {
                     }
                     _ => {
                         self.inner.metrics.image_misses.inc();
-                        self.pull(&image, access.credentials.as_ref()).await?;
-                        if access.credentials.is_some() || !self.may_use_cached(&image, &access.tenant) {
+                        // Marked before the pull: from the moment the engine lists it, a
+                        // concurrent `ensure` of another tenant (which looks before taking
+                        // this lock) must find it private. A failed pull leaves a mark on
+                        // an absent image, which only costs a later tenant one more pull.
+                        let private = access.credentials.is_some() || !self.may_use_cached(&image, &access.tenant);
+                        if private {
                             self.mark(&image, &access.tenant).await?;
                         }
+                        self.pull(&image, access.credentials.as_ref()).await?;
                         self.local_size(&image).await?.ok_or_else(|| ExecError::Image {
                             image: image.clone(),
                             reason: "pulled, but the engine does not list it".into(),
