@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+pub mod cluster;
+pub mod reads;
+
 /// Latency summary of a run.
 #[derive(Debug, Clone, Copy)]
 pub struct Percentiles {

@@ -38,6 +38,7 @@ const DENIAL_REASONS: &[&str] = &[
     "source_cidr",
     "agent_attributes",
 ];
+const READ_SIDES: &[&str] = &["leader", "follower"];
 const LISTENERS: &[&str] = &["grpc", "http", "webhook"];
 const REFUSAL_REASONS: &[&str] = &["connection_limit", "evicted", "tls_error", "handshake_timeout"];
 const WEBHOOK_RESULTS: &[&str] = &[
@@ -83,6 +84,9 @@ pub struct Metrics {
     pub webhook_requests: IntCounterVec,
     /// Leaders this node has seen take office (fed by [`watch_leader_changes`]).
     pub leader_changes: IntCounter,
+    /// Read-index rounds this node ran, as leader or as follower (caught up at scrape time
+    /// from the node's own counts).
+    read_index_rounds: IntCounterVec,
     /// What the leader's API handlers observe about tasks and proposals.
     pub tasks_api: TaskApiMetrics,
     build_info: IntGaugeVec,
@@ -156,6 +160,13 @@ impl Metrics {
             leader_changes: IntCounter::new(
                 "raft_leader_changes_total",
                 "Leaders this node has seen take office (a new leader id, or a new term), the first after start included",
+            )?,
+            read_index_rounds: IntCounterVec::new(
+                Opts::new(
+                    "raft_read_index_rounds_total",
+                    "Read-index rounds run for linearizable reads (one round serves every read waiting for it), by side",
+                ),
+                &["side"],
             )?,
             build_info: IntGaugeVec::new(
                 Opts::new("build_info", "Always 1; the labels carry the version of the running server and its region"),
@@ -238,6 +249,7 @@ impl Metrics {
         m.registry.register(Box::new(m.append_splits.clone()))?;
         m.registry.register(Box::new(m.webhook_requests.clone()))?;
         m.registry.register(Box::new(m.leader_changes.clone()))?;
+        m.registry.register(Box::new(m.read_index_rounds.clone()))?;
         m.registry.register(Box::new(m.build_info.clone()))?;
         m.registry.register(Box::new(m.follower_lag.clone()))?;
         m.registry.register(Box::new(m.queue_oldest_age.clone()))?;
@@ -276,6 +288,9 @@ impl Metrics {
         for result in WEBHOOK_RESULTS {
             m.webhook_requests.with_label_values(&[result]);
         }
+        for side in READ_SIDES {
+            m.read_index_rounds.with_label_values(&[side]);
+        }
         Ok(m)
     }
 
@@ -312,6 +327,11 @@ impl Metrics {
         self.applied_index.set(r.last_applied.map(|l| l.index).unwrap_or(0) as i64);
         self.snapshot_index.set(r.snapshot.map(|l| l.index).unwrap_or(0) as i64);
         self.is_leader.set(i64::from(quorum_fresh));
+        let (leader_rounds, follower_rounds) = node.read_index_rounds();
+        for (side, total) in [("leader", leader_rounds), ("follower", follower_rounds)] {
+            let c = self.read_index_rounds.with_label_values(&[side]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
         let mut heads = Vec::new();
         if let Ok(sm) = node.sm.machine() {
             let idx = sm.indexes();

@@ -5,6 +5,9 @@
 //! then for each batch size runs many concurrent clients, each queuing batches of 1 KiB
 //! payloads in a closed loop, for a bounded time and count. It prints tasks/s and p50/p99
 //! call latency.
+//!
+//! `drover-bench reads` measures linearizable `GetTask`/`ListTasks` throughput through
+//! the leader and through a follower ([`drover_benches::reads`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +52,29 @@ enum Cmd {
         #[arg(long)]
         via_follower: bool,
     },
+    /// Linearizable read throughput (GetTask, ListTasks) via the leader and a follower.
+    /// Exits non-zero if any read failed.
+    Reads {
+        #[arg(long)]
+        drover: Option<PathBuf>,
+        /// Calls kept in flight, comma-separated (one run each).
+        #[arg(long, value_delimiter = ',', default_value = "16,128,512")]
+        in_flight: Vec<usize>,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        duration: Duration,
+        /// Tasks queued before reading.
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u64,
+        /// Client connections the calls are spread over.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Mutual TLS (a CA made for the run) instead of development identities.
+        #[arg(long)]
+        tls: bool,
+        /// ListTasks page size.
+        #[arg(long, default_value_t = 20)]
+        list_limit: u32,
+    },
     /// Queue a large backlog and report each node's memory and single-task enqueue
     /// latency before and after it (the backlog lives on disk, not in memory).
     Backlog {
@@ -85,37 +111,15 @@ fn drover_bin(drover: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Starts a 3-node cluster with tenant `bench` and code `noop`; returns it and the address
-/// clients should use.
+/// Starts the bench cluster; returns it and the address clients should use.
 async fn setup(bin: &std::path::Path, via_follower: bool, extra_config: &str) -> anyhow::Result<(Cluster, String)> {
-    let opts = ClusterOptions { extra_config: extra_config.to_string(), ..Default::default() };
-    let cluster = Cluster::start(bin, opts).await?;
-    let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
-    let target = if via_follower { cluster.follower().await? } else { leader };
-    let addr = cluster.addr(target).to_string();
-    let mut admin = clients::admin(&addr)?;
-    admin
-        .upsert_tenant(pa::UpsertTenantRequest {
-            id: "bench".into(),
-            limits: Some(pa::TenantLimits { max_queued_tasks: 100_000_000, ..Default::default() }),
-            ..Default::default()
-        })
-        .await?;
-    clients::tenant(&addr, "bench")?
-        .register_code(pv::RegisterCodeRequest {
-            name: "noop".into(),
-            image: "drover-test/busybox:1".into(),
-            ..Default::default()
-        })
-        .await?;
-    Ok((cluster, addr))
+    let b = drover_benches::cluster::start(bin, false, extra_config).await?;
+    let target = if via_follower { b.cluster.follower().await? } else { b.leader };
+    let addr = b.cluster.addr(target).to_string();
+    Ok((b.cluster, addr))
 }
 
-fn new_tasks(n: usize, payload_bytes: usize) -> Vec<pv::NewTask> {
-    (0..n)
-        .map(|_| pv::NewTask { code: "noop".into(), payload: vec![b'x'; payload_bytes], ..Default::default() })
-        .collect()
-}
+use drover_benches::cluster::new_tasks;
 
 /// p50/p99 of `n` sequential single-task queue calls.
 async fn single_latency(addr: &str, n: usize) -> anyhow::Result<drover_benches::Percentiles> {
@@ -337,6 +341,12 @@ async fn main() -> anyhow::Result<()> {
             return backlog(&drover_bin(drover)?, tasks, payload_bytes, clients, &server_config).await;
         }
         Cmd::E2e { drover, runs, image } => return e2e(&drover_bin(drover)?, runs, &image).await,
+        Cmd::Reads { drover, in_flight, duration, tasks, connections, tls, list_limit } => {
+            let o = drover_benches::reads::Options { in_flight, duration, tasks, connections, tls, list_limit };
+            let errors = drover_benches::reads::run(&drover_bin(drover)?, &o).await?;
+            anyhow::ensure!(errors == 0, "{errors} reads failed");
+            return Ok(());
+        }
         Cmd::Queue { drover, batch, clients, duration, max_tasks, payload_bytes, via_follower } => {
             (drover, batch, clients, duration, max_tasks, payload_bytes, via_follower)
         }

@@ -6,6 +6,7 @@
 //! * [`service`] — the tonic server side, forwarding and read-index.
 //! * [`node`] — proposals, follower forwarding, linearizable read barriers.
 //! * [`batcher`] — many clients' commands in one entry.
+//! * [`read_rounds`] — one read-index round shared by every read waiting.
 
 pub mod batcher;
 pub mod codec;
@@ -13,5 +14,6 @@ pub mod codec;
 #[allow(clippy::result_large_err)]
 pub mod network;
 pub mod node;
+pub mod read_rounds;
 pub mod service;
 pub mod types;

@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 
 use super::codec;
 use super::network::{Dialer, channel, raft_client};
+use super::read_rounds::ReadRounds;
 use super::types::{Node, NodeId, Raft};
 use crate::state::{Command, Proposal, Request, Response};
 use crate::storage::sm_store::SmShared;
@@ -69,6 +70,10 @@ pub struct RaftNode {
     pub quorum_timeout: Duration,
     dialer: Dialer,
     peers: Mutex<HashMap<String, RaftClient<Channel>>>,
+    /// Leadership confirmations shared by the reads waiting on this node as leader.
+    leader_reads: ReadRounds,
+    /// Read-index requests to the leader shared by the reads waiting on this follower.
+    follower_reads: ReadRounds,
 }
 
 impl RaftNode {
@@ -80,11 +85,27 @@ impl RaftNode {
         propose_timeout: Duration,
         quorum_timeout: Duration,
     ) -> Self {
-        Self { id, raft, sm, dialer, propose_timeout, quorum_timeout, peers: Mutex::new(HashMap::new()) }
+        Self {
+            id,
+            raft,
+            sm,
+            dialer,
+            propose_timeout,
+            quorum_timeout,
+            peers: Mutex::new(HashMap::new()),
+            leader_reads: ReadRounds::default(),
+            follower_reads: ReadRounds::default(),
+        }
     }
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, Node> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// Read-index rounds run so far: as leader (leadership confirmations), as follower
+    /// (requests to the leader).
+    pub fn read_index_rounds(&self) -> (u64, u64) {
+        (self.leader_reads.rounds(), self.follower_reads.rounds())
     }
 
     pub fn is_leader(&self) -> bool {
@@ -245,14 +266,23 @@ impl RaftNode {
         if leader == self.id {
             return Box::pin(self.read_barrier()).await;
         }
-        let mut client = self.peer(&addr)?;
-        let index = match tokio::time::timeout(self.propose_timeout, client.read_index(ReadIndexRequest {})).await {
-            Err(_) => return Err(ProposeError::Timeout(timeout_ms)),
-            Ok(Err(status)) => {
-                return Err(ProposeError::Forward { leader, addr, reason: status.message().to_string() });
-            }
-            Ok(Ok(r)) => r.into_inner().index,
-        };
+        // One request to the leader for every read waiting here (see `read_rounds`).
+        let index = self
+            .follower_reads
+            .read_index(|| async {
+                let mut client = self.peer(&addr)?;
+                match tokio::time::timeout(self.propose_timeout, client.read_index(ReadIndexRequest {})).await {
+                    Err(_) => Err(ProposeError::Timeout(timeout_ms)),
+                    Ok(Err(status)) => {
+                        Err(ProposeError::Forward { leader, addr: addr.clone(), reason: status.message().to_string() })
+                    }
+                    Ok(Ok(r)) => Ok(r.into_inner().index),
+                }
+            })
+            .await?;
+        if self.raft.metrics().borrow().last_applied.is_some_and(|l| l.index >= index) {
+            return Ok(());
+        }
         self.raft
             .wait(Some(self.propose_timeout))
             .applied_index_at_least(Some(index), "read barrier")
@@ -262,8 +292,15 @@ impl RaftNode {
     }
 
     /// The leader's read index: confirms leadership with a quorum and returns the index a
-    /// reader must have applied.
+    /// reader must have applied. Concurrent callers share confirmation rounds
+    /// (`read_rounds`); a follower's read-index request is one such caller.
     pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        self.leader_reads.read_index(|| self.confirm_leadership()).await
+    }
+
+    /// One leadership confirmation: openraft's `ensure_linearizable` (a heartbeat round
+    /// answered by a quorum, then the wait for this node to apply the read index).
+    async fn confirm_leadership(&self) -> Result<u64, ProposeError> {
         let timeout_ms = self.propose_timeout.as_millis() as u64;
         let deadline = tokio::time::Instant::now() + self.propose_timeout;
         // A quorum that does not answer one round within a heartbeat interval (followers
