@@ -9,8 +9,12 @@
 # another user, the script says exactly what to run instead.
 # Then the chaos suite (`drover-chaos suite ci`): every fault scenario once against a
 # real 3-server TLS cluster with two agents, its history checked for violations.
-# Usage: deploy/test.sh [extra cargo test args]   (with args, the chaos suite is skipped;
-#        DROVER_CHAOS=0 skips it too)
+# Last, smoke runs of the scale benchmarks: 200 simulated agents for 10 s
+# (`drover-bench fleet`) and linearizable reads at 16 and 512 in flight
+# (`drover-bench reads`); any error fails them.
+# Usage: deploy/test.sh [extra cargo test args]   (with args, the chaos suite and the
+#        benchmark smoke runs are skipped; DROVER_CHAOS=0 and DROVER_BENCH_SMOKE=0 skip
+#        each too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,4 +58,10 @@ if [[ $# -eq 0 && "${DROVER_CHAOS:-1}" != "0" ]]; then
   elif [[ $rc -ne 0 ]]; then
     exit "$rc"
   fi
+fi
+if [[ $# -eq 0 && "${DROVER_BENCH_SMOKE:-1}" != "0" ]]; then
+  # Small runs of the scale benchmarks (debug build): they fail on any error. The
+  # figures in docs/benchmarks.md come from release builds and longer runs.
+  target/debug/drover-bench fleet --agents 200 --duration 10s --warmup 3s --run-time 1s
+  target/debug/drover-bench reads --in-flight 16,512 --duration 2s --tasks 2000
 fi

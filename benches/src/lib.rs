@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 pub mod cluster;
+pub mod fleet;
+pub mod histogram;
 pub mod reads;
 
 /// Latency summary of a run.

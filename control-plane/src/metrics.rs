@@ -121,6 +121,10 @@ impl Metrics {
                 "raft_applied_entries_total",
                 "Raft entries applied to the state machine",
             )?,
+            applied_commands: IntCounter::new(
+                "raft_applied_commands_total",
+                "Commands applied to the state machine (a batched entry counts each command it carries)",
+            )?,
         };
         let m = Metrics {
             leases_expired: IntCounterVec::new(
@@ -241,6 +245,7 @@ impl Metrics {
         };
         m.registry.register(Box::new(m.apply.apply_seconds.clone()))?;
         m.registry.register(Box::new(m.apply.applied_entries.clone()))?;
+        m.registry.register(Box::new(m.apply.applied_commands.clone()))?;
         m.registry.register(Box::new(m.leases_expired.clone()))?;
         m.registry.register(Box::new(m.schedule_fires.clone()))?;
         m.registry.register(Box::new(m.schedule_ticks_missed.clone()))?;

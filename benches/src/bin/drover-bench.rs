@@ -8,6 +8,10 @@
 //!
 //! `drover-bench reads` measures linearizable `GetTask`/`ListTasks` throughput through
 //! the leader and through a follower ([`drover_benches::reads`]).
+//!
+//! `drover-bench fleet` runs many simulated agents (the real agent over the in-memory
+//! executor) against the cluster and prints one table row per fleet size
+//! ([`drover_benches::fleet`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +55,33 @@ enum Cmd {
         /// Send through a follower (forwarded) instead of the leader.
         #[arg(long)]
         via_follower: bool,
+    },
+    /// Simulated agents leasing, heartbeating and completing tasks; one row per fleet
+    /// size. Exits non-zero on any error.
+    Fleet {
+        #[arg(long)]
+        drover: Option<PathBuf>,
+        /// Fleet sizes, comma-separated (a fresh cluster each).
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        agents: Vec<usize>,
+        #[arg(long, default_value_t = 4)]
+        slots: u32,
+        /// How long each task "runs" in the in-memory executor.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        run_time: Duration,
+        /// The measured window.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        duration: Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        warmup: Duration,
+        /// Agents started per second.
+        #[arg(long, default_value_t = 1000)]
+        ramp: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        lease_ttl: Duration,
+        /// Tasks queued per second (0: the fleet's capacity, slots / run time).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
     /// Linearizable read throughput (GetTask, ListTasks) via the leader and a follower.
     /// Exits non-zero if any read failed.
@@ -341,6 +372,27 @@ async fn main() -> anyhow::Result<()> {
             return backlog(&drover_bin(drover)?, tasks, payload_bytes, clients, &server_config).await;
         }
         Cmd::E2e { drover, runs, image } => return e2e(&drover_bin(drover)?, runs, &image).await,
+        Cmd::Fleet { drover, agents, slots, run_time, duration, warmup, ramp, lease_ttl, rate } => {
+            let bin = drover_bin(drover)?;
+            let mut reports = Vec::new();
+            for n in agents {
+                let o = drover_benches::fleet::Options {
+                    agents: n,
+                    slots,
+                    run_time,
+                    duration,
+                    warmup,
+                    ramp_per_s: ramp,
+                    lease_ttl,
+                    rate,
+                };
+                reports.push(drover_benches::fleet::run(&bin, &o).await?);
+                drover_benches::fleet::print(&reports, &o);
+            }
+            let errors: u64 = reports.iter().map(|r| r.errors).sum();
+            anyhow::ensure!(errors == 0, "{errors} errors in the fleet runs");
+            return Ok(());
+        }
         Cmd::Reads { drover, in_flight, duration, tasks, connections, tls, list_limit } => {
             let o = drover_benches::reads::Options { in_flight, duration, tasks, connections, tls, list_limit };
             let errors = drover_benches::reads::run(&drover_bin(drover)?, &o).await?;

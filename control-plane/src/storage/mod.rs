@@ -89,6 +89,7 @@ mod suite {
             apply_seconds: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("apply", "apply"))
                 .expect("histogram opts are valid"),
             applied_entries: prometheus::IntCounter::new("applied", "applied").expect("counter opts are valid"),
+            applied_commands: prometheus::IntCounter::new("commands", "commands").expect("counter opts are valid"),
         }
     }
 

@@ -62,7 +62,7 @@ use super::sled_kv::SledKv;
 use super::snapshot_file;
 use super::{blocking, io_err};
 use crate::raft::types::{Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::state::{Response, kv::KvError};
+use crate::state::{Command, Request, Response, kv::KvError};
 use crate::state::{StateMachine, Txn, keys};
 
 const APPLIED: &[u8] = b"r/applied";
@@ -178,6 +178,8 @@ fn upgrade_legacy(fs: &dyn Fs, dir: &Path) -> std::io::Result<()> {
 pub struct ApplyMetrics {
     pub apply_seconds: prometheus::Histogram,
     pub applied_entries: prometheus::IntCounter,
+    /// Client and leader commands applied; with `applied_entries`, commands per entry.
+    pub applied_commands: prometheus::IntCounter,
 }
 
 pub struct SmShared {
@@ -323,6 +325,7 @@ impl SmStore {
         let s = &self.shared;
         let started = Instant::now();
         let count = entries.len() as u64;
+        let mut commands = 0u64;
         let mut out = Vec::with_capacity(entries.len());
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
@@ -338,6 +341,11 @@ impl SmStore {
                 out.push(match &e.payload {
                     EntryPayload::Blank => Response::Empty,
                     EntryPayload::Normal(req) => {
+                        let Request::V1(p) = req;
+                        commands += match &p.cmd {
+                            Command::Batch(cmds) => cmds.len() as u64,
+                            _ => 1,
+                        };
                         let (index, term) = (e.log_id.index, e.log_id.leader_id.term);
                         machine.apply(&mut txn, req, index, term).map_err(|e| sm_err(ErrorVerb::Write, e))?
                     }
@@ -358,6 +366,7 @@ impl SmStore {
         }
         s.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         s.metrics.applied_entries.inc_by(count);
+        s.metrics.applied_commands.inc_by(commands);
         s.applied.notify_waiters();
         Ok(out)
     }
