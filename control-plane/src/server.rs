@@ -124,6 +124,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         shutdown: shutdown.clone(),
         task_metrics: metrics.tasks_api.clone(),
         registry_key,
+        lease_waits: Default::default(),
     });
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -207,6 +208,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         retention: cfg.retention,
     };
     tasks.spawn(quorum_clock::run(node.clone(), quorum, shutdown.clone()));
+    tasks.spawn(ctx.lease_waits.clone().run(node.sm.clone(), shutdown.clone()));
     tasks.spawn(supervise(node.clone(), tracker, presence, leader_cfg, metrics, shutdown.clone()));
     tasks.close();
     tracing::info!(

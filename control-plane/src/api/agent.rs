@@ -205,8 +205,10 @@ impl Agent for AgentService {
         let wait = Duration::from_millis(r.wait_ms).min(self.ctx.cfg.max_lease_wait);
         let deadline = tokio::time::Instant::now() + wait;
         let lease_ttl_ms = self.ctx.cfg.lease_ttl.as_millis() as u64;
+        // Woken when work for an agent like this one may have arrived (`lease_waits`).
+        let waiting = self.ctx.lease_waits.wait(&attrs);
         loop {
-            let notified = self.ctx.node.sm.applied.notified();
+            let notified = waiting.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             // Propose only when something could be granted: idle agents must not fill the

@@ -9,6 +9,7 @@ pub mod caller;
 pub mod convert;
 pub mod error;
 pub mod fleet;
+pub mod lease_waits;
 pub mod modes;
 pub mod oversize;
 pub mod registries;
@@ -72,6 +73,8 @@ pub struct ApiCtx {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Dispatch and run times, attempt outcomes, proposal latency.
     pub task_metrics: crate::metrics::TaskApiMetrics,
+    /// Open lease polls by agent class, and which of them to wake after an apply.
+    pub lease_waits: Arc<lease_waits::LeaseWaits>,
     /// Seals and opens registry passwords (`registry_key_file`); None: registry logins
     /// are refused.
     pub registry_key: Option<Arc<crate::sealing::RegistryKey>>,

@@ -14,6 +14,7 @@
 //! log to check determinism.
 
 mod fleet;
+mod lease_waits;
 mod modes;
 mod presence;
 mod schedules;
