@@ -5,7 +5,7 @@
 # Usage: deploy/bench-etcd.sh [connections=64] [seconds=10] [value_bytes=1024]
 set -euo pipefail
 conns=${1:-64}; secs=${2:-10}; vbytes=${3:-1024}
-command -v etcd >/dev/null && command -v wrk >/dev/null || { echo "needs etcd and wrk: apt-get install -y etcd-server wrk" >&2; exit 1; }
+command -v etcd >/dev/null && command -v etcdctl >/dev/null && command -v wrk >/dev/null || { echo "needs etcd, etcdctl and wrk: apt-get install -y etcd-server etcd-client wrk" >&2; exit 1; }
 dir=$(mktemp -d /tmp/drover-etcd-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }

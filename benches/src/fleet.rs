@@ -47,6 +47,12 @@ pub struct Options {
     /// Tasks queued per second; 0 means the fleet's capacity (slots / run time). The
     /// queue is never let grow past one task per slot.
     pub rate: f64,
+    /// With `backlog` > 0: this many more tenants, each with `codes` codes, and a backlog
+    /// of `backlog` tasks spread over all of them, queued before the agents start; the
+    /// feeder is off (the backlog is the work).
+    pub tenants: usize,
+    pub codes: usize,
+    pub backlog: u64,
 }
 
 impl Options {
@@ -73,6 +79,10 @@ pub struct Report {
     pub entries_per_s: f64,
     pub commands_per_entry: f64,
     pub errors: u64,
+    /// Of `errors`: while agents started and warmed up, in the window, while they drained.
+    pub errors_by_phase: [u64; 3],
+    /// Errors per second of the run, for the seconds that had any.
+    pub error_seconds: Vec<(u32, u32)>,
     pub first_error: Option<String>,
 }
 
@@ -85,12 +95,25 @@ struct Stats {
     completed: AtomicU64,
     completed_all: AtomicU64,
     errors: AtomicU64,
+    /// 0: ramp and warm-up, 1: the window, 2: drain.
+    phase: std::sync::atomic::AtomicUsize,
+    by_phase: [AtomicU64; 3],
+    /// When the run started, and the seconds since then of the first 10,000 errors.
+    started: std::sync::OnceLock<Instant>,
+    error_times: Mutex<Vec<u32>>,
     first_error: Mutex<Option<String>>,
 }
 
 impl Stats {
     fn error(&self, what: &str, e: &dyn std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.by_phase[self.phase.load(Ordering::Relaxed).min(2)].fetch_add(1, Ordering::Relaxed);
+        if let Some(t0) = self.started.get() {
+            let mut times = self.error_times.lock().unwrap_or_else(|p| p.into_inner());
+            if times.len() < 10_000 {
+                times.push(t0.elapsed().as_secs() as u32);
+            }
+        }
         let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         first.get_or_insert_with(|| format!("{what}: {e}"));
     }
@@ -187,6 +210,7 @@ pub async fn run(bin: &Path, o: &Options) -> anyhow::Result<Report> {
     let config = format!("lease_ttl = \"{}\"\n", humantime::format_duration(o.lease_ttl));
     let b = cluster::start(bin, false, &config).await?;
     let stats = Arc::new(Stats::default());
+    let _ = stats.started.set(Instant::now());
     let dir = tempfile::tempdir()?;
     let addrs: Vec<String> = {
         // The leader first: agents dial it, and follow hints if it moves.
@@ -194,12 +218,15 @@ pub async fn run(bin: &Path, o: &Options) -> anyhow::Result<Report> {
         ids.sort_by_key(|id| *id != b.leader);
         ids.iter().map(|id| b.cluster.addr(*id).to_string()).collect()
     };
+    if o.backlog > 0 {
+        populate(&b, o).await?;
+    }
     let rss_idle = b.cluster.rss_bytes(b.leader).unwrap_or(0);
     let stop_feeding = tokio_util::sync::CancellationToken::new();
     let feeder = tokio::spawn(feed(
         b.cluster.tenant(b.leader, TENANT)?,
         stats.clone(),
-        o.offered_rate(),
+        if o.backlog > 0 { 0.0 } else { o.offered_rate() },
         o.agents as u64 * u64::from(o.slots),
         stop_feeding.clone(),
     ));
@@ -221,8 +248,10 @@ pub async fn run(bin: &Path, o: &Options) -> anyhow::Result<Report> {
 
     let before = sample(&b).await?;
     stats.measuring.store(true, Ordering::SeqCst);
+    stats.phase.store(1, Ordering::SeqCst);
     tokio::time::sleep(o.duration).await;
     stats.measuring.store(false, Ordering::SeqCst);
+    stats.phase.store(2, Ordering::SeqCst);
     let after = sample(&b).await?;
     let leader_rss = b.cluster.rss_bytes(b.leader).unwrap_or(0);
 
@@ -246,6 +275,16 @@ pub async fn run(bin: &Path, o: &Options) -> anyhow::Result<Report> {
     let mut hb = std::mem::take(&mut *stats.heartbeats.lock().unwrap_or_else(|p| p.into_inner()));
     let grants =
         crate::histogram::Delta::between(&before.exposition, &after.exposition, "drover_task_dispatch_seconds");
+    if std::env::var_os("DROVER_BENCH_SHOW_WARNINGS").is_some() {
+        for id in b.cluster.ids() {
+            let log = b.cluster.log(id);
+            let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+            println!("node {id}: {} warnings; the first 20:", warnings.len());
+            for l in warnings.iter().take(20) {
+                println!("  {l}");
+            }
+        }
+    }
     let first_error = stats.first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok(Report {
         agents: o.agents,
@@ -260,8 +299,80 @@ pub async fn run(bin: &Path, o: &Options) -> anyhow::Result<Report> {
         entries_per_s: entries as f64 / secs,
         commands_per_entry: after.commands.saturating_sub(before.commands) as f64 / entries.max(1) as f64,
         errors: stats.errors.load(Ordering::Relaxed),
+        errors_by_phase: std::array::from_fn(|i| stats.by_phase[i].load(Ordering::Relaxed)),
+        error_seconds: {
+            let times = stats.error_times.lock().unwrap_or_else(|p| p.into_inner());
+            let mut by: std::collections::BTreeMap<u32, u32> = Default::default();
+            for t in times.iter() {
+                *by.entry(*t).or_default() += 1;
+            }
+            by.into_iter().collect()
+        },
         first_error,
     })
+}
+
+/// Creates `tenants` tenants of `codes` codes each and queues `backlog` tasks over them
+/// (batches of 1,000 for one tenant, codes in turn), 16 calls at a time.
+async fn populate(b: &BenchCluster, o: &Options) -> anyhow::Result<()> {
+    use drover_proto::admin as pa;
+    use futures::{StreamExt, TryStreamExt};
+    let t0 = Instant::now();
+    let tenant = |i: usize| format!("t{i:05}");
+    futures::stream::iter(0..o.tenants)
+        .map(|i| async move {
+            b.cluster
+                .admin(b.leader)?
+                .upsert_tenant(pa::UpsertTenantRequest {
+                    id: tenant(i),
+                    limits: Some(pa::TenantLimits { max_queued_tasks: 100_000_000, ..Default::default() }),
+                    ..Default::default()
+                })
+                .await?;
+            let mut t = b.cluster.tenant(b.leader, &tenant(i))?;
+            for c in 0..o.codes {
+                t.register_code(pv::RegisterCodeRequest {
+                    name: format!("c{c:02}"),
+                    image: "drover-test/busybox:1".into(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            anyhow::Ok(())
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    const BATCH: u64 = 1_000;
+    let batches = o.backlog.div_ceil(BATCH);
+    futures::stream::iter(0..batches)
+        .map(|k| async move {
+            let i = k as usize % o.tenants.max(1);
+            let n = BATCH.min(o.backlog - k * BATCH) as usize;
+            let tasks = (0..n)
+                .map(|j| pv::NewTask {
+                    code: format!("c{:02}", j % o.codes.max(1)),
+                    payload: vec![b'x'; 64],
+                    ..Default::default()
+                })
+                .collect();
+            b.cluster
+                .tenant(b.leader, &tenant(i))?
+                .queue_tasks(pv::QueueTasksRequest { tasks, idempotency_key: String::new() })
+                .await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    println!(
+        "populated {} tenants × {} codes and a backlog of {} tasks in {:.1?}",
+        o.tenants,
+        o.codes,
+        o.backlog,
+        t0.elapsed()
+    );
+    Ok(())
 }
 
 fn simulated_agent(
@@ -328,7 +439,13 @@ pub fn print(reports: &[Report], o: &Options) {
         o.run_time,
         o.lease_ttl,
         o.duration,
-        if o.rate > 0.0 { format!("{:.0} tasks/s offered", o.rate) } else { "offered at fleet capacity".into() }
+        if o.backlog > 0 {
+            format!("{} tenants × {} codes, a backlog of {} tasks", o.tenants, o.codes, o.backlog)
+        } else if o.rate > 0.0 {
+            format!("{:.0} tasks/s offered", o.rate)
+        } else {
+            "offered at fleet capacity".into()
+        }
     );
     println!(
         "{:>7} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9} {:>10} {:>9} {:>9} {:>7}",
@@ -366,7 +483,10 @@ pub fn print(reports: &[Report], o: &Options) {
             r.errors
         );
         if let Some(e) = &r.first_error {
-            println!("        first error: {e}");
+            let [ramp, window, drain] = r.errors_by_phase;
+            println!("        errors: {ramp} starting, {window} in the window, {drain} draining; first: {e}");
+            let at: Vec<String> = r.error_seconds.iter().map(|(s, n)| format!("{s}s:{n}")).collect();
+            println!("        errors by second of the run: {}", at.join(" "));
         }
     }
 }

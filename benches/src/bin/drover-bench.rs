@@ -82,6 +82,14 @@ enum Cmd {
         /// Tasks queued per second (0: the fleet's capacity, slots / run time).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
+        /// Queue this many tasks before the agents start, over `--tenants` tenants of
+        /// `--codes` codes each (the feeder is off).
+        #[arg(long, default_value_t = 0)]
+        backlog: u64,
+        #[arg(long, default_value_t = 1000)]
+        tenants: usize,
+        #[arg(long, default_value_t = 20)]
+        codes: usize,
     },
     /// Linearizable read throughput (GetTask, ListTasks) via the leader and a follower.
     /// Exits non-zero if any read failed.
@@ -372,7 +380,20 @@ async fn main() -> anyhow::Result<()> {
             return backlog(&drover_bin(drover)?, tasks, payload_bytes, clients, &server_config).await;
         }
         Cmd::E2e { drover, runs, image } => return e2e(&drover_bin(drover)?, runs, &image).await,
-        Cmd::Fleet { drover, agents, slots, run_time, duration, warmup, ramp, lease_ttl, rate } => {
+        Cmd::Fleet {
+            drover,
+            agents,
+            slots,
+            run_time,
+            duration,
+            warmup,
+            ramp,
+            lease_ttl,
+            rate,
+            backlog,
+            tenants,
+            codes,
+        } => {
             let bin = drover_bin(drover)?;
             let mut reports = Vec::new();
             for n in agents {
@@ -385,6 +406,9 @@ async fn main() -> anyhow::Result<()> {
                     ramp_per_s: ramp,
                     lease_ttl,
                     rate,
+                    tenants,
+                    codes,
+                    backlog,
                 };
                 reports.push(drover_benches::fleet::run(&bin, &o).await?);
                 drover_benches::fleet::print(&reports, &o);
