@@ -194,6 +194,8 @@ async fn backlog(
     let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
     const BATCH: usize = 1000;
     let before = single_latency(&addr, 500).await?;
+    let rss_before: Vec<(u64, u64)> =
+        cluster.ids().into_iter().map(|id| (id, cluster.rss_bytes(id).unwrap_or(0))).collect();
     println!("drover-bench backlog: {tasks} tasks of {payload_bytes} B in batches of {BATCH}, {n_clients} clients");
     println!(
         "before: rss {}; single enqueue p50 {:.1?} p99 {:.1?}",
@@ -225,6 +227,14 @@ async fn backlog(
     // Memory after load is partly allocator and page-cache retention; show it once idle too.
     tokio::time::sleep(Duration::from_secs(15)).await;
     println!("idle 15 s later: rss {}", rss_line(&cluster, leader));
+    let per_task: Vec<String> = rss_before
+        .iter()
+        .map(|(id, was)| {
+            let now = cluster.rss_bytes(*id).unwrap_or(0);
+            format!("node {id}: {:.0} B", now.saturating_sub(*was) as f64 / tasks.max(1) as f64)
+        })
+        .collect();
+    println!("memory per queued task (idle RSS growth / tasks): {}", per_task.join(", "));
     // A snapshot of the whole backlog on the leader (and the log purge behind it), with
     // single-task enqueues measured while it runs.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
