@@ -16,7 +16,7 @@
 //! plane refused, every lease an agent lost, over the whole run (ramp included).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,6 @@ pub struct Report {
 /// What every simulated agent's uplink reports into.
 #[derive(Default)]
 struct Stats {
-    measuring: AtomicBool,
     heartbeats: Mutex<Vec<Duration>>,
     /// Accepted completions in the window, and over the whole run.
     completed: AtomicU64,
@@ -105,6 +104,11 @@ struct Stats {
 }
 
 impl Stats {
+    /// In the measured window.
+    fn measuring(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == 1
+    }
+
     fn error(&self, what: &str, e: &dyn std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.by_phase[self.phase.load(Ordering::Relaxed).min(2)].fetch_add(1, Ordering::Relaxed);
@@ -153,7 +157,7 @@ impl ControlPlane for Observed {
         Box::pin(async move {
             let t0 = Instant::now();
             let r = self.watch("heartbeat", self.inner.heartbeat(req, timeout)).await;
-            if r.is_ok() && self.stats.measuring.load(Ordering::Relaxed) {
+            if r.is_ok() && self.stats.measuring() {
                 self.stats.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).push(t0.elapsed());
             }
             r
@@ -166,7 +170,7 @@ impl ControlPlane for Observed {
             for c in &r.results {
                 if c.accepted {
                     self.stats.completed_all.fetch_add(1, Ordering::Relaxed);
-                    if self.stats.measuring.load(Ordering::Relaxed) {
+                    if self.stats.measuring() {
                         self.stats.completed.fetch_add(1, Ordering::Relaxed);
                     }
                 } else {
@@ -247,10 +251,8 @@ pub async fn run(bin: &Path, o: &Options) -> anyhow::Result<Report> {
     let rss_connected = b.cluster.rss_bytes(b.leader).unwrap_or(0);
 
     let before = sample(&b).await?;
-    stats.measuring.store(true, Ordering::SeqCst);
     stats.phase.store(1, Ordering::SeqCst);
     tokio::time::sleep(o.duration).await;
-    stats.measuring.store(false, Ordering::SeqCst);
     stats.phase.store(2, Ordering::SeqCst);
     let after = sample(&b).await?;
     let leader_rss = b.cluster.rss_bytes(b.leader).unwrap_or(0);

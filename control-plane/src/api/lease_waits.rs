@@ -100,6 +100,14 @@ impl LeaseWaits {
             let applied = sm.applied.notified();
             tokio::pin!(applied);
             applied.as_mut().enable();
+            // Most applies on a follower, and many on a leader, find no poll waiting:
+            // they skip the state machine lock.
+            if self.waiting() == 0 {
+                tokio::select! {
+                    _ = &mut applied => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
             match sm.machine() {
                 Ok(machine) => {
                     self.wake(&machine);
