@@ -235,7 +235,12 @@ impl LeaseBook {
             }
             if revoked.contains(l) {
                 h.stop = Some(StopReason::Revoked);
-                actions.push(Action::Stop { task_id: l.task_id, reason: StopReason::Revoked });
+                // A lease being reported has no run left to stop: its report, once the
+                // control plane applies it, is itself why the heartbeat finds it gone.
+                // Marking it stopped ends any report retry; nothing more is done.
+                if h.phase != Phase::Reporting {
+                    actions.push(Action::Stop { task_id: l.task_id, reason: StopReason::Revoked });
+                }
                 continue;
             }
             // A passed deadline is final: the control plane may already have re-granted.

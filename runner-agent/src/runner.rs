@@ -117,16 +117,18 @@ impl Agent {
                 self.metrics.tasks.with_label_values(&["lost"]).inc();
             }
         }
+        // Done with the lease before anything else is awaited: a heartbeat answered from
+        // now on no longer carries it.
+        {
+            let mut s = lock(&self.state);
+            s.book.release(lease);
+            s.runs.remove(&lease.task_id);
+        }
         if let Some(d) = &self.deadlines
             && !report.container_id.is_empty()
             && let Err(e) = d.disarm(&report.container_id).await
         {
             tracing::warn!(error = %e, "disarming the watchdog failed");
-        }
-        {
-            let mut s = lock(&self.state);
-            s.book.release(lease);
-            s.runs.remove(&lease.task_id);
         }
         self.update_slot_metrics();
         self.book_changed.notify_one();

@@ -90,6 +90,20 @@ fn revoked_leases_are_stopped_and_never_reported() {
 }
 
 #[test]
+fn a_revocation_answering_a_heartbeat_sent_before_the_report_stops_nothing() {
+    // The heartbeat carried the lease, the report was applied before it was answered:
+    // the control plane no longer knows the lease, and the run has already ended.
+    let t0 = Instant::now();
+    let mut b = book(1);
+    b.grant(lease(1), t0, ms(TTL_MS), t0);
+    b.created(lease(1), "c1", t0);
+    assert_eq!(b.exited(lease(1), Exit::Ended, t0 + ms(5)), AfterExit::Report);
+    assert!(b.renewed(&[lease(1)], &[lease(1)], t0, ms(TTL_MS), t0 + ms(6)).is_empty());
+    assert!(!b.may_report(lease(1), t0 + ms(7)), "a revoked lease's report is not retried");
+    assert!(b.to_renew().is_empty());
+}
+
+#[test]
 fn a_lease_lost_during_the_pull_never_starts_its_container() {
     let t0 = Instant::now();
     let mut b = book(1);
