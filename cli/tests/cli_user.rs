@@ -96,7 +96,36 @@ fn drover(dev: &Dev, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) 
         use std::io::Write;
         child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
     }
-    child.wait_with_output().expect("drover output")
+    finish(child, args)
+}
+
+/// No client command a user types may wait without end: each must exit within this.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Waits for a command's output; past [`COMMAND_DEADLINE`] it kills the command and
+/// fails naming it, with what it printed so far.
+fn finish(child: Child, args: &[&str]) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(COMMAND_DEADLINE) {
+        Ok(out) => out.expect("drover output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let partial = rx.recv_timeout(Duration::from_secs(10)).ok().and_then(Result::ok);
+            let (out, err) = partial
+                .map(|o| {
+                    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+                })
+                .unwrap_or_default();
+            panic!(
+                "`drover {}` did not exit within {COMMAND_DEADLINE:?}; killed it.\nstdout:\n{out}\nstderr:\n{err}",
+                args.join(" ")
+            );
+        }
+    }
 }
 
 /// Runs a command whose stdout reader has gone before it writes (`drover ... | head -0`).
@@ -109,7 +138,7 @@ fn drover_closed_stdout(dev: &Dev, args: &[&str], env: &[(&str, &str)]) -> Outpu
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run drover");
     // The command connects to the control plane first: its output comes long after this.
     drop(child.stdout.take());
-    child.wait_with_output().expect("drover output")
+    finish(child, args)
 }
 
 fn ok(o: &Output) -> String {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::raft::node::RaftNode;
 use crate::raft::types::NodeId;
 use crate::state::model::Task;
-use crate::storage::sm_store::ApplyMetrics;
+use crate::storage::sm_store::StorageMetrics;
 
 /// Label values known in advance, initialised to zero (see the module doc). They name
 /// what the counting code passes: `leader` (lease expiry, schedule firing), `api::authz`,
@@ -69,7 +69,7 @@ pub struct TaskApiMetrics {
 
 pub struct Metrics {
     pub registry: Registry,
-    pub apply: ApplyMetrics,
+    pub apply: StorageMetrics,
     pub leases_expired: IntCounterVec,
     /// Schedule ticks this node fired as leader, by outcome.
     pub schedule_fires: IntCounterVec,
@@ -80,6 +80,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// AppendEntries messages refused locally as too large and resent with fewer entries.
     pub append_splits: IntCounter,
+    /// On a follower: time to answer one AppendEntries from the leader.
+    pub append_entries_seconds: Histogram,
     /// Webhook requests by how they ended (`result`, see [`crate::webhook`]).
     pub webhook_requests: IntCounterVec,
     /// Leaders this node has seen take office (fed by [`watch_leader_changes`]).
@@ -112,7 +114,7 @@ pub struct MetricsError(#[from] prometheus::Error);
 impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new_custom(Some("drover".into()), None)?;
-        let apply = ApplyMetrics {
+        let apply = StorageMetrics {
             apply_seconds: Histogram::with_opts(
                 HistogramOpts::new("apply_seconds", "Time to apply one batch of Raft entries to the state machine")
                     .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
@@ -124,6 +126,13 @@ impl Metrics {
             applied_commands: IntCounter::new(
                 "raft_applied_commands_total",
                 "Commands applied to the state machine (a batched entry counts each command it carries)",
+            )?,
+            log_sync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "raft_log_sync_seconds",
+                    "Time of one group sync (fdatasync) of the Raft log; appends are acknowledged after it",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
             )?,
         };
         let m = Metrics {
@@ -149,6 +158,13 @@ impl Metrics {
                     "Connections a listener dropped before serving them, by listener and reason",
                 ),
                 &["listener", "reason"],
+            )?,
+            append_entries_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "raft_append_entries_seconds",
+                    "On a follower: time from an AppendEntries arriving to its answer (entries written and synced)",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
             )?,
             append_splits: IntCounter::new(
                 "raft_append_splits_total",
@@ -246,12 +262,14 @@ impl Metrics {
         m.registry.register(Box::new(m.apply.apply_seconds.clone()))?;
         m.registry.register(Box::new(m.apply.applied_entries.clone()))?;
         m.registry.register(Box::new(m.apply.applied_commands.clone()))?;
+        m.registry.register(Box::new(m.apply.log_sync_seconds.clone()))?;
         m.registry.register(Box::new(m.leases_expired.clone()))?;
         m.registry.register(Box::new(m.schedule_fires.clone()))?;
         m.registry.register(Box::new(m.schedule_ticks_missed.clone()))?;
         m.registry.register(Box::new(m.api_denied.clone()))?;
         m.registry.register(Box::new(m.connections_refused.clone()))?;
         m.registry.register(Box::new(m.append_splits.clone()))?;
+        m.registry.register(Box::new(m.append_entries_seconds.clone()))?;
         m.registry.register(Box::new(m.webhook_requests.clone()))?;
         m.registry.register(Box::new(m.leader_changes.clone()))?;
         m.registry.register(Box::new(m.read_index_rounds.clone()))?;

@@ -55,6 +55,10 @@ enum Cmd {
         /// Send through a follower (forwarded) instead of the leader.
         #[arg(long)]
         via_follower: bool,
+        /// Sample every node's Raft counters and CPU every 100 ms and print the samples
+        /// around the longest stall.
+        #[arg(long)]
+        timeline: bool,
     },
     /// Simulated agents leasing, heartbeating and completing tasks; one row per fleet
     /// size. Exits non-zero on any error.
@@ -159,6 +163,101 @@ async fn setup(bin: &std::path::Path, via_follower: bool, extra_config: &str) ->
 }
 
 use drover_benches::cluster::new_tasks;
+
+/// One node's progress counters at one moment of a run.
+struct Sample {
+    at: Duration,
+    node: u64,
+    cpu: Duration,
+    applied: u64,
+    syncs: u64,
+    appends: u64,
+}
+
+/// Samples every node every 100 ms from `started` until `until`.
+async fn sample_until(c: &Cluster, started: Instant, until: Instant) -> Vec<Sample> {
+    use drover_benches::cluster::counter;
+    let mut out = Vec::new();
+    while Instant::now() < until {
+        for id in c.ids() {
+            let Ok((_, text)) = c.http_get(id, "/metrics").await else { continue };
+            out.push(Sample {
+                at: started.elapsed(),
+                node: id,
+                cpu: c.cpu_time(id).unwrap_or_default(),
+                applied: counter(&text, "drover_raft_applied_entries_total"),
+                syncs: counter(&text, "drover_raft_log_sync_seconds_count"),
+                appends: counter(&text, "drover_raft_append_entries_seconds_count"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out
+}
+
+/// The samples from 300 ms before the stall to 300 ms after it: per node, what moved
+/// since its previous sample, and the acknowledgements clients saw in between.
+fn print_timeline(samples: &[Sample], acked: &[Instant], started: Instant, stall_at: Duration, stall: Duration) {
+    let (from, to) =
+        (stall_at.saturating_sub(Duration::from_millis(300)), stall_at + stall + Duration::from_millis(300));
+    println!(
+        "       {:>8} {:>5} {:>8} {:>8} {:>6} {:>8} {:>6}",
+        "at", "node", "cpu ms", "applied", "syncs", "appends", "acks"
+    );
+    let mut prev: std::collections::HashMap<u64, &Sample> = Default::default();
+    for s in samples {
+        if let Some(p) = prev.insert(s.node, s)
+            && s.at >= from
+            && s.at <= to
+        {
+            let acks = acked.iter().filter(|a| **a - started > p.at && **a - started <= s.at).count();
+            println!(
+                "       {:>8.1?} {:>5} {:>8} {:>8} {:>6} {:>8} {:>6}",
+                s.at,
+                s.node,
+                (s.cpu - p.cpu).as_millis(),
+                s.applied - p.applied,
+                s.syncs - p.syncs,
+                s.appends - p.appends,
+                acks
+            );
+        }
+    }
+}
+
+/// Every node's metrics exposition, by node id.
+async fn scrape_all(c: &Cluster) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    for id in c.ids() {
+        out.push((id, c.http_get(id, "/metrics").await?.1));
+    }
+    Ok(out)
+}
+
+/// A node's Raft disk and replication timing between two scrapes: AppendEntries it
+/// answered (as a follower) and its log syncs, as bucket upper bounds.
+fn raft_io_line(before: &str, after: &str) -> String {
+    use drover_benches::histogram::Delta;
+    let show = |q: Option<f64>| q.map_or("-".to_string(), |s| format!("<={:.1?}", Duration::from_secs_f64(s)));
+    let append = Delta::between(before, after, "drover_raft_append_entries_seconds");
+    let sync = Delta::between(before, after, "drover_raft_log_sync_seconds");
+    let apply = Delta::between(before, after, "drover_apply_seconds");
+    format!(
+        "AppendEntries answered {} (p50 {} p99 {}, {} over 102 ms); log syncs {} (p50 {} p99 {} max {}); \
+         applies {} (p99 {} max {})",
+        append.count(),
+        show(append.quantile(0.5)),
+        show(append.quantile(0.99)),
+        append.over(0.1024),
+        sync.count(),
+        show(sync.quantile(0.5)),
+        show(sync.quantile(0.99)),
+        show(sync.quantile(1.0)),
+        apply.count(),
+        show(apply.quantile(0.99)),
+        show(apply.quantile(1.0)),
+    )
+}
 
 /// p50/p99 of `n` sequential single-task queue calls.
 async fn single_latency(addr: &str, n: usize) -> anyhow::Result<drover_benches::Percentiles> {
@@ -385,7 +484,8 @@ async fn e2e(bin: &std::path::Path, runs: usize, image: &str) -> anyhow::Result<
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (drover, batch, n_clients, duration, max_tasks, payload_bytes, via_follower) = match Cli::parse().cmd {
+    let (drover, batch, n_clients, duration, max_tasks, payload_bytes, via_follower, timeline) = match Cli::parse().cmd
+    {
         Cmd::Backlog { drover, tasks, payload_bytes, clients, server_config } => {
             return backlog(&drover_bin(drover)?, tasks, payload_bytes, clients, &server_config).await;
         }
@@ -433,8 +533,8 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(errors == 0, "{errors} reads failed");
             return Ok(());
         }
-        Cmd::Queue { drover, batch, clients, duration, max_tasks, payload_bytes, via_follower } => {
-            (drover, batch, clients, duration, max_tasks, payload_bytes, via_follower)
+        Cmd::Queue { drover, batch, clients, duration, max_tasks, payload_bytes, via_follower, timeline } => {
+            (drover, batch, clients, duration, max_tasks, payload_bytes, via_follower, timeline)
         }
     };
     let bin = drover_bin(drover)?;
@@ -444,10 +544,11 @@ async fn main() -> anyhow::Result<()> {
         if via_follower { "a follower" } else { "the leader" }
     );
     println!(
-        "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>8}",
-        "batch", "tasks", "tasks/s", "p50", "p99", "max", "errors"
+        "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "batch", "tasks", "tasks/s", "p50", "p99", "max", "stall", "errors"
     );
     for b in batch {
+        let before = scrape_all(&cluster).await?;
         let queued = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
@@ -458,6 +559,7 @@ async fn main() -> anyhow::Result<()> {
             handles.push(tokio::spawn(async move {
                 let mut t = clients::tenant(&addr, "bench")?;
                 let mut lat = Vec::new();
+                let mut acked = Vec::new();
                 let req = pv::QueueTasksRequest {
                     tasks: (0..b)
                         .map(|_| pv::NewTask {
@@ -473,6 +575,7 @@ async fn main() -> anyhow::Result<()> {
                     match t.queue_tasks(req.clone()).await {
                         Ok(_) => {
                             lat.push(t0.elapsed());
+                            acked.push(Instant::now());
                             queued.fetch_add(b as u64, Ordering::Relaxed);
                         }
                         Err(_) => {
@@ -480,26 +583,42 @@ async fn main() -> anyhow::Result<()> {
                         }
                     }
                 }
-                anyhow::Ok(lat)
+                anyhow::Ok((lat, acked))
             }));
         }
-        let mut lat = Vec::new();
+        let samples = if timeline { sample_until(&cluster, started, until).await } else { Vec::new() };
+        let (mut lat, mut acked) = (Vec::new(), Vec::new());
         for h in handles {
-            lat.extend(h.await??);
+            let (l, a) = h.await??;
+            lat.extend(l);
+            acked.extend(a);
         }
+        // A write stall: the longest time, after the first acknowledgement (before it the
+        // clients connect and the first calls queue), in which no call was acknowledged.
+        acked.sort();
+        let (stall, stall_at) = acked.windows(2).map(|w| (w[1] - w[0], w[0] - started)).max().unwrap_or_default();
         let secs = started.elapsed().as_secs_f64();
         let n = queued.load(Ordering::Relaxed);
         let p = drover_benches::percentiles(&mut lat).context("no call succeeded")?;
         println!(
-            "{:>6} {:>12} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?} {:>8}",
+            "{:>6} {:>12} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?} {:>10.1?} {:>8}",
             b,
             n,
             n as f64 / secs,
             p.p50,
             p.p99,
             p.max,
+            stall,
             errors.load(Ordering::Relaxed)
         );
+        let after = scrape_all(&cluster).await?;
+        println!("       longest stall began {stall_at:.1?} into the run");
+        if timeline {
+            print_timeline(&samples, &acked, started, stall_at, stall);
+        }
+        for ((id, was), (_, now)) in before.iter().zip(&after) {
+            println!("       node {id}: {}", raft_io_line(was, now));
+        }
     }
     drop(cluster);
     Ok(())

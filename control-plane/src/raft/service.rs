@@ -13,14 +13,20 @@ use crate::state::Command;
 
 pub struct RaftService {
     pub node: Arc<RaftNode>,
+    /// Time from an AppendEntries arriving to its answer (the entries written and synced);
+    /// the leader gives each call only its heartbeat interval.
+    pub append_seconds: prometheus::Histogram,
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let timer = self.append_seconds.start_timer();
         let rpc = codec::decode(req.get_ref())?;
         let res = self.node.raft.append_entries(rpc).await;
-        Ok(Response::new(codec::encode(&res)?))
+        let reply = codec::encode(&res)?;
+        drop(timer);
+        Ok(Response::new(reply))
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

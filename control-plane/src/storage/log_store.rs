@@ -54,6 +54,7 @@ pub struct LogStore {
     meta: sled::Tree,
     inner: Arc<Mutex<Inner>>,
     flusher: Arc<OnceLock<mpsc::Sender<Pending>>>,
+    sync_seconds: Option<prometheus::Histogram>,
 }
 
 /// Most appends waiting for one group sync.
@@ -62,7 +63,7 @@ const FLUSH_QUEUE_LEN: usize = 1_024;
 /// Group commit: waits for appends' callbacks, syncs each file written since the last
 /// round once, then completes the callbacks in append order. Ends when every `LogStore`
 /// handle (the channel's senders) is gone.
-async fn flush_loop(mut rx: mpsc::Receiver<Pending>) {
+async fn flush_loop(mut rx: mpsc::Receiver<Pending>, sync_seconds: Option<prometheus::Histogram>) {
     let mut pending: Vec<Pending> = Vec::new();
     while let Some(first) = rx.recv().await {
         pending.push(first);
@@ -75,10 +76,12 @@ async fn flush_loop(mut rx: mpsc::Receiver<Pending>) {
                 files.push(f.clone());
             }
         }
+        let timer = sync_seconds.as_ref().map(|h| h.start_timer());
         let result = tokio::task::spawn_blocking(move || sync_files(&files))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
             .map_err(|e| e.to_string());
+        drop(timer);
         for (cb, _) in pending.drain(..) {
             cb.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
@@ -115,6 +118,12 @@ impl LogStore {
     /// Opens the log under `dir` with its metadata in `db`.
     pub fn new(fs: Arc<dyn Fs>, db: &sled::Db, dir: &Path) -> Result<Self, super::StorageError> {
         Self::open_with_target(fs, db, dir, segments::SEGMENT_TARGET_BYTES)
+    }
+
+    /// Observes each group sync's duration in `h` (set before the first append).
+    pub fn with_sync_metric(mut self, h: prometheus::Histogram) -> Self {
+        self.sync_seconds = Some(h);
+        self
     }
 
     /// [`Self::new`] with segments closed at `target` bytes (small in tests).
@@ -154,6 +163,7 @@ impl LogStore {
             meta,
             inner: Arc::new(Mutex::new(Inner { segs, last_purged, last_log_id })),
             flusher: Arc::new(OnceLock::new()),
+            sync_seconds: None,
         })
     }
 
@@ -323,7 +333,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // fires only after a sync that covers it.
         let flusher = self.flusher.get_or_init(|| {
             let (tx, rx) = mpsc::channel(FLUSH_QUEUE_LEN);
-            tokio::spawn(flush_loop(rx));
+            tokio::spawn(flush_loop(rx, self.sync_seconds.clone()));
             tx
         });
         flusher

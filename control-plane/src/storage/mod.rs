@@ -37,7 +37,7 @@ pub enum StorageError {
 pub fn open(
     data_dir: &Path,
     cache_capacity_bytes: u64,
-    metrics: sm_store::ApplyMetrics,
+    metrics: sm_store::StorageMetrics,
 ) -> Result<(log_store::LogStore, sm_store::SmStore), StorageError> {
     let path = data_dir.join("sled");
     let db = sled::Config::new()
@@ -50,7 +50,8 @@ pub fn open(
         .open()
         .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
     let fs: std::sync::Arc<dyn fs::Fs> = std::sync::Arc::new(fs::RealFs);
-    let log = log_store::LogStore::new(fs.clone(), &db, &data_dir.join("raft-log"))?;
+    let log = log_store::LogStore::new(fs.clone(), &db, &data_dir.join("raft-log"))?
+        .with_sync_metric(metrics.log_sync_seconds.clone());
     let sm = sm_store::SmStore::open(fs, &db, &data_dir.join("snapshots"), metrics)?;
     Ok((log, sm))
 }
@@ -81,15 +82,17 @@ mod suite {
     use openraft::testing::{StoreBuilder, Suite};
 
     use super::log_store::LogStore;
-    use super::sm_store::{ApplyMetrics, SmStore};
+    use super::sm_store::{SmStore, StorageMetrics};
     use crate::raft::types::{RaftStorageError, TypeConfig};
 
-    pub fn test_metrics() -> ApplyMetrics {
-        ApplyMetrics {
+    pub fn test_metrics() -> StorageMetrics {
+        StorageMetrics {
             apply_seconds: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("apply", "apply"))
                 .expect("histogram opts are valid"),
             applied_entries: prometheus::IntCounter::new("applied", "applied").expect("counter opts are valid"),
             applied_commands: prometheus::IntCounter::new("commands", "commands").expect("counter opts are valid"),
+            log_sync_seconds: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("sync", "sync"))
+                .expect("histogram opts are valid"),
         }
     }
 

@@ -175,8 +175,11 @@ fn upgrade_legacy(fs: &dyn Fs, dir: &Path) -> std::io::Result<()> {
 
 /// Metrics the store records while applying.
 #[derive(Clone)]
-pub struct ApplyMetrics {
+/// The storage layer's metrics: the state machine's applies and the log's syncs.
+pub struct StorageMetrics {
     pub apply_seconds: prometheus::Histogram,
+    /// One group sync of the Raft log (`fdatasync` of the segment files it covers).
+    pub log_sync_seconds: prometheus::Histogram,
     pub applied_entries: prometheus::IntCounter,
     /// Client and leader commands applied; with `applied_entries`, commands per entry.
     pub applied_commands: prometheus::IntCounter,
@@ -197,7 +200,7 @@ pub struct SmShared {
     snapshot_lock: Mutex<()>,
     fs: Arc<dyn Fs>,
     snapshot_dir: PathBuf,
-    metrics: ApplyMetrics,
+    metrics: StorageMetrics,
     /// Woken after every applied batch (long-polling lease requests wait on it).
     pub applied: tokio::sync::Notify,
     snapshot_seq: AtomicU64,
@@ -244,7 +247,7 @@ impl SmStore {
         fs: Arc<dyn Fs>,
         db: &sled::Db,
         snapshot_dir: &Path,
-        metrics: ApplyMetrics,
+        metrics: StorageMetrics,
     ) -> Result<Self, super::StorageError> {
         fs.create_dir_all(snapshot_dir)?;
         // Partial files of builds, transfers and installs a crash cut short (a snapshot
