@@ -50,20 +50,5 @@ pub fn new_tasks(n: usize, payload_bytes: usize) -> Vec<pv::NewTask> {
 
 /// A counter's value for one label set in a Prometheus text exposition (0 when absent).
 pub fn counter(exposition: &str, series: &str) -> u64 {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn counter_reads_one_series_and_zero_when_absent() {
-        let text = "# HELP x\ndrover_r_total{side=\"leader\"} 12\ndrover_r_total{side=\"follower\"} 3\n";
-        assert_eq!(super::counter(text, "drover_r_total{side=\"follower\"}"), 3);
-        assert_eq!(super::counter(text, "drover_r_total{side=\"leader\"}"), 12);
-        assert_eq!(super::counter(text, "drover_other"), 0);
-    }
+    drover_chaos::exposition::value(exposition, series).map_or(0, |v| v as u64)
 }

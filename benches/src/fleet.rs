@@ -73,6 +73,10 @@ pub struct Report {
     pub heartbeats: usize,
     pub grant_p50: Option<f64>,
     pub grant_p99: Option<f64>,
+    /// The leader's own heartbeat handling time (`drover_heartbeat_seconds`): p99 in the
+    /// window, and the largest from the start to the end of the window.
+    pub server_hb_p99: Option<f64>,
+    pub server_hb_max_run: Option<f64>,
     pub leader_cpu: f64,
     pub leader_rss: u64,
     pub rss_per_agent: f64,
@@ -295,6 +299,14 @@ pub async fn run(bin: &Path, o: &Options) -> anyhow::Result<Report> {
         heartbeat: crate::percentiles(&mut hb),
         grant_p50: grants.quantile(0.50),
         grant_p99: grants.quantile(0.99),
+        server_hb_p99: crate::histogram::Delta::between(
+            &before.exposition,
+            &after.exposition,
+            "drover_heartbeat_seconds",
+        )
+        .quantile(0.99),
+        server_hb_max_run: crate::histogram::Delta::between("", &after.exposition, "drover_heartbeat_seconds")
+            .quantile(1.0),
         leader_cpu: after.cpu.saturating_sub(before.cpu).as_secs_f64() / secs,
         leader_rss,
         rss_per_agent: rss_connected.saturating_sub(rss_idle) as f64 / o.agents.max(1) as f64,
@@ -450,12 +462,14 @@ pub fn print(reports: &[Report], o: &Options) {
         }
     );
     println!(
-        "{:>7} {:>12} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "{:>7} {:>12} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>10} {:>8} {:>9} {:>10} {:>9} {:>9} {:>7}",
         "agents",
         "placements/s",
         "hb p50",
         "hb p99",
         "hb max",
+        "ldr hb p99",
+        "ldr hb max*",
         "grant p50",
         "grant p99",
         "ldr CPU",
@@ -469,12 +483,14 @@ pub fn print(reports: &[Report], o: &Options) {
     let s = |q: Option<f64>| q.map(|v| format!("≤{:.0}ms", v * 1000.0)).unwrap_or_else(|| "-".into());
     for r in reports {
         println!(
-            "{:>7} {:>12.0} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7.0}% {:>6.0}MiB {:>8.1}KiB {:>9.0} {:>9.1} {:>7}",
+            "{:>7} {:>12.0} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10} {:>10} {:>7.0}% {:>6.0}MiB {:>8.1}KiB {:>9.0} {:>9.1} {:>7}",
             r.agents,
             r.placements_per_s,
             d(r.heartbeat.map(|p| p.p50)),
             d(r.heartbeat.map(|p| p.p99)),
             d(r.heartbeat.map(|p| p.max)),
+            s(r.server_hb_p99),
+            s(r.server_hb_max_run),
             s(r.grant_p50),
             s(r.grant_p99),
             r.leader_cpu * 100.0,

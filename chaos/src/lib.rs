@@ -5,6 +5,7 @@
 //!   picked at run time; kill -9, SIGTERM, SIGSTOP/SIGCONT, restart, add a node.
 //! * [`AgentProc`] — `drover agent run` processes against a cluster.
 //! * [`clients`] — gRPC clients that carry a caller identity.
+//! * [`exposition`] — one sample's value from a `/metrics` page.
 //! * [`eventually`] — poll a condition until a deadline (tests never sleep for a fixed
 //!   time to "let things settle").
 //! * The fault-injection suite (`drover-chaos`): [`run`] drives one run; [`scenario`]
@@ -19,6 +20,7 @@ pub mod check;
 pub mod clients;
 pub mod cluster;
 pub mod engine;
+pub mod exposition;
 pub mod history;
 pub mod nemesis;
 pub mod net;

@@ -50,9 +50,9 @@ async fn queue_n(c: &Cluster, tenant: &str, n: usize, placement: Option<pv::Plac
     r.into_inner().task_ids
 }
 
-async fn metric(c: &Cluster, line_start: &str) -> Option<f64> {
+async fn metric(c: &Cluster, series: &str) -> Option<f64> {
     let (_, body) = c.http_get(c.ids()[0], "/metrics").await.ok()?;
-    body.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+    drover_chaos::exposition::value(&body, series)
 }
 
 #[tokio::test]
@@ -88,7 +88,7 @@ async fn registered_agents_serve_only_what_they_are_allowed_and_tenants_only_the
     ];
     // The liars are refused on every lease call, and say so in their logs.
     let refused = eventually(Duration::from_secs(30), "both liars refused", || async {
-        metric(&c, "drover_api_denied_total{reason=\"agent_attributes\"} ").await.filter(|n| *n >= 2.0)
+        metric(&c, "drover_api_denied_total{reason=\"agent_attributes\"}").await.filter(|n| *n >= 2.0)
     })
     .await;
     refused.unwrap_or_else(|e| panic!("{e}\n{}\n{}", agents[3].log_tail(20), agents[4].log_tail(20)));

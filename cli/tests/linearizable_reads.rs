@@ -70,12 +70,8 @@ async fn reads_on_every_node_see_every_write_acknowledged_before_they_began() {
     for id in c.ids() {
         let (_, text) = c.http_get(id, "/metrics").await.expect("metrics");
         for side in ["leader", "follower"] {
-            let series = format!("drover_raft_read_index_rounds_total{{side=\"{side}\"}} ");
-            rounds += text
-                .lines()
-                .find_map(|l| l.strip_prefix(series.as_str()))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .expect("read-index round counter") as u64;
+            let series = format!("drover_raft_read_index_rounds_total{{side=\"{side}\"}}");
+            rounds += drover_chaos::exposition::value(&text, &series).expect("read-index round counter") as u64;
         }
     }
     assert!(rounds > 0, "no read-index round counted");

@@ -347,5 +347,5 @@ async fn ca_bundle_with_two_cas() {
 /// Whether the series `series` (name and labels) is in the exposition with a value of at
 /// least 1: counters with known reasons are exported at 0 before anything is counted.
 fn counted(metrics: &str, series: &str) -> bool {
-    metrics.lines().any(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()).is_some_and(|v| v >= 1.0))
+    drover_chaos::exposition::value(metrics, series).is_some_and(|v| v >= 1.0)
 }

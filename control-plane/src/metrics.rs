@@ -65,6 +65,8 @@ pub struct TaskApiMetrics {
     pub run_seconds: Histogram,
     pub attempts: IntCounterVec,
     pub propose_seconds: Histogram,
+    /// On the leader: time to answer one agent heartbeat, from the handler's start.
+    pub heartbeat_seconds: Histogram,
 }
 
 pub struct Metrics {
@@ -255,6 +257,13 @@ impl Metrics {
                     )
                     .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
                 )?,
+                heartbeat_seconds: Histogram::with_opts(
+                    HistogramOpts::new(
+                        "heartbeat_seconds",
+                        "On the leader: time to answer one agent heartbeat, from its handler's start",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
+                )?,
             },
             apply,
             registry,
@@ -290,6 +299,7 @@ impl Metrics {
         m.registry.register(Box::new(m.tasks_api.run_seconds.clone()))?;
         m.registry.register(Box::new(m.tasks_api.attempts.clone()))?;
         m.registry.register(Box::new(m.tasks_api.propose_seconds.clone()))?;
+        m.registry.register(Box::new(m.tasks_api.heartbeat_seconds.clone()))?;
         for outcome in ATTEMPT_OUTCOMES {
             m.tasks_api.attempts.with_label_values(&[outcome]);
         }

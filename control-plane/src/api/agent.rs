@@ -282,6 +282,7 @@ impl Agent for AgentService {
     }
 
     async fn heartbeat(&self, req: Request<pa::HeartbeatRequest>) -> ApiResult<pa::HeartbeatResponse> {
+        let _timer = self.ctx.task_metrics.heartbeat_seconds.start_timer();
         let agent_id = caller::agent(&req)?;
         // Measured on receipt and counted from the agent's send time, which was earlier;
         // the renewals below happen later still, so the leader's own expiry is later too.
