@@ -24,12 +24,6 @@ impl Delta {
         self.buckets.last().map(|(_, n)| *n).unwrap_or(0)
     }
 
-    /// Observations known to be over `secs` (those past the last bucket bound <= `secs`).
-    pub fn over(&self, secs: f64) -> u64 {
-        let within = self.buckets.iter().filter(|(le, _)| *le <= secs).map(|(_, n)| *n).max().unwrap_or(0);
-        self.count().saturating_sub(within)
-    }
-
     /// The upper bound (seconds) of the bucket holding quantile `q`; `None` with no
     /// observation, infinity past the last finite bucket.
     pub fn quantile(&self, q: f64) -> Option<f64> {
@@ -72,8 +66,5 @@ mod tests {
         assert_eq!(d.quantile(0.99), Some(0.1));
         assert_eq!(d.quantile(1.0), Some(f64::INFINITY));
         assert_eq!(Delta::between(after, after, "h").quantile(0.5), None);
-        assert_eq!(d.over(0.01), 50);
-        assert_eq!(d.over(0.1), 1);
-        assert_eq!(d.over(0.05), 50);
     }
 }

@@ -315,7 +315,8 @@ fn a_user_session_against_drover_dev() {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        cmd.output().expect("run drover")
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run drover");
+        finish(child, args)
     };
     assert!(ok(&ctx_only(&["task", "get", &id], &[])).contains("greet"), "the context alone connects");
     let dead = format!("127.0.0.1:{}", free_port());

@@ -64,9 +64,9 @@ async fn agent_connected(c: &Cluster, id: &str) -> Option<bool> {
     r.agents.iter().find(|a| a.id == id).map(|a| a.connected)
 }
 
-async fn metric(c: &Cluster, node: u64, line_start: &str) -> Option<i64> {
+async fn metric(c: &Cluster, node: u64, series: &str) -> Option<i64> {
     let (_, body) = c.http_get(node, "/metrics").await.ok()?;
-    body.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+    drover_chaos::exposition::value(&body, series).map(|v| v as i64)
 }
 
 #[tokio::test]
@@ -136,7 +136,7 @@ async fn task_get_says_why_a_task_waits_and_agent_presence_follows_the_agent() {
     let text = task_get(&c, reader, unplaceable, false);
     assert!(text.contains("waiting: no connected agent matches its placement: none meets label gpu=1"), "{text}");
     let n = eventually(Duration::from_secs(10), "drover_tasks_unplaceable", || async {
-        metric(&c, reader, "drover_tasks_unplaceable ").await.filter(|n| *n >= 1)
+        metric(&c, reader, "drover_tasks_unplaceable").await.filter(|n| *n >= 1)
     })
     .await
     .expect("unplaceable metric");

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub append_splits: IntCounter,
     /// On a follower: time to answer one AppendEntries from the leader.
     pub append_entries_seconds: Histogram,
+    /// On a follower: AppendEntries the leader gave up on before this node answered.
+    pub append_entries_abandoned: IntCounter,
     /// Webhook requests by how they ended (`result`, see [`crate::webhook`]).
     pub webhook_requests: IntCounterVec,
     /// Leaders this node has seen take office (fed by [`watch_leader_changes`]).
@@ -164,9 +166,13 @@ impl Metrics {
             append_entries_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "raft_append_entries_seconds",
-                    "On a follower: time from an AppendEntries arriving to its answer (entries written and synced)",
+                    "On a follower: time from an AppendEntries arriving to its answer (entries written and synced), answered calls only",
                 )
                 .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
+            )?,
+            append_entries_abandoned: IntCounter::new(
+                "raft_append_entries_abandoned_total",
+                "On a follower: AppendEntries the leader gave up on (past its heartbeat interval) before this node answered",
             )?,
             append_splits: IntCounter::new(
                 "raft_append_splits_total",
@@ -279,6 +285,7 @@ impl Metrics {
         m.registry.register(Box::new(m.connections_refused.clone()))?;
         m.registry.register(Box::new(m.append_splits.clone()))?;
         m.registry.register(Box::new(m.append_entries_seconds.clone()))?;
+        m.registry.register(Box::new(m.append_entries_abandoned.clone()))?;
         m.registry.register(Box::new(m.webhook_requests.clone()))?;
         m.registry.register(Box::new(m.leader_changes.clone()))?;
         m.registry.register(Box::new(m.read_index_rounds.clone()))?;

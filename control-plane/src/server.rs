@@ -149,9 +149,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let router = tonic::transport::Server::builder()
         .layer(crate::api::oversize::OversizeLayer { limit: MAX_API_MESSAGE_BYTES })
         .add_service(InterceptedService::new(
-            RaftServer::new(RaftService { node: node.clone(), append_seconds: metrics.append_entries_seconds.clone() })
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            RaftServer::new(RaftService {
+                node: node.clone(),
+                append_seconds: metrics.append_entries_seconds.clone(),
+                append_abandoned: metrics.append_entries_abandoned.clone(),
+            })
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             authz("drover.raft.v1.Raft"),
         ))
         .add_service(InterceptedService::new(

@@ -180,7 +180,7 @@ async fn sample_until(c: &Cluster, started: Instant, until: Instant) -> Vec<Samp
     let mut out = Vec::new();
     while Instant::now() < until {
         for id in c.ids() {
-            let Ok((_, text)) = c.http_get(id, "/metrics").await else { continue };
+            let Ok((200, text)) = c.http_get(id, "/metrics").await else { continue };
             out.push(Sample {
                 at: started.elapsed(),
                 node: id,
@@ -215,10 +215,10 @@ fn print_timeline(samples: &[Sample], acked: &[Instant], started: Instant, stall
                 "       {:>8.1?} {:>5} {:>8} {:>8} {:>6} {:>8} {:>6}",
                 s.at,
                 s.node,
-                (s.cpu - p.cpu).as_millis(),
-                s.applied - p.applied,
-                s.syncs - p.syncs,
-                s.appends - p.appends,
+                s.cpu.saturating_sub(p.cpu).as_millis(),
+                s.applied.saturating_sub(p.applied),
+                s.syncs.saturating_sub(p.syncs),
+                s.appends.saturating_sub(p.appends),
                 acks
             );
         }
@@ -243,12 +243,13 @@ fn raft_io_line(before: &str, after: &str) -> String {
     let sync = Delta::between(before, after, "drover_raft_log_sync_seconds");
     let apply = Delta::between(before, after, "drover_apply_seconds");
     format!(
-        "AppendEntries answered {} (p50 {} p99 {}, {} over 102 ms); log syncs {} (p50 {} p99 {} max {}); \
+        "AppendEntries answered {} (p50 {} p99 {}), abandoned by the leader {}; log syncs {} (p50 {} p99 {} max {}); \
          applies {} (p99 {} max {})",
         append.count(),
         show(append.quantile(0.5)),
         show(append.quantile(0.99)),
-        append.over(0.1024),
+        drover_benches::cluster::counter(after, "drover_raft_append_entries_abandoned_total")
+            .saturating_sub(drover_benches::cluster::counter(before, "drover_raft_append_entries_abandoned_total")),
         sync.count(),
         show(sync.quantile(0.5)),
         show(sync.quantile(0.99)),

@@ -1,16 +1,17 @@
 //! The client half of node-to-node Raft traffic: openraft's `RaftNetwork` over tonic
 //! (`drover.raft.v1`). Channels connect lazily and reconnect on their own; every call is
-//! bounded by openraft's hard TTL, and a transport failure is `Unreachable` so openraft
-//! backs off.
+//! bounded by openraft's hard TTL.
 //!
 //! How a failure is reported decides what openraft does next, so it is chosen with care:
-//! `Unreachable` makes its replication stream to that peer back off (openraft's default
-//! is a flat 500 ms), anything else is retried at once. Only a refused or broken
-//! connection (`Unavailable`) is `Unreachable`, with a short backoff that grows to
-//! [`MAX_BACKOFF`]. A call that ran out of its time (a busy follower still writing) is a
-//! `Network` error: reported as `Unreachable` it paused replication to both followers for
-//! half a second whenever both answered late at once, and no write committed meanwhile
-//! (write stalls of 0.5–1.2 s under the enqueue benchmark).
+//! `Unreachable` makes its replication stream to that peer back off, anything else is
+//! retried at once. Every error status is `Unreachable` (a refused or broken connection,
+//! and also errors that would come back at once on every retry: a refused certificate,
+//! an unknown codec), with a backoff of 50 ms growing to [`MAX_BACKOFF`] instead of
+//! openraft's flat 500 ms. A call that ran out of its time (a busy follower still
+//! writing) is a `Network` error and is retried at once: reported as `Unreachable`, it
+//! paused replication to both followers for half a second whenever both answered late
+//! at once, and no write committed meanwhile (write stalls of 0.5–1.2 s under the
+//! enqueue benchmark).
 //!
 //! AppendEntries is also bounded in bytes: a message over [`APPEND_TARGET_BYTES`] with
 //! more than one entry is refused locally with `PayloadTooLarge` and a hint of how many
@@ -45,7 +46,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// AppendEntries messages larger than this are split (unless they hold a single entry).
 pub const APPEND_TARGET_BYTES: usize = 1024 * 1024;
 
-/// Longest pause before retrying a peer whose connection is refused or broken.
+/// Longest pause before retrying a peer whose calls fail with an error status.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The pauses before each retry of an unreachable peer: 50 ms doubling to [`MAX_BACKOFF`].
@@ -56,8 +57,7 @@ fn backoff_steps() -> impl Iterator<Item = Duration> {
 /// A call that got no answer, as openraft must see it (see the module docs).
 fn call_failed<E: std::error::Error>(cause: CallFailure) -> RpcErr<E> {
     match cause {
-        CallFailure::Status(s) if s.code() == tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
-        CallFailure::Status(s) => RPCError::Network(NetworkError::new(&s)),
+        CallFailure::Status(s) => RPCError::Unreachable(Unreachable::new(&s)),
         CallFailure::TimedOut(e) => RPCError::Network(NetworkError::new(&e)),
     }
 }
@@ -241,15 +241,18 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn only_a_refused_connection_makes_openraft_back_off() {
-        let down =
-            call_failed::<openraft::error::Infallible>(CallFailure::Status(tonic::Status::unavailable("refused")));
-        assert!(matches!(down, RPCError::Unreachable(_)), "{down:?}");
+    async fn a_late_answer_is_retried_at_once_and_an_error_status_backs_off() {
         let elapsed = tokio::time::timeout(Duration::ZERO, std::future::pending::<()>()).await.expect_err("times out");
         let late = call_failed::<openraft::error::Infallible>(CallFailure::TimedOut(elapsed));
         assert!(matches!(late, RPCError::Network(_)), "a slow answer is retried at once, not backed off: {late:?}");
-        let other = call_failed::<openraft::error::Infallible>(CallFailure::Status(tonic::Status::internal("x")));
-        assert!(matches!(other, RPCError::Network(_)), "{other:?}");
+        for status in [
+            tonic::Status::unavailable("connection refused"),
+            tonic::Status::unknown("connection reset"),
+            tonic::Status::permission_denied("not a node certificate"),
+        ] {
+            let e = call_failed::<openraft::error::Infallible>(CallFailure::Status(status));
+            assert!(matches!(e, RPCError::Unreachable(_)), "an error status backs off: {e:?}");
+        }
     }
 
     #[test]

@@ -13,19 +13,40 @@ use crate::state::Command;
 
 pub struct RaftService {
     pub node: Arc<RaftNode>,
-    /// Time from an AppendEntries arriving to its answer (the entries written and synced);
-    /// the leader gives each call only its heartbeat interval.
+    /// Time from an AppendEntries arriving to its answer (the entries written and synced),
+    /// for answered calls only; the leader gives each call only its heartbeat interval.
     pub append_seconds: prometheus::Histogram,
+    /// AppendEntries the leader gave up on (its handler dropped) before they were answered.
+    pub append_abandoned: prometheus::IntCounter,
+}
+
+/// Counts a call as abandoned when dropped before [`UnlessAnswered::answered`].
+struct UnlessAnswered<'a>(Option<&'a prometheus::IntCounter>);
+
+impl UnlessAnswered<'_> {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for UnlessAnswered<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.inc();
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let timer = self.append_seconds.start_timer();
+        let started = std::time::Instant::now();
+        let pending = UnlessAnswered(Some(&self.append_abandoned));
         let rpc = codec::decode(req.get_ref())?;
         let res = self.node.raft.append_entries(rpc).await;
         let reply = codec::encode(&res)?;
-        drop(timer);
+        pending.answered();
+        self.append_seconds.observe(started.elapsed().as_secs_f64());
         Ok(Response::new(reply))
     }
 
