@@ -179,8 +179,8 @@ async fn sample_until(c: &Cluster, started: Instant, until: Instant) -> Vec<Samp
     use drover_benches::cluster::counter;
     let mut out = Vec::new();
     while Instant::now() < until {
-        for id in c.ids() {
-            let Ok((200, text)) = c.http_get(id, "/metrics").await else { continue };
+        // A failed scrape (a node busy past the client's timeout) is a missing sample.
+        for (id, text) in scrape_all(c).await.unwrap_or_default() {
             out.push(Sample {
                 at: started.elapsed(),
                 node: id,
@@ -229,7 +229,9 @@ fn print_timeline(samples: &[Sample], acked: &[Instant], started: Instant, stall
 async fn scrape_all(c: &Cluster) -> anyhow::Result<Vec<(u64, String)>> {
     let mut out = Vec::new();
     for id in c.ids() {
-        out.push((id, c.http_get(id, "/metrics").await?.1));
+        let (status, text) = c.http_get(id, "/metrics").await?;
+        anyhow::ensure!(status == 200, "node {id}'s /metrics answered {status}");
+        out.push((id, text));
     }
     Ok(out)
 }

@@ -102,17 +102,13 @@ impl LeaseWaits {
             applied.as_mut().enable();
             // Most applies on a follower, and many on a leader, find no poll waiting:
             // they skip the state machine lock.
-            if self.waiting() == 0 {
-                tokio::select! {
-                    _ = &mut applied => continue,
-                    _ = shutdown.cancelled() => return,
+            if self.waiting() > 0 {
+                match sm.machine() {
+                    Ok(machine) => {
+                        self.wake(&machine);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease waits: state machine unavailable"),
                 }
-            }
-            match sm.machine() {
-                Ok(machine) => {
-                    self.wake(&machine);
-                }
-                Err(e) => tracing::warn!(error = %e, "lease waits: state machine unavailable"),
             }
             tokio::select! {
                 _ = &mut applied => {}

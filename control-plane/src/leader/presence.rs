@@ -158,9 +158,7 @@ impl Presence {
             pending.clear();
             for (id, c) in contacts.iter() {
                 if let Some(a) = seen(id, c) {
-                    if out.seen.len() < MAX_PRESENCE_CHANGES {
-                        out.seen.push(a);
-                    }
+                    out.seen.push(a);
                     pending.insert(id.clone());
                 }
             }
@@ -179,15 +177,15 @@ impl Presence {
             // leadership, or over the per-command bound, is made again).
             pending.retain(|id| match contacts.get(id).and_then(|c| seen(id, c)) {
                 Some(a) => {
-                    if out.seen.len() < MAX_PRESENCE_CHANGES {
-                        out.seen.push(a);
-                    }
+                    out.seen.push(a);
                     true
                 }
                 None => false,
             });
         }
+        // Over the per-command bound, the rest stay pending and are said next time.
         out.seen.sort_by(|a, b| a.id.cmp(&b.id));
+        out.seen.truncate(MAX_PRESENCE_CHANGES);
         out
     }
 }
@@ -265,6 +263,28 @@ mod tests {
         assert!(p.changes(&known, &BTreeMap::new(), ms(800), grace).is_empty());
         let ch = p.changes(&known, &BTreeMap::new(), ms(1_010), grace);
         assert_eq!(ch.seen.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["a"], "the full pass");
+    }
+
+    #[test]
+    fn over_the_per_command_bound_the_rest_are_said_at_the_next_tick() {
+        let p = Presence::default();
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        p.reset(t0);
+        let ids: Vec<String> = (0..=MAX_PRESENCE_CHANGES).map(|i| format!("a{i:05}")).collect();
+        for id in &ids {
+            drop(p.poll(id, &attrs("eu"), 1, ms(0)));
+        }
+        let ch = p.changes(&BTreeMap::new(), &BTreeMap::new(), ms(10), grace);
+        assert_eq!(ch.seen.len(), MAX_PRESENCE_CHANGES);
+        // The state records what was said; the one left over is said next, by itself.
+        let mut known: BTreeMap<_, _> = ch.seen.iter().map(|a| (a.id.clone(), record(&a.id, "eu"))).collect();
+        for r in known.values_mut() {
+            r.slots = 1;
+        }
+        let ch = p.changes(&known, &BTreeMap::new(), ms(200), grace);
+        assert_eq!(ch.seen.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), [ids[MAX_PRESENCE_CHANGES].as_str()]);
     }
 
     #[test]
