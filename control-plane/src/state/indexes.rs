@@ -75,7 +75,55 @@ pub struct Indexes {
     /// Every task id per tenant, whatever its state: the tenant listing. Kept here rather
     /// than as a row per task in sled (see `keys`); about 10–20 bytes per task.
     pub by_tenant: BTreeMap<String, BTreeSet<u64>>,
+    /// Task groups by first task id (see [`super::groups`]).
+    pub groups: GroupCounts,
     classes: ClassInterner,
+}
+
+/// Per task group: how many tasks it holds and how many are not purged yet. One entry per
+/// queue command, so about 1/100 of a map entry per task at batch 100.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct GroupCounts(BTreeMap<u64, (u32, u32)>);
+
+impl GroupCounts {
+    pub fn insert(&mut self, first_id: u64, len: u32, live: u32) {
+        self.0.insert(first_id, (len, live));
+    }
+
+    /// The group holding task `id`, and its length.
+    pub fn group_of(&self, id: u64) -> Option<(u64, u32)> {
+        let (&g, &(len, _)) = self.0.range(..=id).next_back()?;
+        (id < g + u64::from(len)).then_some((g, len))
+    }
+
+    /// Counts one of group `first_id`'s tasks purged; true if it was the last one (and
+    /// the group is forgotten).
+    pub fn purge_one(&mut self, first_id: u64) -> bool {
+        match self.0.get_mut(&first_id) {
+            Some((_, live)) if *live > 1 => {
+                *live -= 1;
+                false
+            }
+            Some(_) => {
+                self.0.remove(&first_id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many tasks of group `first_id` are not purged.
+    pub fn live(&self, first_id: u64) -> u32 {
+        self.0.get(&first_id).map_or(0, |(_, live)| *live)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A canonical, order-independent view of the indexes, for comparing a rebuilt set of
@@ -92,6 +140,7 @@ pub struct Canonical {
     pub idem_expiry: BTreeSet<(u64, Vec<u8>)>,
     pub state_counts: [u64; 8],
     pub by_tenant: BTreeMap<String, BTreeSet<u64>>,
+    pub groups: GroupCounts,
 }
 
 fn dec<K: Ord + Clone>(m: &mut BTreeMap<K, u32>, k: &K) {
@@ -280,6 +329,7 @@ impl Indexes {
             idem_expiry: self.idem_expiry.clone(),
             state_counts: self.state_counts,
             by_tenant: self.by_tenant.clone(),
+            groups: self.groups.clone(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! * the in-memory indexes equal indexes rebuilt from the tables (so every task is in
 //!   exactly the index of its state, counted once);
 //! * a running task has exactly one lease, and a task that is not running has none;
-//! * every task row holds a payload of the length its record says;
+//! * every task has a payload of the length its record says; no group is left with all
+//!   its tasks purged, and no grouped or purged row is outside a group;
 //! * log metadata and chunks belong to existing tasks, and a task's chunks are numbered
 //!   exactly `0..meta.chunks`;
 //! * the schedule indexes equal indexes rebuilt from the `s/` table, and a schedule's
@@ -44,16 +45,33 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     let mut rebuilt = Indexes::default();
     let mut problems = Vec::new();
     let mut tasks = Vec::new();
-    kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
-        match keys::TaskRow::decode(v.to_vec()) {
-            Ok(row) if row.payload().len() as u64 == row.task.payload_bytes => tasks.push(row.task),
-            Ok(row) => problems.push(format!(
-                "task {} row holds {} payload bytes, record says {}",
-                row.task.id,
-                row.payload().len(),
-                row.task.payload_bytes
-            )),
-            Err(e) => problems.push(e.to_string()),
+    let mut groups = Vec::new();
+    super::groups::for_each_task(
+        kv,
+        &mut |task, payload| {
+            if payload.len() as u64 != task.payload_bytes {
+                problems.push(format!(
+                    "task {} has {} payload bytes, record says {}",
+                    task.id,
+                    payload.len(),
+                    task.payload_bytes
+                ));
+            }
+            tasks.push(task);
+        },
+        &mut |g| groups.push(g),
+    )
+    .map_err(|e| e.to_string())?;
+    for g in groups {
+        if g.live == 0 {
+            problems.push(format!("group {} is left with every task purged", g.first_id));
+        }
+        rebuilt.groups.insert(g.first_id, g.len, g.live);
+    }
+    kv.scan(keys::TASK, keys::TASK, &mut |k, v| {
+        let id = keys::trailing_id(k).unwrap_or(0);
+        if keys::row_kind(v) != keys::RowKind::Inline && rebuilt.groups.group_of(id).is_none() {
+            problems.push(format!("task {id} has a grouped or purged row but no group"));
         }
         true
     })

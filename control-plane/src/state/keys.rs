@@ -5,7 +5,8 @@
 //! |--------|--------------------------|------------------|
 //! | `t/`   | tenant                   | [`Tenant`]       |
 //! | `c/`   | tenant `\0` code name    | [`Code`]         |
-//! | `k/`   | task id (u64 big-endian) | [`Task`] and its payload (see [`encode_task`]) |
+//! | `b/`   | first task id (u64 big-endian) | the tasks one queue command created, records and payloads (see [`super::groups`]) |
+//! | `k/`   | task id (u64 big-endian) | the task's current [`Task`] once it changed since queued; a tombstone once purged (see [`Row`]) |
 //! | `i/`   | tenant `\0` idem. key    | [`IdemRecord`]   |
 //! | `w/`   | tenant `\0` code name    | [`Webhook`] (the code's webhook, if enabled) |
 //! | `a/`   | agent id                 | [`AgentRecord`]  |
@@ -25,12 +26,13 @@
 //! byte followed by the postcard encoding of the type. Task and code rows are version 2
 //! since retry policies; version 1 rows are still read (see [`super::legacy`]).
 //!
-//! One key per task, payload inline: sled 0.34 spends memory per *key* written (page
-//! splits and copy-on-write node garbage that its cache limit does not bound), so a
-//! separate payload row and a per-tenant listing row tripled a node's resident memory
-//! under a large backlog (measured: 1M tasks with three keys each, 64 B payloads, 3.6 GiB
-//! peak; one key each, 0.2 GiB). The tenant listing is an in-memory index of task ids
-//! instead ([`super::indexes::Indexes::by_tenant`]).
+//! Few keys per task: sled 0.34 spends memory and CPU per *key* written (page splits and
+//! copy-on-write node garbage that its cache limit does not bound), so a separate payload
+//! row and a per-tenant listing row tripled a node's resident memory under a large
+//! backlog (measured: 1M tasks with three keys each, 64 B payloads, 3.6 GiB peak; one key
+//! each, 0.2 GiB). A queue command writes one `b/` group for all its tasks, and a task
+//! gets a small `k/` row only when it changes ([`super::groups`]). The tenant listing is
+//! an in-memory index of task ids ([`super::indexes::Indexes::by_tenant`]).
 //!
 //! [`Tenant`]: super::model::Tenant
 //! [`Code`]: super::model::Code
@@ -53,6 +55,7 @@ use super::model::{Code, Task};
 pub const TENANT: &[u8] = b"t/";
 pub const CODE: &[u8] = b"c/";
 pub const TASK: &[u8] = b"k/";
+pub const GROUP: &[u8] = b"b/";
 pub const IDEM: &[u8] = b"i/";
 pub const AGENT: &[u8] = b"a/";
 pub const AGENT_GONE: &[u8] = b"d/";
@@ -70,6 +73,10 @@ pub const RAFT_OWNED: &[u8] = b"r/";
 const VALUE_VERSION: u8 = 1;
 /// Task and code rows with retry policies and attempt logs.
 const RETRY_ROW_VERSION: u8 = 2;
+/// A task row holding the record alone: the payload is in the task's group.
+const GROUPED_ROW_VERSION: u8 = 3;
+/// A purged task of a group that still holds other tasks.
+const PURGED_ROW_VERSION: u8 = 4;
 
 fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -94,6 +101,9 @@ pub fn code(tenant: &str, name: &str) -> Vec<u8> {
 }
 pub fn task(id: u64) -> Vec<u8> {
     join(TASK, &[&id.to_be_bytes()])
+}
+pub fn group(first_task_id: u64) -> Vec<u8> {
+    join(GROUP, &[&first_task_id.to_be_bytes()])
 }
 pub fn idem(tenant: &str, key: &str) -> Vec<u8> {
     join(IDEM, &[tenant.as_bytes(), key.as_bytes()])
@@ -138,9 +148,9 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
-/// A task row: the version byte, the record's encoded length (u32 big-endian), the
-/// postcard record, then the payload bytes as they came. Reading the record never copies
-/// the payload; state changes rewrite the row with the payload carried over.
+/// An inline task row (versions 1 and 2, written before task groups, and rewritten so):
+/// the version byte, the record's encoded length (u32 big-endian), the postcard record,
+/// then the payload bytes as they came.
 pub fn encode_task(task: &Task, payload: &[u8]) -> Vec<u8> {
     let record = match postcard::to_stdvec(task) {
         Ok(v) => v,
@@ -155,8 +165,48 @@ pub fn encode_task(task: &Task, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes a task row's record; returns it and the offset where the payload starts.
-fn split_task(bytes: &[u8]) -> Result<(Task, usize), KvError> {
+/// The row of a grouped task that changed: version 3 and the postcard record.
+pub fn encode_grouped_task(task: &Task) -> Vec<u8> {
+    let out = vec![GROUPED_ROW_VERSION];
+    match postcard::to_extend(task, out) {
+        Ok(v) => v,
+        Err(e) => unreachable!("postcard encoding of a task failed: {e}"),
+    }
+}
+
+/// The row of a purged task whose group still holds others.
+pub fn purged_row() -> Vec<u8> {
+    vec![PURGED_ROW_VERSION]
+}
+
+/// A `k/` row, decoded.
+#[derive(Debug)]
+pub enum Row {
+    /// Record and payload inline; the payload starts at `payload_at` in the row's bytes.
+    Inline { task: Task, payload_at: usize },
+    /// The record; the payload is in the task's group.
+    Grouped(Task),
+    /// Purged: the task is gone although its group is still there.
+    Purged,
+}
+
+/// What kind of row `bytes` is, from its version byte alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowKind {
+    Inline,
+    Grouped,
+    Purged,
+}
+
+pub fn row_kind(bytes: &[u8]) -> RowKind {
+    match bytes.first() {
+        Some(&GROUPED_ROW_VERSION) => RowKind::Grouped,
+        Some(&PURGED_ROW_VERSION) => RowKind::Purged,
+        _ => RowKind::Inline,
+    }
+}
+
+pub fn decode_row(bytes: &[u8]) -> Result<Row, KvError> {
     const HEAD: usize = 5;
     match bytes.split_first() {
         Some((&v @ (VALUE_VERSION | RETRY_ROW_VERSION), rest)) => {
@@ -174,41 +224,61 @@ fn split_task(bytes: &[u8]) -> Result<(Task, usize), KvError> {
             } else {
                 postcard::from_bytes(record).map_err(corrupt)?
             };
-            Ok((task, HEAD + len))
+            Ok(Row::Inline { task, payload_at: HEAD + len })
         }
-        Some((v, _)) => Err(KvError(format!("unknown value version {v}"))),
+        Some((&GROUPED_ROW_VERSION, rest)) => {
+            postcard::from_bytes(rest).map(Row::Grouped).map_err(|e| KvError(format!("corrupt task record: {e}")))
+        }
+        Some((&PURGED_ROW_VERSION, [])) => Ok(Row::Purged),
+        Some((v, _)) => Err(KvError(format!("unknown task row version {v}"))),
         None => Err(KvError("empty value".into())),
     }
 }
 
-/// A task row's record, leaving the payload alone.
-pub fn decode_task(bytes: &[u8]) -> Result<Task, KvError> {
-    split_task(bytes).map(|(task, _)| task)
-}
-
-/// A task row as read: the record decoded, the payload still in the row's bytes, so a
-/// state change can write it back without copying it out first.
+/// A task's current record as the state machine read it, and where its payload is: in
+/// an old inline row (kept, so that rewriting the row carries it over) or in its group.
 #[derive(Debug)]
 pub struct TaskRow {
     pub task: Task,
-    row: Vec<u8>,
-    payload_at: usize,
+    /// The inline row's bytes and where its payload starts; `None` for a grouped task.
+    inline: Option<(Vec<u8>, usize)>,
 }
 
 impl TaskRow {
-    pub fn decode(row: Vec<u8>) -> Result<Self, KvError> {
-        let (task, payload_at) = split_task(&row)?;
-        Ok(Self { task, row, payload_at })
+    /// A grouped task's record (from its row or its group).
+    pub fn grouped(task: Task) -> Self {
+        Self { task, inline: None }
     }
 
-    pub fn payload(&self) -> &[u8] {
-        &self.row[self.payload_at..]
+    /// Decodes a `k/` row; `None` for a tombstone.
+    pub fn decode(row: Vec<u8>) -> Result<Option<Self>, KvError> {
+        Ok(match decode_row(&row)? {
+            Row::Inline { task, payload_at } => Some(Self { task, inline: Some((row, payload_at)) }),
+            Row::Grouped(task) => Some(Self::grouped(task)),
+            Row::Purged => None,
+        })
     }
 
-    /// The record and the payload, reusing the row's allocation for the payload.
-    pub fn into_parts(mut self) -> (Task, Vec<u8>) {
-        self.row.drain(..self.payload_at);
-        (self.task, self.row)
+    /// The payload of an inline row; `None` when it is in the task's group.
+    pub fn inline_payload(&self) -> Option<&[u8]> {
+        self.inline.as_ref().map(|(row, at)| &row[*at..])
+    }
+
+    /// The row for `new`, this task's next version: inline rows stay inline.
+    pub fn encode_next(&self, new: &Task) -> Vec<u8> {
+        match self.inline_payload() {
+            Some(payload) => encode_task(new, payload),
+            None => encode_grouped_task(new),
+        }
+    }
+
+    /// The record and an inline row's payload, reusing the row's allocation.
+    pub fn into_parts(self) -> (Task, Option<Vec<u8>>) {
+        let payload = self.inline.map(|(mut row, at)| {
+            row.drain(..at);
+            row
+        });
+        (self.task, payload)
     }
 }
 

@@ -20,6 +20,11 @@ pub trait KvRead {
     /// Calls `f` for each key with `prefix`, in key order, starting at `start`
     /// (which must itself start with `prefix`), until `f` returns false.
     fn scan(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError>;
+    /// Calls `f` with the value of `key` where it is stored, without copying it out (task
+    /// groups are up to a few MiB and a read wants one task of them); false if absent.
+    fn read_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, KvError> {
+        Ok(self.get(key)?.map(|v| f(&v)).is_some())
+    }
 }
 
 /// The writes of one or more applied entries, not yet committed.
@@ -37,6 +42,18 @@ impl<'a> Txn<'a> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
             None => self.base.get(key),
+        }
+    }
+
+    /// [`KvRead::read_with`] through the pending writes.
+    pub fn read_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, KvError> {
+        match self.writes.get(key) {
+            Some(Some(v)) => {
+                f(v);
+                Ok(true)
+            }
+            Some(None) => Ok(false),
+            None => self.base.read_with(key, f),
         }
     }
 
@@ -82,6 +99,10 @@ impl MemKv {
 impl KvRead for MemKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         Ok(self.map.get(key).cloned())
+    }
+
+    fn read_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, KvError> {
+        Ok(self.map.get(key).map(|v| f(v)).is_some())
     }
 
     fn scan(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError> {

@@ -7,7 +7,8 @@
 //! replicated, in `m/clock`).
 //!
 //! Tenants, codes and agents are small and mirrored in memory; tasks and payloads are
-//! read from and written to the tables, with only index entries kept in memory.
+//! read from and written to the tables (queued in groups, see [`super::groups`]), with
+//! only index entries kept in memory.
 
 use std::collections::BTreeMap;
 
@@ -124,7 +125,6 @@ impl StateMachine {
                 sm.registry_logins.insert((l.tenant.clone(), l.registry.clone()), l);
             }))
         })?;
-        kv.scan(keys::TASK, keys::TASK, &mut |_, v| keep(keys::decode_task(v).map(|t| sm.idx.insert(&t))))?;
         kv.scan(keys::IDEM, keys::IDEM, &mut |k, v| {
             keep(keys::decode::<IdemRecord>(v).map(|r| {
                 sm.idx.idem_expiry.insert((r.expires_ms, k.to_vec()));
@@ -132,6 +132,11 @@ impl StateMachine {
         })?;
         if let Some(e) = err {
             return Err(e);
+        }
+        let mut groups = Vec::new();
+        super::groups::for_each_task(kv, &mut |t, _| sm.idx.insert(&t), &mut |g| groups.push(g))?;
+        for g in groups {
+            sm.idx.groups.insert(g.first_id, g.len, g.live);
         }
         sm.load_schedules(kv)?;
         if let Some(v) = kv.get(keys::META_RR_CURSOR)? {
@@ -399,23 +404,68 @@ impl StateMachine {
         Ok(Ok(Response::Webhook { code: code.to_string(), enabled: secret_sha256.is_some() }))
     }
 
-    /// Reads a task row through the transaction.
+    /// Reads a task's current record through the transaction: its row if it has one,
+    /// else its entry in its group (see [`super::groups`]). `None` if there is no such
+    /// task (never queued, or purged).
     pub(super) fn read_task(&self, txn: &Txn<'_>, id: u64) -> Result<Option<TaskRow>, KvError> {
-        txn.get(&keys::task(id))?.map(TaskRow::decode).transpose()
+        if let Some(row) = txn.get(&keys::task(id))? {
+            return TaskRow::decode(row);
+        }
+        let Some((g, _)) = self.idx.groups.group_of(id) else { return Ok(None) };
+        let mut out = None;
+        txn.read_with(&keys::group(g), &mut |bytes| {
+            out = Some(super::groups::GroupView::parse(bytes).and_then(|v| v.record((id - g) as usize)));
+        })?;
+        match out {
+            Some(task) => Ok(Some(TaskRow::grouped(task?))),
+            None => Err(KvError(format!("task {id}'s group {g} is missing from the table"))),
+        }
     }
 
-    /// Writes a new task and indexes it.
-    pub(super) fn insert_task(&mut self, txn: &mut Txn<'_>, task: &Task, payload: &[u8]) {
-        self.idx.insert(task);
-        txn.put(keys::task(task.id), keys::encode_task(task, payload));
+    /// Writes the tasks one command queued, as one group, and indexes them. `tasks` have
+    /// consecutive ids; `payloads` are theirs, in the same order.
+    pub(super) fn insert_group<'p>(
+        &mut self,
+        txn: &mut Txn<'_>,
+        tasks: &[Task],
+        payloads: impl Iterator<Item = &'p [u8]>,
+    ) {
+        let Some(first) = tasks.first() else { return };
+        for t in tasks {
+            self.idx.insert(t);
+        }
+        // At most MAX_BATCH_TASKS tasks per command.
+        let len = tasks.len() as u32;
+        self.idx.groups.insert(first.id, len, len);
+        txn.put(keys::group(first.id), super::groups::encode(tasks, payloads));
     }
 
-    /// Writes a task's new version (its payload never changes) and moves it between the
-    /// indexes of its old and new states.
+    /// Writes a task's new version (its payload never changes: it stays in the group, or
+    /// in the old inline row) and moves it between the indexes of its old and new states.
     pub(super) fn write_task(&mut self, txn: &mut Txn<'_>, old: &TaskRow, new: &Task) {
         self.idx.remove(&old.task);
         self.idx.add(new);
-        txn.put(keys::task(new.id), keys::encode_task(new, old.payload()));
+        txn.put(keys::task(new.id), old.encode_next(new));
+    }
+
+    /// Deletes a task (it is finished) from the tables and the indexes. A grouped task
+    /// leaves a tombstone row while its group holds others; the last one deletes the
+    /// group and every row of its tasks. Returns the number of keys written or deleted.
+    pub(super) fn delete_task(&mut self, txn: &mut Txn<'_>, task: &Task) -> u64 {
+        self.idx.forget(task);
+        let Some((g, len)) = self.idx.groups.group_of(task.id) else {
+            txn.delete(keys::task(task.id));
+            return 1;
+        };
+        if !self.idx.groups.purge_one(g) {
+            txn.put(keys::task(task.id), keys::purged_row());
+            return 1;
+        }
+        for id in g..g + u64::from(len) {
+            txn.delete(keys::task(id));
+        }
+        txn.delete(keys::group(g));
+        u64::from(len) + 1
     }
 
     pub fn indexes(&self) -> &Indexes {

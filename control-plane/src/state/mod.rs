@@ -15,6 +15,7 @@
 pub mod command;
 pub mod error;
 pub mod fleet;
+pub mod groups;
 pub mod image_ref;
 pub mod indexes;
 pub mod invariants;

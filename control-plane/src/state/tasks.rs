@@ -83,6 +83,7 @@ impl StateMachine {
         }
 
         let mut ids = Vec::with_capacity(tasks.len());
+        let mut records = Vec::with_capacity(tasks.len());
         for (i, t) in tasks.iter().enumerate() {
             let code = &self.codes[&(tenant_id.to_string(), t.code.clone())];
             let id = (ctx.index << TASK_ID_SHIFT) | (ctx.first_task_seq + i as u64);
@@ -113,9 +114,10 @@ impl StateMachine {
                 payload_bytes: t.payload.len() as u64,
                 schedule,
             };
-            self.insert_task(txn, &task, &t.payload);
+            records.push(task);
             ids.push(id);
         }
+        self.insert_group(txn, &records, tasks.iter().map(|t| t.payload.as_slice()));
         if let Some(key) = idempotency_key {
             let rec = IdemRecord { task_ids: ids.clone(), expires_ms: ctx.now_ms.saturating_add(idempotency_ttl_ms) };
             let k = keys::idem(tenant_id, key);
@@ -214,9 +216,18 @@ impl StateMachine {
             if !self.delete_log_within(txn, id, &mut budget)? || budget == 0 {
                 break;
             }
-            self.idx.forget(&row.task);
-            txn.delete(keys::task(id));
-            budget -= 1;
+            // The task that empties its group deletes the group and its tasks' rows (up to
+            // MAX_BATCH_TASKS + 1 keys): it waits for an entry of its own when it does not
+            // fit what is left, and goes alone when it does not fit a whole entry, so the
+            // purge always moves on.
+            let cost = match self.idx.groups.group_of(id) {
+                Some((g, len)) if self.idx.groups.live(g) == 1 => u64::from(len) + 1,
+                _ => 1,
+            };
+            if cost > budget && budget < max_keys {
+                break;
+            }
+            budget = budget.saturating_sub(self.delete_task(txn, &row.task));
             tasks += 1;
         }
         let expired: Vec<(u64, Vec<u8>)> = self

@@ -32,7 +32,7 @@ use super::model::{AgentAttrs, CodeLimits, Placement, Task, TaskState, TenantLim
 use super::model::{FailureReason, RetryOn};
 use super::presence::SeenAgent;
 use super::retry::{self, RetryOverride};
-use super::{Command, KvRead, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
+use super::{Command, MemKv, Proposal, Request, Response, StateError, StateMachine, Txn};
 use super::{invariants, keys, placement, validate, views};
 
 mod retries;
@@ -785,6 +785,37 @@ fn a_bounded_purge_deletes_at_most_max_keys_per_entry_and_the_next_ones_finish()
     assert!(bounded == unbounded, "the bounded purges end in other tables than one unbounded purge");
 }
 
+/// A data directory from before task groups: its tasks have inline rows (version 2) and
+/// no group. They load, lease, finish and purge beside grouped tasks, keep their payload
+/// inline when rewritten, and leave no key behind.
+#[test]
+fn tasks_queued_before_groups_keep_inline_rows_to_the_end() {
+    let mut h = acme();
+    let new_ids = h.queue("acme", vec![task("work")]);
+    let mut old = h.task(new_ids[0]);
+    old.id = 7;
+    old.payload_bytes = 2;
+    h.kv.map.insert(keys::task(7), keys::encode_task(&old, b"{}"));
+    h.sm = StateMachine::load(&h.kv).expect("load");
+    invariants::check(&h.sm, &h.kv).expect("invariants");
+    assert_eq!(views::get_task_with_payload(&h.kv, None, 7).expect("read"), Some((old, b"{}".to_vec())));
+    assert_eq!(views::task_count(&h.kv).expect("count"), 2);
+
+    let g = h.lease("a1", &agent("", ""), 2);
+    assert_eq!(g.iter().map(|g| g.task_id).collect::<Vec<_>>(), [7, new_ids[0]]);
+    assert!(matches!(keys::decode_row(&h.kv.map[&keys::task(7)]), Ok(keys::Row::Inline { .. })));
+    assert!(matches!(keys::decode_row(&h.kv.map[&keys::task(new_ids[0])]), Ok(keys::Row::Grouped(_))));
+    assert_eq!(views::get_task_with_payload(&h.kv, None, 7).expect("read").map(|(_, p)| p), Some(b"{}".to_vec()));
+    for g in &g {
+        h.complete("a1", g.task_id, g.epoch, Outcome::Success).expect("current");
+    }
+    h.now_ms += 10;
+    let cmd = h.purge_cmd(h.now_ms, 100);
+    assert_eq!(h.apply(cmd), Response::Purged { tasks: 2, idempotency_keys: 0 });
+    let left: Vec<_> = h.kv.map.keys().filter(|k| k.starts_with(keys::TASK) || k.starts_with(keys::GROUP)).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn purge_removes_old_finished_tasks_and_their_keys() {
     let mut h = acme();
@@ -794,13 +825,14 @@ fn purge_removes_old_finished_tasks_and_their_keys() {
     h.complete("a1", ids[0], g[0].epoch, Outcome::Success).expect("current");
     h.now_ms = 3_000;
     h.complete("a1", ids[1], g[1].epoch, Outcome::Killed).expect("current");
-    let keys_of = |id| [keys::task(id)];
     let term = h.term;
     let purge = |before| Command::Purge { term, finished_before_ms: before, max_tasks: 100 };
     assert_eq!(h.apply(purge(2_000)), Response::Purged { tasks: 0, idempotency_keys: 0 }, "the bound is strict");
     assert_eq!(h.apply(purge(2_500)), Response::Purged { tasks: 1, idempotency_keys: 0 });
-    assert!(keys_of(ids[0]).iter().all(|k| !h.kv.map.contains_key(k)));
-    assert!(keys_of(ids[1]).iter().all(|k| h.kv.map.contains_key(k)));
+    // The purged task's group still holds the others: its row is a tombstone.
+    assert_eq!(views::get_task(&h.kv, None, ids[0]).expect("read"), None);
+    assert_eq!(h.kv.map.get(&keys::task(ids[0])), Some(&keys::purged_row()));
+    assert_eq!(views::get_task(&h.kv, None, ids[1]).expect("read").map(|t| t.state), Some(TaskState::Killed));
     h.now_ms = 100_000;
     assert_eq!(h.apply(purge(100_000)), Response::Purged { tasks: 1, idempotency_keys: 0 });
     // Running and queued tasks are never purged.
@@ -810,6 +842,15 @@ fn purge_removes_old_finished_tasks_and_their_keys() {
         [(ids[2], TaskState::Running), (ids[3], TaskState::Queued)]
     );
     assert_eq!(views::task_count(&h.kv).expect("count"), 2);
+    // The last of the group to go takes the group and every row of its tasks with it.
+    h.complete("a1", ids[2], g[2].epoch, Outcome::Success).expect("current");
+    h.apply(Command::Cancel { tenant: "acme".into(), task_id: ids[3] });
+    h.now_ms = 200_000;
+    assert_eq!(h.apply(purge(200_000)), Response::Purged { tasks: 2, idempotency_keys: 0 });
+    assert_eq!(views::task_count(&h.kv).expect("count"), 0);
+    let left: Vec<_> = h.kv.map.keys().filter(|k| k.starts_with(keys::TASK) || k.starts_with(keys::GROUP)).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(h.sm.indexes().groups.is_empty());
 }
 
 #[test]
@@ -1232,11 +1273,7 @@ fn step(h: &mut Harness, grants: &mut Vec<Grant>, ids: &mut Vec<u64>, op: Op) {
 fn check_properties(h: &Harness) {
     let idx = h.sm.indexes();
     let mut tasks = Vec::new();
-    h.kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
-        tasks.push(keys::decode_task(v).expect("decode"));
-        true
-    })
-    .expect("scan");
+    super::groups::for_each_task(&h.kv, &mut |t, _| tasks.push(t), &mut |_| {}).expect("scan");
     assert_eq!(idx.state_counts.iter().sum::<u64>(), tasks.len() as u64, "each task counted once");
     for t in &tasks {
         let indexed = idx.running.get(&t.id).map(|r| (r.agent_id.as_str(), r.epoch));

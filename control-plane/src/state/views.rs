@@ -4,32 +4,57 @@
 
 use sha2::{Digest, Sha256};
 
+use super::groups;
 use super::keys;
 use super::kv::{KvError, KvRead};
 use super::model::{Task, TaskState};
 
-pub fn get_task(kv: &dyn KvRead, tenant: Option<&str>, id: u64) -> Result<Option<Task>, KvError> {
-    let Some(v) = kv.get(&keys::task(id))? else { return Ok(None) };
-    let t = keys::decode_task(&v)?;
-    // Another tenant's task is reported exactly as a missing one.
-    Ok(match tenant {
-        Some(tenant) if t.tenant != tenant => None,
-        _ => Some(t),
-    })
+/// A task's current record and, if `with_payload`, its payload (from its group or old
+/// inline row); `None` if there is no such task. See [`super::groups`].
+fn read(kv: &dyn KvRead, id: u64, with_payload: bool) -> Result<Option<(Task, Vec<u8>)>, KvError> {
+    // A row of its own, if the task changed since it was queued.
+    let row = match kv.get(&keys::task(id))? {
+        Some(row) => match keys::TaskRow::decode(row)? {
+            None => return Ok(None),
+            Some(row) => Some(row.into_parts()),
+        },
+        None => None,
+    };
+    if let Some((task, Some(payload))) = row {
+        return Ok(Some((task, payload)));
+    }
+    if row.is_some() && !with_payload {
+        return Ok(row.map(|(t, _)| (t, Vec::new())));
+    }
+    let mut found = None;
+    groups::find(kv, id, &mut |g, i| {
+        let task = match row.as_ref() {
+            Some(_) => Ok(None),
+            None => g.record(i).map(Some),
+        };
+        let payload = if with_payload { g.payload(i).map(<[u8]>::to_vec) } else { Ok(Vec::new()) };
+        found = Some(task.and_then(|t| Ok((t, payload?))));
+    })?;
+    match (found.transpose()?, row) {
+        (Some((_, payload)), Some((task, _))) => Ok(Some((task, payload))),
+        (Some((Some(task), payload)), None) => Ok(Some((task, payload))),
+        (None, Some(_)) => Err(KvError(format!("task {id} has a grouped row but no group"))),
+        _ => Ok(None),
+    }
 }
 
-/// A task and its payload, from one read of its row.
+pub fn get_task(kv: &dyn KvRead, tenant: Option<&str>, id: u64) -> Result<Option<Task>, KvError> {
+    // Another tenant's task is reported exactly as a missing one.
+    Ok(read(kv, id, false)?.map(|(t, _)| t).filter(|t| tenant.is_none_or(|tenant| t.tenant == tenant)))
+}
+
+/// A task and its payload.
 pub fn get_task_with_payload(
     kv: &dyn KvRead,
     tenant: Option<&str>,
     id: u64,
 ) -> Result<Option<(Task, Vec<u8>)>, KvError> {
-    let Some(v) = kv.get(&keys::task(id))? else { return Ok(None) };
-    let (t, payload) = keys::TaskRow::decode(v)?.into_parts();
-    Ok(match tenant {
-        Some(tenant) if t.tenant != tenant => None,
-        _ => Some((t, payload)),
-    })
+    Ok(read(kv, id, true)?.filter(|(t, _)| tenant.is_none_or(|tenant| t.tenant == tenant)))
 }
 
 #[derive(Default, Clone, Debug)]
@@ -75,14 +100,9 @@ pub fn list_tasks(
     Ok((out, if more { last } else { None }))
 }
 
-/// Number of tasks in the table.
+/// Number of tasks in the tables.
 pub fn task_count(kv: &dyn KvRead) -> Result<u64, KvError> {
-    let mut n = 0;
-    kv.scan(keys::TASK, keys::TASK, &mut |_, _| {
-        n += 1;
-        true
-    })?;
-    Ok(n)
+    groups::task_count(kv)
 }
 
 /// SHA-256 over every (key, value) of the state tables in key order, excluding the Raft

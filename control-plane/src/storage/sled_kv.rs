@@ -9,6 +9,10 @@ impl KvRead for SledKv<'_> {
         self.0.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| KvError(e.to_string()))
     }
 
+    fn read_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, KvError> {
+        Ok(self.0.get(key).map_err(|e| KvError(e.to_string()))?.map(|v| f(&v)).is_some())
+    }
+
     fn scan(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError> {
         for item in self.0.range(start..) {
             let (k, v) = item.map_err(|e| KvError(e.to_string()))?;
