@@ -1,13 +1,20 @@
-//! Task groups: the tasks one queue command created, stored as one `b/` value.
+//! Task groups: consecutive tasks of one queue command, stored as one `b/` value.
 //!
-//! A queue command of n tasks writes one key, not n: the group, keyed by its first task
-//! id, holds each task's record as queued and its payload. A task gets a `k/` row of its
-//! own only when it first changes (leased, cancelled, promoted…), and that row holds the
-//! record alone (row version 3): the payload stays in the group and is never written
-//! again. So a task's current record is its `k/` row if it has one, else its entry in the
-//! group. sled's cost is per key written (measured on this machine, 100 tasks of 1 KiB
-//! per command: one key per task ~50,000 tasks per CPU-second; one key per command
-//! ~180,000–230,000), and a queued task is written once instead of once per state.
+//! A queue command writes its tasks as a few groups, not a key per task: a group, keyed by
+//! its first task id, holds each task's record as queued and its payload. A task gets a
+//! `k/` row of its own only when it first changes (leased, cancelled, promoted…), and that
+//! row holds the record alone (row version 3): the payload stays in the group and is never
+//! written again. So a task's current record is its `k/` row if it has one, else its
+//! entry in its group.
+//!
+//! Why, and why groups are small ([`GROUP_TARGET_BYTES`]): sled 0.34's cost is per key
+//! written, but a leaf holds up to 17 values and is rewritten whole as it fills, and a
+//! leaf over 128 KiB (a quarter of sled's 512 KiB segment) goes to a file of its own and
+//! stays in memory. Measured on this machine with a standalone sled program (300,000
+//! tasks of 1 KiB, 64 MiB cache): one key per task, ~44,000 tasks per CPU-second and
+//! 82 MiB resident; groups of 4–8 tasks (5–10 KiB), 84,000–111,000 and 78–105 MiB;
+//! groups of 16 (19 KiB), 54,000–56,000 and 132–135 MiB; groups of 100, 112,000 but
+//! 375 MiB, and of 1,000, 92,000 and 360 MiB — everything held in memory.
 //!
 //! Purging a task of a group writes a tombstone row (version 4) in place of its record,
 //! since the group would otherwise still show it as queued; the task that empties the
@@ -30,6 +37,9 @@ use super::model::Task;
 
 const GROUP_VERSION: u8 = 1;
 const HEAD: usize = 5;
+/// A group takes tasks while it stays within this size (a single larger task makes a
+/// group of its own): 17 groups then fit a leaf under sled's 128 KiB limit.
+pub const GROUP_TARGET_BYTES: usize = 7 * 1024;
 
 /// A group's bytes, checked enough to slice safely.
 pub struct GroupView<'a> {
@@ -95,8 +105,16 @@ impl<'a> GroupView<'a> {
     }
 }
 
-/// The value of a group holding `tasks` (in id order, consecutive ids) with their payloads.
-pub fn encode<'p>(tasks: &[Task], payloads: impl Iterator<Item = &'p [u8]>) -> Vec<u8> {
+/// One group of a queue command's tasks: its first task id, how many tasks, its value.
+pub struct NewGroup {
+    pub first_id: u64,
+    pub len: u32,
+    pub value: Vec<u8>,
+}
+
+/// The groups holding `tasks` (consecutive ids, in order) with their `payloads`: each as
+/// many tasks as fit [`GROUP_TARGET_BYTES`], and at least one.
+pub fn encode(tasks: &[Task], payloads: &[&[u8]]) -> Vec<NewGroup> {
     let records: Vec<Vec<u8>> = tasks
         .iter()
         .map(|t| match postcard::to_stdvec(t) {
@@ -104,21 +122,43 @@ pub fn encode<'p>(tasks: &[Task], payloads: impl Iterator<Item = &'p [u8]>) -> V
             Err(e) => unreachable!("postcard encoding of a task failed: {e}"),
         })
         .collect();
-    let payloads: Vec<&[u8]> = payloads.collect();
-    let data: usize = records.iter().map(Vec::len).sum::<usize>() + payloads.iter().map(|p| p.len()).sum::<usize>();
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < records.len() {
+        let mut end = start;
+        let mut bytes = HEAD + 4;
+        while end < records.len() {
+            let more = 8 + records[end].len() + payloads[end].len();
+            if end > start && bytes + more > GROUP_TARGET_BYTES {
+                break;
+            }
+            bytes += more;
+            end += 1;
+        }
+        out.push(NewGroup {
+            first_id: tasks[start].id,
+            len: (end - start) as u32,
+            value: encode_one(&records[start..end], &payloads[start..end], bytes),
+        });
+        start = end;
+    }
+    out
+}
+
+fn encode_one(records: &[Vec<u8>], payloads: &[&[u8]], size: usize) -> Vec<u8> {
     let table_end = HEAD + 8 * records.len() + 4;
-    let mut out = Vec::with_capacity(table_end + data);
+    let mut out = Vec::with_capacity(size);
     out.push(GROUP_VERSION);
-    // Validation bounds a command to MAX_BATCH_TASKS tasks and a few MiB in all.
+    // A command has at most MAX_BATCH_TASKS tasks and a few MiB in all.
     out.extend_from_slice(&(records.len() as u32).to_be_bytes());
     let mut at = table_end;
-    for (r, p) in records.iter().zip(&payloads) {
+    for (r, p) in records.iter().zip(payloads) {
         out.extend_from_slice(&(at as u32).to_be_bytes());
         out.extend_from_slice(&((at + r.len()) as u32).to_be_bytes());
         at += r.len() + p.len();
     }
     out.extend_from_slice(&(at as u32).to_be_bytes());
-    for (r, p) in records.iter().zip(&payloads) {
+    for (r, p) in records.iter().zip(payloads) {
         out.extend_from_slice(r);
         out.extend_from_slice(p);
     }
@@ -126,32 +166,21 @@ pub fn encode<'p>(tasks: &[Task], payloads: impl Iterator<Item = &'p [u8]>) -> V
 }
 
 /// Calls `f` with the committed group holding task `id` and the task's position in it;
-/// false if no group holds it. Groups are keyed by first task id and a task's group is
-/// the one with the greatest key not above it, from the same log entry; the scan starts
-/// at that entry's first possible id, so it visits only that entry's groups.
+/// false if no group holds it. A task's group is the one with the greatest first id not
+/// above it, if it reaches that far.
 pub fn find(kv: &dyn KvRead, id: u64, f: &mut dyn FnMut(&GroupView<'_>, usize)) -> Result<bool, KvError> {
-    let entry_first = id >> super::tasks::TASK_ID_SHIFT << super::tasks::TASK_ID_SHIFT;
-    let mut err = None;
-    let mut found = false;
-    kv.scan(keys::GROUP, &keys::group(entry_first), &mut |k, v| {
-        let Some(g) = keys::trailing_id(k).filter(|g| *g <= id) else { return false };
-        match GroupView::parse(v) {
-            Ok(view) if id < g + view.tasks() as u64 => {
+    let mut out = Ok(false);
+    kv.last_at_or_before(keys::GROUP, &keys::group(id), &mut |k, v| {
+        let Some(g) = keys::trailing_id(k) else { return };
+        out = GroupView::parse(v).map(|view| {
+            let inside = id < g + view.tasks() as u64;
+            if inside {
                 f(&view, (id - g) as usize);
-                found = true;
-                false
             }
-            Ok(_) => true,
-            Err(e) => {
-                err = Some(e);
-                false
-            }
-        }
+            inside
+        });
     })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(found),
-    }
+    out
 }
 
 /// One group as read at load: its key, how many tasks it holds and how many are still
@@ -297,8 +326,9 @@ mod tests {
     fn a_group_reads_back_each_record_and_payload() {
         let tasks: Vec<Task> = (0..3).map(|i| task(100 + i)).collect();
         let payloads: [&[u8]; 3] = [b"one", b"", b"three!"];
-        let bytes = encode(&tasks, payloads.iter().copied());
-        let view = GroupView::parse(&bytes).expect("parse");
+        let groups = encode(&tasks, &payloads);
+        assert_eq!(groups.len(), 1);
+        let view = GroupView::parse(&groups[0].value).expect("parse");
         assert_eq!(view.tasks(), 3);
         for (i, t) in tasks.iter().enumerate() {
             assert_eq!(&view.record(i).expect("record"), t);
@@ -308,8 +338,35 @@ mod tests {
     }
 
     #[test]
+    fn a_command_is_cut_into_groups_within_the_target_size() {
+        let tasks: Vec<Task> = (0..20).map(|i| task(1_000 + i)).collect();
+        let kib = vec![7u8; 1024];
+        let big = vec![8u8; 3 * GROUP_TARGET_BYTES];
+        let mut payloads: Vec<&[u8]> = vec![&kib; 20];
+        payloads[9] = &big;
+        let groups = encode(&tasks, &payloads);
+        // Consecutive, covering every task once, in order.
+        let mut next = 1_000;
+        for g in &groups {
+            assert_eq!(g.first_id, next);
+            let view = GroupView::parse(&g.value).expect("parse");
+            assert_eq!(view.tasks(), g.len as usize);
+            for i in 0..view.tasks() {
+                assert_eq!(view.record(i).expect("record").id, next + i as u64);
+                assert_eq!(view.payload(i).expect("payload"), payloads[(next - 1_000) as usize + i]);
+            }
+            // Within the target, unless a single task is larger on its own.
+            assert!(g.value.len() <= GROUP_TARGET_BYTES || g.len == 1, "{} bytes, {} tasks", g.value.len(), g.len);
+            next += u64::from(g.len);
+        }
+        assert_eq!(next, 1_020);
+        assert!(groups.iter().any(|g| g.first_id == 1_009 && g.len == 1), "the large task is alone");
+        assert!(groups.iter().all(|g| g.len < 20) && groups.iter().any(|g| g.len > 1));
+    }
+
+    #[test]
     fn a_truncated_or_unknown_group_is_an_error_not_a_panic() {
-        let bytes = encode(&[task(1), task(2)], [b"ab".as_slice(), b"cd"].into_iter());
+        let bytes = encode(&[task(1), task(2)], &[b"ab", b"cd"]).remove(0).value;
         for cut in 0..bytes.len() {
             assert!(GroupView::parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }

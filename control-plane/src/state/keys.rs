@@ -5,7 +5,7 @@
 //! |--------|--------------------------|------------------|
 //! | `t/`   | tenant                   | [`Tenant`]       |
 //! | `c/`   | tenant `\0` code name    | [`Code`]         |
-//! | `b/`   | first task id (u64 big-endian) | the tasks one queue command created, records and payloads (see [`super::groups`]) |
+//! | `b/`   | first task id (u64 big-endian) | a task group: consecutive tasks of one queue command, records and payloads (see [`super::groups`]) |
 //! | `k/`   | task id (u64 big-endian) | the task's current [`Task`] once it changed since queued; a tombstone once purged (see [`Row`]) |
 //! | `i/`   | tenant `\0` idem. key    | [`IdemRecord`]   |
 //! | `w/`   | tenant `\0` code name    | [`Webhook`] (the code's webhook, if enabled) |
@@ -30,7 +30,7 @@
 //! copy-on-write node garbage that its cache limit does not bound), so a separate payload
 //! row and a per-tenant listing row tripled a node's resident memory under a large
 //! backlog (measured: 1M tasks with three keys each, 64 B payloads, 3.6 GiB peak; one key
-//! each, 0.2 GiB). A queue command writes one `b/` group for all its tasks, and a task
+//! each, 0.2 GiB). A queue command writes its tasks as a few `b/` groups, and a task
 //! gets a small `k/` row only when it changes ([`super::groups`]). The tenant listing is
 //! an in-memory index of task ids ([`super::indexes::Indexes::by_tenant`]).
 //!

@@ -25,6 +25,9 @@ pub trait KvRead {
     fn read_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, KvError> {
         Ok(self.get(key)?.map(|v| f(&v)).is_some())
     }
+    /// Calls `f` with the greatest key under `prefix` not above `key`, and its value, if
+    /// there is one (how a task finds its group).
+    fn last_at_or_before(&self, prefix: &[u8], key: &[u8], f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), KvError>;
 }
 
 /// The writes of one or more applied entries, not yet committed.
@@ -103,6 +106,13 @@ impl KvRead for MemKv {
 
     fn read_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, KvError> {
         Ok(self.map.get(key).map(|v| f(v)).is_some())
+    }
+
+    fn last_at_or_before(&self, prefix: &[u8], key: &[u8], f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), KvError> {
+        if let Some((k, v)) = self.map.range(..=key.to_vec()).next_back().filter(|(k, _)| k.starts_with(prefix)) {
+            f(k, v);
+        }
+        Ok(())
     }
 
     fn scan(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError> {

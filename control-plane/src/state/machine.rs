@@ -422,22 +422,16 @@ impl StateMachine {
         }
     }
 
-    /// Writes the tasks one command queued, as one group, and indexes them. `tasks` have
+    /// Writes the tasks one command queued, in groups, and indexes them. `tasks` have
     /// consecutive ids; `payloads` are theirs, in the same order.
-    pub(super) fn insert_group<'p>(
-        &mut self,
-        txn: &mut Txn<'_>,
-        tasks: &[Task],
-        payloads: impl Iterator<Item = &'p [u8]>,
-    ) {
-        let Some(first) = tasks.first() else { return };
+    pub(super) fn insert_groups(&mut self, txn: &mut Txn<'_>, tasks: &[Task], payloads: &[&[u8]]) {
         for t in tasks {
             self.idx.insert(t);
         }
-        // At most MAX_BATCH_TASKS tasks per command.
-        let len = tasks.len() as u32;
-        self.idx.groups.insert(first.id, len, len);
-        txn.put(keys::group(first.id), super::groups::encode(tasks, payloads));
+        for g in super::groups::encode(tasks, payloads) {
+            self.idx.groups.insert(g.first_id, g.len, g.len);
+            txn.put(keys::group(g.first_id), g.value);
+        }
     }
 
     /// Writes a task's new version (its payload never changes: it stays in the group, or

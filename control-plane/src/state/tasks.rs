@@ -117,7 +117,8 @@ impl StateMachine {
             records.push(task);
             ids.push(id);
         }
-        self.insert_group(txn, &records, tasks.iter().map(|t| t.payload.as_slice()));
+        let payloads: Vec<&[u8]> = tasks.iter().map(|t| t.payload.as_slice()).collect();
+        self.insert_groups(txn, &records, &payloads);
         if let Some(key) = idempotency_key {
             let rec = IdemRecord { task_ids: ids.clone(), expires_ms: ctx.now_ms.saturating_add(idempotency_ttl_ms) };
             let k = keys::idem(tenant_id, key);

@@ -785,6 +785,46 @@ fn a_bounded_purge_deletes_at_most_max_keys_per_entry_and_the_next_ones_finish()
     assert!(bounded == unbounded, "the bounded purges end in other tables than one unbounded purge");
 }
 
+/// A command larger than one group is cut into several (see `groups`): every task reads
+/// back with its own payload, from its group or its row, before and after it changes,
+/// through the committed tables and after a reload; a group goes when its last task does.
+#[test]
+fn a_command_spanning_several_groups_reads_back_every_task() {
+    let mut h = Harness::new();
+    h.tenant(
+        "acme",
+        TenantLimits { max_queued_tasks: 100, max_concurrency: 0, max_payload_bytes: 4096 },
+        &[spec("work", 0, 0)],
+    );
+    let payload = |i: usize| vec![i as u8; 1000 + i];
+    let ids = h.queue("acme", (0..30).map(|i| NewTask { payload: payload(i), ..task("work") }).collect());
+    let groups = h.sm.indexes().groups.len();
+    assert!(groups >= 4, "30 tasks of ~1 KiB in {groups} groups");
+    let check = |h: &Harness| {
+        for (i, id) in ids.iter().enumerate() {
+            let (t, p) = views::get_task_with_payload(&h.kv, Some("acme"), *id).expect("read").expect("present");
+            assert_eq!((t.id, p), (*id, payload(i)));
+        }
+    };
+    check(&h);
+    let g = h.lease("a1", &agent("", ""), 11);
+    check(&h);
+    for g in &g {
+        h.complete("a1", g.task_id, g.epoch, Outcome::Success).expect("current");
+    }
+    h.sm = StateMachine::load(&h.kv).expect("load");
+    invariants::check(&h.sm, &h.kv).expect("invariants");
+    check(&h);
+    h.now_ms += 10;
+    let cmd = h.purge_cmd(h.now_ms, 100);
+    assert_eq!(h.apply(cmd), Response::Purged { tasks: 11, idempotency_keys: 0 });
+    for (i, id) in ids.iter().enumerate() {
+        let found = views::get_task(&h.kv, None, *id).expect("read").is_some();
+        assert_eq!(found, i >= 11, "task {i}");
+    }
+    assert!(h.sm.indexes().groups.len() < groups, "the groups wholly purged are gone");
+}
+
 /// A data directory from before task groups: its tasks have inline rows (version 2) and
 /// no group. They load, lease, finish and purge beside grouped tasks, keep their payload
 /// inline when rewritten, and leave no key behind.
