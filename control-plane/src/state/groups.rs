@@ -79,6 +79,15 @@ impl<'a> GroupView<'a> {
         self.len
     }
 
+    /// Whether this group, keyed `first_id`, holds task `id`.
+    pub fn holds(&self, first_id: u64, id: u64) -> bool {
+        first_id <= id && id - first_id < self.len as u64
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// The record and payload ranges of task `i` (0-based within the group).
     fn ranges(&self, i: usize) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), KvError> {
         if i >= self.len {
@@ -165,17 +174,17 @@ fn encode_one(records: &[Vec<u8>], payloads: &[&[u8]], size: usize) -> Vec<u8> {
     out
 }
 
-/// Calls `f` with the committed group holding task `id` and the task's position in it;
-/// false if no group holds it. A task's group is the one with the greatest first id not
-/// above it, if it reaches that far.
-pub fn find(kv: &dyn KvRead, id: u64, f: &mut dyn FnMut(&GroupView<'_>, usize)) -> Result<bool, KvError> {
+/// Calls `f` with the committed group holding task `id`: its first id and its view; false
+/// if no group holds it. A task's group is the one with the greatest first id not above
+/// it, if it reaches that far.
+pub fn find(kv: &dyn KvRead, id: u64, f: &mut dyn FnMut(u64, &GroupView<'_>)) -> Result<bool, KvError> {
     let mut out = Ok(false);
     kv.last_at_or_before(keys::GROUP, &keys::group(id), &mut |k, v| {
         let Some(g) = keys::trailing_id(k) else { return };
         out = GroupView::parse(v).map(|view| {
-            let inside = id < g + view.tasks() as u64;
+            let inside = view.holds(g, id);
             if inside {
-                f(&view, (id - g) as usize);
+                f(g, &view);
             }
             inside
         });

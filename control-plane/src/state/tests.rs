@@ -809,6 +809,14 @@ fn a_command_spanning_several_groups_reads_back_every_task() {
     check(&h);
     let g = h.lease("a1", &agent("", ""), 11);
     check(&h);
+    // A listing reads consecutive tasks through the group it read last.
+    let (listed, _) = h.list("acme", &Default::default(), 0, 30);
+    let want: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, if i < 11 { TaskState::Running } else { TaskState::Queued }))
+        .collect();
+    assert_eq!(listed.iter().map(|t| (t.id, t.state)).collect::<Vec<_>>(), want);
     for g in &g {
         h.complete("a1", g.task_id, g.epoch, Outcome::Success).expect("current");
     }

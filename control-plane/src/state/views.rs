@@ -9,9 +9,39 @@ use super::keys;
 use super::kv::{KvError, KvRead};
 use super::model::{Task, TaskState};
 
+/// The last group a listing read, by first id: consecutive tasks mostly share one, and a
+/// group never changes while it exists.
+type LastGroup = Option<(u64, Vec<u8>)>;
+
+/// Calls `f` with task `id`'s group and its position in it, from `last` if it holds the
+/// task (a listing), else found in the tables (and kept in `last`).
+fn in_group(
+    kv: &dyn KvRead,
+    id: u64,
+    last: &mut LastGroup,
+    f: &mut dyn FnMut(&groups::GroupView<'_>, usize),
+) -> Result<bool, KvError> {
+    if let Some((g, bytes)) = last.as_ref() {
+        let view = groups::GroupView::parse(bytes)?;
+        if view.holds(*g, id) {
+            f(&view, (id - g) as usize);
+            return Ok(true);
+        }
+    }
+    groups::find(kv, id, &mut |g, view| {
+        f(view, (id - g) as usize);
+        *last = Some((g, view.bytes().to_vec()));
+    })
+}
+
 /// A task's current record and, if `with_payload`, its payload (from its group or old
 /// inline row); `None` if there is no such task. See [`super::groups`].
-fn read(kv: &dyn KvRead, id: u64, with_payload: bool) -> Result<Option<(Task, Vec<u8>)>, KvError> {
+fn read(
+    kv: &dyn KvRead,
+    id: u64,
+    with_payload: bool,
+    last: &mut LastGroup,
+) -> Result<Option<(Task, Vec<u8>)>, KvError> {
     // A row of its own, if the task changed since it was queued.
     let row = match kv.get(&keys::task(id))? {
         Some(row) => match keys::TaskRow::decode(row)? {
@@ -20,15 +50,15 @@ fn read(kv: &dyn KvRead, id: u64, with_payload: bool) -> Result<Option<(Task, Ve
         },
         None => None,
     };
-    if let Some((task, Some(payload))) = row {
-        return Ok(Some((task, payload)));
-    }
-    if row.is_some() && !with_payload {
-        return Ok(row.map(|(t, _)| (t, Vec::new())));
-    }
+    let row = match row {
+        Some((task, Some(payload))) => return Ok(Some((task, payload))),
+        Some((task, None)) if !with_payload => return Ok(Some((task, Vec::new()))),
+        Some((task, None)) => Some(task),
+        None => None,
+    };
     let mut found = None;
-    groups::find(kv, id, &mut |g, i| {
-        let task = match row.as_ref() {
+    in_group(kv, id, last, &mut |g, i| {
+        let task = match row {
             Some(_) => Ok(None),
             None => g.record(i).map(Some),
         };
@@ -36,7 +66,7 @@ fn read(kv: &dyn KvRead, id: u64, with_payload: bool) -> Result<Option<(Task, Ve
         found = Some(task.and_then(|t| Ok((t, payload?))));
     })?;
     match (found.transpose()?, row) {
-        (Some((_, payload)), Some((task, _))) => Ok(Some((task, payload))),
+        (Some((_, payload)), Some(task)) => Ok(Some((task, payload))),
         (Some((Some(task), payload)), None) => Ok(Some((task, payload))),
         (None, Some(_)) => Err(KvError(format!("task {id} has a grouped row but no group"))),
         _ => Ok(None),
@@ -44,8 +74,12 @@ fn read(kv: &dyn KvRead, id: u64, with_payload: bool) -> Result<Option<(Task, Ve
 }
 
 pub fn get_task(kv: &dyn KvRead, tenant: Option<&str>, id: u64) -> Result<Option<Task>, KvError> {
+    get_task_via(kv, tenant, id, &mut None)
+}
+
+fn get_task_via(kv: &dyn KvRead, tenant: Option<&str>, id: u64, last: &mut LastGroup) -> Result<Option<Task>, KvError> {
     // Another tenant's task is reported exactly as a missing one.
-    Ok(read(kv, id, false)?.map(|(t, _)| t).filter(|t| tenant.is_none_or(|tenant| t.tenant == tenant)))
+    Ok(read(kv, id, false, last)?.map(|(t, _)| t).filter(|t| tenant.is_none_or(|tenant| t.tenant == tenant)))
 }
 
 /// A task and its payload.
@@ -54,7 +88,7 @@ pub fn get_task_with_payload(
     tenant: Option<&str>,
     id: u64,
 ) -> Result<Option<(Task, Vec<u8>)>, KvError> {
-    Ok(read(kv, id, true)?.filter(|(t, _)| tenant.is_none_or(|tenant| t.tenant == tenant)))
+    Ok(read(kv, id, true, &mut None)?.filter(|(t, _)| tenant.is_none_or(|tenant| t.tenant == tenant)))
 }
 
 #[derive(Default, Clone, Debug)]
@@ -83,6 +117,7 @@ pub fn list_tasks(
     let mut more = candidates.len() >= list_window(limit);
     let mut out = Vec::new();
     let mut last = None;
+    let mut group = None;
     for &id in candidates {
         if out.len() >= limit {
             more = true;
@@ -90,7 +125,7 @@ pub fn list_tasks(
         }
         last = Some(id);
         // A task purged since the ids were taken is simply absent.
-        if let Some(t) = get_task(kv, Some(tenant), id)?
+        if let Some(t) = get_task_via(kv, Some(tenant), id, &mut group)?
             && filter.state.is_none_or(|s| s == t.state)
             && filter.code.as_ref().is_none_or(|c| *c == t.code)
         {
