@@ -227,7 +227,7 @@ pub fn for_each_task(
             let mut rows = Vec::new();
             let mut row_err = None;
             kv.scan(keys::TASK, &keys::task(g), &mut |k, v| match keys::trailing_id(k) {
-                Some(id) if id < g + view.tasks() as u64 => {
+                Some(id) if view.holds(g, id) => {
                     match keys::decode_row(v) {
                         Ok(r) => rows.push((id, r)),
                         Err(e) => row_err = Some(e),
@@ -242,7 +242,7 @@ pub fn for_each_task(
             let mut rows = rows.into_iter().peekable();
             let mut live = 0;
             for i in 0..view.tasks() {
-                let id = g + i as u64;
+                let id = g.saturating_add(i as u64);
                 let row = match rows.peek() {
                     Some((rid, _)) if *rid == id => rows.next().map(|(_, r)| r),
                     _ => None,

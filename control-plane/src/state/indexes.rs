@@ -93,7 +93,7 @@ impl GroupCounts {
     /// The group holding task `id`, and its length.
     pub fn group_of(&self, id: u64) -> Option<(u64, u32)> {
         let (&g, &(len, _)) = self.0.range(..=id).next_back()?;
-        (id < g + u64::from(len)).then_some((g, len))
+        (id - g < u64::from(len)).then_some((g, len))
     }
 
     /// Counts one of group `first_id`'s tasks purged; true if it was the last one (and

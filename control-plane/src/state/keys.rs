@@ -133,7 +133,7 @@ pub fn registry_login(tenant: &str, registry: &str) -> Vec<u8> {
     join(REGISTRY_LOGIN, &[tenant.as_bytes(), registry.as_bytes()])
 }
 
-/// The task id at the end of a `k/` or `g/` key.
+/// The id at the end of a `k/`, `b/` or `g/` key.
 pub fn trailing_id(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))

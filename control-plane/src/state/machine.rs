@@ -444,22 +444,21 @@ impl StateMachine {
 
     /// Deletes a task (it is finished) from the tables and the indexes. A grouped task
     /// leaves a tombstone row while its group holds others; the last one deletes the
-    /// group and every row of its tasks. Returns the number of keys written or deleted.
-    pub(super) fn delete_task(&mut self, txn: &mut Txn<'_>, task: &Task) -> u64 {
+    /// group and every row of its tasks.
+    pub(super) fn delete_task(&mut self, txn: &mut Txn<'_>, task: &Task) {
         self.idx.forget(task);
         let Some((g, len)) = self.idx.groups.group_of(task.id) else {
             txn.delete(keys::task(task.id));
-            return 1;
+            return;
         };
         if !self.idx.groups.purge_one(g) {
             txn.put(keys::task(task.id), keys::purged_row());
-            return 1;
+            return;
         }
-        for id in g..g + u64::from(len) {
+        for id in g..g.saturating_add(u64::from(len)) {
             txn.delete(keys::task(id));
         }
         txn.delete(keys::group(g));
-        u64::from(len) + 1
     }
 
     pub fn indexes(&self) -> &Indexes {

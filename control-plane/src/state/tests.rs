@@ -833,6 +833,42 @@ fn a_command_spanning_several_groups_reads_back_every_task() {
     assert!(h.sm.indexes().groups.len() < groups, "the groups wholly purged are gone");
 }
 
+/// Where a bounded purge stops depends on the tasks, not on how a replica stores them:
+/// replicas that applied the same entries under releases before and after task groups
+/// hold the same finished tasks inline and grouped, and must purge the same ones.
+#[test]
+fn a_bounded_purge_cuts_at_the_same_task_whatever_the_layout() {
+    let mut grouped = acme();
+    for _ in 0..3 {
+        grouped.queue("acme", vec![task("work"); 4]);
+    }
+    for g in grouped.lease("a1", &agent("", ""), 12) {
+        grouped.complete("a1", g.task_id, g.epoch, Outcome::Success).expect("current");
+    }
+    // The same tasks as an older release stored them: inline rows, no groups.
+    let ids: Vec<u64> = grouped.sm.indexes().finished.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids.len(), 12);
+    let mut kv = grouped.kv.clone();
+    for id in &ids {
+        let (t, p) = views::get_task_with_payload(&grouped.kv, None, *id).expect("read").expect("present");
+        kv.map.insert(keys::task(*id), keys::encode_task(&t, &p));
+    }
+    kv.map.retain(|k, _| !k.starts_with(keys::GROUP));
+    let sm = StateMachine::load(&kv).expect("load");
+    assert!(sm.indexes().groups.is_empty());
+    let (index, term, now_ms) = (grouped.index, grouped.term, grouped.now_ms + 10);
+    let mut inline = Harness { sm, kv, index, term, now_ms, log: Vec::new() };
+    grouped.now_ms = now_ms;
+    let purge = |h: &Harness| Command::PurgeBounded { term, finished_before_ms: h.now_ms, max_tasks: 100, max_keys: 5 };
+    for _ in 0..4 {
+        let (a, b) = (grouped.apply(purge(&grouped)), inline.apply(purge(&inline)));
+        assert_eq!(a, b);
+        let left = |h: &Harness| h.sm.indexes().finished.iter().map(|(_, id)| *id).collect::<Vec<_>>();
+        assert_eq!(left(&grouped), left(&inline));
+    }
+    assert!(grouped.sm.indexes().finished.is_empty() && grouped.sm.indexes().groups.is_empty());
+}
+
 /// A data directory from before task groups: its tasks have inline rows (version 2) and
 /// no group. They load, lease, finish and purge beside grouped tasks, keep their payload
 /// inline when rewritten, and leave no key behind.
