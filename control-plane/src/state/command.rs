@@ -193,7 +193,9 @@ pub enum Command {
         leases: Vec<LeaseRef>,
     },
     /// [`Command::Purge`] bounded by work: deletes at most `max_keys` keys in all (log
-    /// chunks, log metadata, task rows, idempotency records), so one entry's apply (and
+    /// chunks, log metadata, tasks, idempotency records; a task counts as one key, and the
+    /// task that empties its group also deletes the group's few dozen rows at most, see
+    /// [`super::groups`]), so one entry's apply (and
     /// the state-machine lock it holds) is short however large the purged logs are. A
     /// task whose log does not fit loses its chunks from the last one down (its log stays
     /// numbered from 0) and stays in the finished index, so the leader's next purge goes
