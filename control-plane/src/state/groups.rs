@@ -31,8 +31,9 @@
 //! ends; then the records and payloads. A record is the postcard [`Task`]. Reading one
 //! task decodes only its own record, from the stored bytes in place.
 
+use super::indexes::GroupCounts;
 use super::keys::{self, Row};
-use super::kv::{KvError, KvRead};
+use super::kv::{KvError, KvRead, try_scan};
 use super::model::Task;
 
 const GROUP_VERSION: u8 = 1;
@@ -126,13 +127,18 @@ pub struct NewGroup {
 /// The groups holding `tasks` (consecutive ids, in order) with their `payloads`: each as
 /// many tasks as fit [`GROUP_TARGET_BYTES`], and at least one.
 pub fn encode(tasks: &[Task], payloads: &[&[u8]]) -> Vec<NewGroup> {
-    let records: Vec<Vec<u8>> = tasks
-        .iter()
-        .map(|t| match postcard::to_stdvec(t) {
+    // Every record encoded into one buffer (no allocation per task), then sliced.
+    let mut buf = Vec::new();
+    let mut ends = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        buf = match postcard::to_extend(t, buf) {
             Ok(v) => v,
             Err(e) => unreachable!("postcard encoding of a task failed: {e}"),
-        })
-        .collect();
+        };
+        ends.push(buf.len());
+    }
+    let records: Vec<&[u8]> =
+        ends.iter().enumerate().map(|(i, &end)| &buf[if i == 0 { 0 } else { ends[i - 1] }..end]).collect();
     let mut out = Vec::new();
     let mut start = 0;
     while start < records.len() {
@@ -156,7 +162,7 @@ pub fn encode(tasks: &[Task], payloads: &[&[u8]]) -> Vec<NewGroup> {
     out
 }
 
-fn encode_one(records: &[Vec<u8>], payloads: &[&[u8]], size: usize) -> Vec<u8> {
+fn encode_one(records: &[&[u8]], payloads: &[&[u8]], size: usize) -> Vec<u8> {
     let table_end = HEAD + 8 * records.len() + 4;
     let mut out = Vec::with_capacity(size);
     out.push(GROUP_VERSION);
@@ -194,113 +200,76 @@ pub fn find(kv: &dyn KvRead, id: u64, f: &mut dyn FnMut(u64, &GroupView<'_>)) ->
     out
 }
 
-/// One group as read at load: its key, how many tasks it holds and how many are still
-/// there (not purged).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Loaded {
-    pub first_id: u64,
-    pub len: u32,
-    pub live: u32,
-}
-
 /// Every task in the tables with its current record and its payload: grouped tasks (from
 /// their row if they have one, else from the group), then tasks with old inline rows.
-/// `on_group` hears of every group. Purged tasks are skipped.
-pub fn for_each_task(
-    kv: &dyn KvRead,
-    on_task: &mut dyn FnMut(Task, &[u8]),
-    on_group: &mut dyn FnMut(Loaded),
-) -> Result<(), KvError> {
-    let mut err = None;
-    let mut keep = |r: Result<(), KvError>| match r {
-        Ok(()) => true,
-        Err(e) => {
-            err = Some(e);
-            false
+/// Purged tasks are skipped. Returns every group's counts.
+pub fn for_each_task(kv: &dyn KvRead, on_task: &mut dyn FnMut(Task, &[u8])) -> Result<GroupCounts, KvError> {
+    let mut counts = GroupCounts::default();
+    try_scan(kv, keys::GROUP, keys::GROUP, &mut |k, v| {
+        let g = keys::trailing_id(k).ok_or_else(|| corrupt(format!("key {k:?}")))?;
+        let view = GroupView::parse(v)?;
+        let live = visit_group(kv, g, &view, on_task)?;
+        counts.insert(g, view.tasks() as u32, live);
+        Ok(true)
+    })?;
+    try_scan(kv, keys::TASK, keys::TASK, &mut |_, v| {
+        if let Row::Inline { task, payload_at } = keys::decode_row(v)? {
+            on_task(task, &v[payload_at..]);
         }
-    };
-    kv.scan(keys::GROUP, keys::GROUP, &mut |k, v| {
-        keep((|| {
-            let g = keys::trailing_id(k).ok_or_else(|| corrupt(format!("key {k:?}")))?;
-            let view = GroupView::parse(v)?;
-            // The rows of this group's tasks that changed since they were queued.
-            let mut rows = Vec::new();
-            let mut row_err = None;
-            kv.scan(keys::TASK, &keys::task(g), &mut |k, v| match keys::trailing_id(k) {
-                Some(id) if view.holds(g, id) => {
-                    match keys::decode_row(v) {
-                        Ok(r) => rows.push((id, r)),
-                        Err(e) => row_err = Some(e),
-                    }
-                    row_err.is_none()
-                }
-                _ => false,
-            })?;
-            if let Some(e) = row_err {
-                return Err(e);
-            }
-            let mut rows = rows.into_iter().peekable();
-            let mut live = 0;
-            for i in 0..view.tasks() {
-                let id = g.saturating_add(i as u64);
-                let row = match rows.peek() {
-                    Some((rid, _)) if *rid == id => rows.next().map(|(_, r)| r),
-                    _ => None,
-                };
-                let task = match row {
-                    None => view.record(i)?,
-                    Some(Row::Grouped(t)) => t,
-                    Some(Row::Purged) => continue,
-                    Some(Row::Inline { .. }) => {
-                        return Err(corrupt(format!("task {id} has an inline row in group {g}")));
-                    }
-                };
-                live += 1;
-                on_task(task, view.payload(i)?);
-            }
-            on_group(Loaded { first_id: g, len: view.tasks() as u32, live });
-            Ok(())
-        })())
+        Ok(true)
     })?;
-    kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
-        keep(keys::decode_row(v).map(|r| {
-            if let Row::Inline { task, payload_at } = r {
-                on_task(task, &v[payload_at..]);
-            }
-        }))
+    Ok(counts)
+}
+
+/// Calls `on_task` for each task of group `g` still there; returns how many.
+fn visit_group(
+    kv: &dyn KvRead,
+    g: u64,
+    view: &GroupView<'_>,
+    on_task: &mut dyn FnMut(Task, &[u8]),
+) -> Result<u32, KvError> {
+    // The rows of this group's tasks that changed since they were queued, in id order.
+    let mut rows = Vec::new();
+    try_scan(kv, keys::TASK, &keys::task(g), &mut |k, v| match keys::trailing_id(k) {
+        Some(id) if view.holds(g, id) => {
+            rows.push((id, keys::decode_row(v)?));
+            Ok(true)
+        }
+        _ => Ok(false),
     })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(()),
+    let mut rows = rows.into_iter().peekable();
+    let mut live = 0;
+    for i in 0..view.tasks() {
+        let id = g.saturating_add(i as u64);
+        let row = rows.next_if(|(rid, _)| *rid == id).map(|(_, r)| r);
+        let task = match row {
+            None => view.record(i)?,
+            Some(Row::Grouped(t)) => t,
+            Some(Row::Purged) => continue,
+            Some(Row::Inline { .. }) => return Err(corrupt(format!("task {id} has an inline row in group {g}"))),
+        };
+        live += 1;
+        on_task(task, view.payload(i)?);
     }
+    Ok(live)
 }
 
 /// How many tasks the tables hold, from group headers and row version bytes only.
 pub fn task_count(kv: &dyn KvRead) -> Result<u64, KvError> {
     let mut n: i64 = 0;
-    let mut err = None;
-    kv.scan(keys::GROUP, keys::GROUP, &mut |_, v| match GroupView::parse(v) {
-        Ok(view) => {
-            n += view.tasks() as i64;
-            true
-        }
-        Err(e) => {
-            err = Some(e);
-            false
-        }
+    try_scan(kv, keys::GROUP, keys::GROUP, &mut |_, v| {
+        n += GroupView::parse(v)?.tasks() as i64;
+        Ok(true)
     })?;
-    kv.scan(keys::TASK, keys::TASK, &mut |_, v| {
+    try_scan(kv, keys::TASK, keys::TASK, &mut |_, v| {
         n += match keys::row_kind(v) {
             keys::RowKind::Inline => 1,
             keys::RowKind::Grouped => 0,
             keys::RowKind::Purged => -1,
         };
-        true
+        Ok(true)
     })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(n.max(0) as u64),
-    }
+    Ok(n.max(0) as u64)
 }
 
 #[cfg(test)]

@@ -112,9 +112,10 @@ impl GroupCounts {
         }
     }
 
-    /// How many tasks of group `first_id` are not purged.
-    pub fn live(&self, first_id: u64) -> u32 {
-        self.0.get(&first_id).map_or(0, |(_, live)| *live)
+    /// A group with every task purged, if any (the last one's purge deletes a group, so
+    /// the tables should never hold one).
+    pub fn first_emptied(&self) -> Option<u64> {
+        self.0.iter().find(|(_, (_, live))| *live == 0).map(|(g, _)| *g)
     }
 
     pub fn len(&self) -> usize {

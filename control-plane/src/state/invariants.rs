@@ -45,28 +45,20 @@ pub fn check(sm: &StateMachine, kv: &dyn KvRead) -> Result<(), String> {
     let mut rebuilt = Indexes::default();
     let mut problems = Vec::new();
     let mut tasks = Vec::new();
-    let mut groups = Vec::new();
-    super::groups::for_each_task(
-        kv,
-        &mut |task, payload| {
-            if payload.len() as u64 != task.payload_bytes {
-                problems.push(format!(
-                    "task {} has {} payload bytes, record says {}",
-                    task.id,
-                    payload.len(),
-                    task.payload_bytes
-                ));
-            }
-            tasks.push(task);
-        },
-        &mut |g| groups.push(g),
-    )
-    .map_err(|e| e.to_string())?;
-    for g in groups {
-        if g.live == 0 {
-            problems.push(format!("group {} is left with every task purged", g.first_id));
+    rebuilt.groups = super::groups::for_each_task(kv, &mut |task, payload| {
+        if payload.len() as u64 != task.payload_bytes {
+            problems.push(format!(
+                "task {} has {} payload bytes, record says {}",
+                task.id,
+                payload.len(),
+                task.payload_bytes
+            ));
         }
-        rebuilt.groups.insert(g.first_id, g.len, g.live);
+        tasks.push(task);
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(g) = rebuilt.groups.first_emptied() {
+        problems.push(format!("group {g} is left with every task purged"));
     }
     kv.scan(keys::TASK, keys::TASK, &mut |k, v| {
         let id = keys::trailing_id(k).unwrap_or(0);

@@ -30,6 +30,28 @@ pub trait KvRead {
     fn last_at_or_before(&self, prefix: &[u8], key: &[u8], f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), KvError>;
 }
 
+/// A [`try_scan`] callback: `Ok(true)` goes on, `Ok(false)` stops, an error stops and is
+/// returned.
+pub type ScanStep<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, KvError> + 'a;
+
+/// [`KvRead::scan`] with a callback that can fail: the first error stops the scan and is
+/// returned; `Ok(false)` stops it quietly.
+pub fn try_scan(
+    kv: &dyn KvRead,
+    prefix: &[u8],
+    start: &[u8],
+    f: &mut ScanStep<'_>,
+) -> Result<(), KvError> {
+    let mut err = None;
+    kv.scan(prefix, start, &mut |k, v| {
+        f(k, v).unwrap_or_else(|e| {
+            err = Some(e);
+            false
+        })
+    })?;
+    err.map_or(Ok(()), Err)
+}
+
 /// The writes of one or more applied entries, not yet committed.
 pub struct Txn<'a> {
     base: &'a dyn KvRead,

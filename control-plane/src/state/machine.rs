@@ -17,7 +17,7 @@ use super::error::StateError;
 use super::indexes::Indexes;
 use super::keys;
 use super::keys::TaskRow;
-use super::kv::{KvError, KvRead, Txn};
+use super::kv::{KvError, KvRead, Txn, try_scan};
 use super::model::{AgentRecord, Code, IdemRecord, Task, Tenant, Webhook};
 use super::validate;
 
@@ -66,78 +66,63 @@ impl StateMachine {
     /// Rebuilds the in-memory mirror and indexes from the tables.
     pub fn load(kv: &dyn KvRead) -> Result<Self, KvError> {
         let mut sm = StateMachine::default();
-        let mut err = None;
-        let mut keep = |r: Result<(), KvError>| match r {
-            Ok(()) => true,
-            Err(e) => {
-                err = Some(e);
-                false
-            }
-        };
-        kv.scan(keys::TENANT, keys::TENANT, &mut |_, v| {
-            keep(keys::decode::<Tenant>(v).map(|t| {
-                sm.tenants.insert(t.id.clone(), t);
-            }))
+        try_scan(kv, keys::TENANT, keys::TENANT, &mut |_, v| {
+            let t = keys::decode::<Tenant>(v)?;
+            sm.tenants.insert(t.id.clone(), t);
+            Ok(true)
         })?;
-        kv.scan(keys::CODE, keys::CODE, &mut |_, v| {
-            keep(keys::decode_code(v).map(|c| {
-                sm.codes.insert((c.tenant.clone(), c.name.clone()), c);
-            }))
+        try_scan(kv, keys::CODE, keys::CODE, &mut |_, v| {
+            let c = keys::decode_code(v)?;
+            sm.codes.insert((c.tenant.clone(), c.name.clone()), c);
+            Ok(true)
         })?;
-        kv.scan(keys::WEBHOOK, keys::WEBHOOK, &mut |_, v| {
-            keep(keys::decode::<Webhook>(v).map(|w| {
-                sm.webhooks.insert((w.tenant.clone(), w.code.clone()), w);
-            }))
+        try_scan(kv, keys::WEBHOOK, keys::WEBHOOK, &mut |_, v| {
+            let w = keys::decode::<Webhook>(v)?;
+            sm.webhooks.insert((w.tenant.clone(), w.code.clone()), w);
+            Ok(true)
         })?;
-        kv.scan(keys::AGENT, keys::AGENT, &mut |_, v| {
-            keep(keys::decode::<AgentRecord>(v).map(|a| {
-                sm.agents.insert(a.id.clone(), a);
-            }))
+        try_scan(kv, keys::AGENT, keys::AGENT, &mut |_, v| {
+            let a = keys::decode::<AgentRecord>(v)?;
+            sm.agents.insert(a.id.clone(), a);
+            Ok(true)
         })?;
-        kv.scan(keys::AGENT_GONE, keys::AGENT_GONE, &mut |_, v| {
-            keep(keys::decode::<super::presence::AgentGone>(v).map(|g| {
-                sm.agents_gone.insert(g.id, g.since_ms);
-            }))
+        try_scan(kv, keys::AGENT_GONE, keys::AGENT_GONE, &mut |_, v| {
+            let g = keys::decode::<super::presence::AgentGone>(v)?;
+            sm.agents_gone.insert(g.id, g.since_ms);
+            Ok(true)
         })?;
-        kv.scan(keys::CLUSTER, keys::CLUSTER, &mut |_, v| {
-            keep(keys::decode::<super::fleet::Cluster>(v).map(|c| {
-                sm.clusters.insert(c.name.clone(), c);
-            }))
+        try_scan(kv, keys::CLUSTER, keys::CLUSTER, &mut |_, v| {
+            let c = keys::decode::<super::fleet::Cluster>(v)?;
+            sm.clusters.insert(c.name.clone(), c);
+            Ok(true)
         })?;
-        kv.scan(keys::REGISTRATION, keys::REGISTRATION, &mut |_, v| {
-            keep(keys::decode::<super::fleet::AgentRegistration>(v).map(|r| {
-                sm.registrations.insert(r.id.clone(), r);
-            }))
+        try_scan(kv, keys::REGISTRATION, keys::REGISTRATION, &mut |_, v| {
+            let r = keys::decode::<super::fleet::AgentRegistration>(v)?;
+            sm.registrations.insert(r.id.clone(), r);
+            Ok(true)
         })?;
-        kv.scan(keys::POOL, keys::POOL, &mut |_, v| {
-            keep(keys::decode::<super::modes::IpPool>(v).map(|p| {
-                sm.pools.insert(p.name.clone(), p);
-            }))
+        try_scan(kv, keys::POOL, keys::POOL, &mut |_, v| {
+            let p = keys::decode::<super::modes::IpPool>(v)?;
+            sm.pools.insert(p.name.clone(), p);
+            Ok(true)
         })?;
-        kv.scan(keys::TENANT_MODE, keys::TENANT_MODE, &mut |k, v| {
+        try_scan(kv, keys::TENANT_MODE, keys::TENANT_MODE, &mut |k, v| {
             let tenant = String::from_utf8_lossy(&k[keys::TENANT_MODE.len()..]).into_owned();
-            keep(keys::decode::<super::modes::TenantMode>(v).map(|m| {
-                sm.tenant_modes.insert(tenant, m);
-            }))
+            let m = keys::decode::<super::modes::TenantMode>(v)?;
+            sm.tenant_modes.insert(tenant, m);
+            Ok(true)
         })?;
-        kv.scan(keys::REGISTRY_LOGIN, keys::REGISTRY_LOGIN, &mut |_, v| {
-            keep(keys::decode::<super::registries::RegistryLogin>(v).map(|l| {
-                sm.registry_logins.insert((l.tenant.clone(), l.registry.clone()), l);
-            }))
+        try_scan(kv, keys::REGISTRY_LOGIN, keys::REGISTRY_LOGIN, &mut |_, v| {
+            let l = keys::decode::<super::registries::RegistryLogin>(v)?;
+            sm.registry_logins.insert((l.tenant.clone(), l.registry.clone()), l);
+            Ok(true)
         })?;
-        kv.scan(keys::IDEM, keys::IDEM, &mut |k, v| {
-            keep(keys::decode::<IdemRecord>(v).map(|r| {
-                sm.idx.idem_expiry.insert((r.expires_ms, k.to_vec()));
-            }))
+        try_scan(kv, keys::IDEM, keys::IDEM, &mut |k, v| {
+            let r = keys::decode::<IdemRecord>(v)?;
+            sm.idx.idem_expiry.insert((r.expires_ms, k.to_vec()));
+            Ok(true)
         })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
-        let mut groups = Vec::new();
-        super::groups::for_each_task(kv, &mut |t, _| sm.idx.insert(&t), &mut |g| groups.push(g))?;
-        for g in groups {
-            sm.idx.groups.insert(g.first_id, g.len, g.live);
-        }
+        sm.idx.groups = super::groups::for_each_task(kv, &mut |t, _| sm.idx.insert(&t))?;
         sm.load_schedules(kv)?;
         if let Some(v) = kv.get(keys::META_RR_CURSOR)? {
             sm.rr_cursor = keys::decode(&v)?;

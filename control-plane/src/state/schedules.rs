@@ -202,18 +202,10 @@ pub fn get_for(kv: &dyn KvRead, tenant: &str, id: u64) -> Result<Option<Schedule
 
 impl StateMachine {
     pub(super) fn load_schedules(&mut self, kv: &dyn KvRead) -> Result<(), KvError> {
-        let mut err = None;
-        kv.scan(keys::SCHEDULE, keys::SCHEDULE, &mut |_, v| match keys::decode::<Schedule>(v) {
-            Ok(s) => {
-                self.sched.insert(&s);
-                true
-            }
-            Err(e) => {
-                err = Some(e);
-                false
-            }
-        })?;
-        err.map_or(Ok(()), Err)
+        super::kv::try_scan(kv, keys::SCHEDULE, keys::SCHEDULE, &mut |_, v| {
+            self.sched.insert(&keys::decode::<Schedule>(v)?);
+            Ok(true)
+        })
     }
 
     pub fn schedules(&self) -> &ScheduleIndex {

@@ -50,28 +50,24 @@ fn read(
         },
         None => None,
     };
-    let row = match row {
+    match row {
+        // An old inline row holds the payload too.
         Some((task, Some(payload))) => return Ok(Some((task, payload))),
         Some((task, None)) if !with_payload => return Ok(Some((task, Vec::new()))),
-        Some((task, None)) => Some(task),
-        None => None,
-    };
+        _ => {}
+    }
+    // The record as queued (unless the row has a newer one) and the payload, from the group.
     let mut found = None;
     in_group(kv, id, last, &mut |g, i| {
-        let task = match row {
-            Some(_) => Ok(None),
-            None => g.record(i).map(Some),
-        };
+        let record = if row.is_none() { g.record(i).map(Some) } else { Ok(None) };
         let payload = if with_payload { g.payload(i).map(<[u8]>::to_vec) } else { Ok(Vec::new()) };
-        found = Some(task.and_then(|t| Ok((t, payload?))));
+        found = Some(record.and_then(|r| Ok((r, payload?))));
     })?;
-    match (found.transpose()?, row) {
-        (Some((_, payload)), Some(task)) => Ok(Some((task, payload))),
-        (Some((Some(task), payload)), None) => Ok(Some((task, payload))),
-        // The row was read just before a purge deleted the task with its group (views
-        // read the live tables, not a snapshot): it is gone.
-        _ => Ok(None),
-    }
+    // No group: never queued, or purged with its group since the row was read (views read
+    // the live tables, not a snapshot).
+    let Some(found) = found else { return Ok(None) };
+    let (record, payload) = found?;
+    Ok(row.map(|(task, _)| task).or(record).map(|task| (task, payload)))
 }
 
 pub fn get_task(kv: &dyn KvRead, tenant: Option<&str>, id: u64) -> Result<Option<Task>, KvError> {
