@@ -36,12 +36,7 @@ pub type ScanStep<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, KvError> + 'a;
 
 /// [`KvRead::scan`] with a callback that can fail: the first error stops the scan and is
 /// returned; `Ok(false)` stops it quietly.
-pub fn try_scan(
-    kv: &dyn KvRead,
-    prefix: &[u8],
-    start: &[u8],
-    f: &mut ScanStep<'_>,
-) -> Result<(), KvError> {
+pub fn try_scan(kv: &dyn KvRead, prefix: &[u8], start: &[u8], f: &mut ScanStep<'_>) -> Result<(), KvError> {
     let mut err = None;
     kv.scan(prefix, start, &mut |k, v| {
         f(k, v).unwrap_or_else(|e| {
