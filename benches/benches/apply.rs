@@ -93,6 +93,14 @@ fn benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same 100 tasks as 100 single-task calls the proposal batcher put in one entry.
+    g.bench_function("queue_100_single_calls_x1KiB", |bch| {
+        bch.iter_batched(
+            || (Bench::new(), Command::Batch((0..100).map(|_| queue_cmd(1)).collect())),
+            |(mut b, cmd)| black_box(b.apply(cmd)),
+            BatchSize::SmallInput,
+        )
+    });
     g.bench_function("lease_10_agents_x10", |bch| {
         bch.iter_batched(
             || {

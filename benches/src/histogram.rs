@@ -5,6 +5,8 @@
 /// Cumulative bucket counts gained between two scrapes, by upper bound.
 pub struct Delta {
     buckets: Vec<(f64, u64)>,
+    /// Sum of the observations in the window (seconds).
+    sum: f64,
 }
 
 impl Delta {
@@ -16,7 +18,14 @@ impl Delta {
             let was = b.iter().find(|(l, _)| l == le).map(|(_, n)| *n).unwrap_or(0);
             *n = n.saturating_sub(was);
         }
-        Delta { buckets }
+        let sum_of = |text: &str| drover_chaos::exposition::value(text, &format!("{name}_sum")).unwrap_or(0.0);
+        Delta { buckets, sum: (sum_of(after) - sum_of(before)).max(0.0) }
+    }
+
+    /// The mean observation (seconds) in the window: exact, unlike the bucket bounds.
+    pub fn mean(&self) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| self.sum / n as f64)
     }
 
     /// Observations in the window.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub mod cluster;
+pub mod cpu;
 pub mod fleet;
 pub mod histogram;
 pub mod reads;

@@ -280,15 +280,7 @@ impl Cluster {
     /// CPU time (user + system) a running node's process has used so far, from
     /// /proc/PID/stat (Linux; clock ticks of 1/100 s, the kernel's USER_HZ everywhere).
     pub fn cpu_time(&self, id: u64) -> Option<Duration> {
-        let pid = self.nodes.get(&id)?.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the parenthesised command name (which may hold spaces): utime is
-        // the 14th field of the line, the 12th after it; stime the 13th.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let mut f = rest.split_whitespace().skip(11);
-        let utime: u64 = f.next()?.parse().ok()?;
-        let stime: u64 = f.next()?.parse().ok()?;
-        Some(Duration::from_millis((utime + stime) * 10))
+        process_cpu_time(self.nodes.get(&id)?.child.as_ref()?.id())
     }
 
     fn proc_status_bytes(&self, id: u64, field: &str) -> Option<u64> {
@@ -581,4 +573,16 @@ impl Drop for Cluster {
             std::mem::forget(std::mem::replace(&mut self.dir, tempfile::TempDir::new().expect("temp dir")));
         }
     }
+}
+
+/// User plus system CPU time a process has used so far, from `/proc/PID/stat`.
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may hold spaces): utime is
+    // the 14th field of the line, the 12th after it; stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }

@@ -154,12 +154,54 @@ fn drover_bin(drover: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Starts the bench cluster; returns it and the address clients should use.
-async fn setup(bin: &std::path::Path, via_follower: bool, extra_config: &str) -> anyhow::Result<(Cluster, String)> {
+/// Starts the bench cluster; returns it, the address clients should use and the leader.
+async fn setup(
+    bin: &std::path::Path,
+    via_follower: bool,
+    extra_config: &str,
+) -> anyhow::Result<(Cluster, String, u64)> {
     let b = drover_benches::cluster::start(bin, false, extra_config).await?;
     let target = if via_follower { b.cluster.follower().await? } else { b.leader };
     let addr = b.cluster.addr(target).to_string();
-    Ok((b.cluster, addr))
+    Ok((b.cluster, addr, b.leader))
+}
+
+/// Every node's CPU time, this process's and the machine's counters at one moment.
+struct CpuMark {
+    nodes: Vec<(u64, Duration)>,
+    own: Duration,
+    machine: drover_benches::cpu::MachineCpu,
+}
+
+impl CpuMark {
+    fn now(c: &Cluster) -> Self {
+        CpuMark {
+            nodes: c.ids().into_iter().map(|id| (id, c.cpu_time(id).unwrap_or_default())).collect(),
+            own: drover_benches::cpu::own_cpu_time(),
+            machine: drover_benches::cpu::MachineCpu::now(),
+        }
+    }
+
+    /// CPU per 1,000 tasks of each node and of this load generator since `self`, and how
+    /// busy the machine was.
+    fn line_since(&self, later: &CpuMark, leader: u64, tasks: u64) -> String {
+        use drover_benches::cpu::ms_per_1000;
+        let mut parts: Vec<String> = self
+            .nodes
+            .iter()
+            .zip(&later.nodes)
+            .map(|((id, was), (_, now))| {
+                let mark = if *id == leader { " (leader)" } else { "" };
+                format!("node {id}{mark} {:.0} ms", ms_per_1000(now.saturating_sub(*was), tasks))
+            })
+            .collect();
+        parts.push(format!("clients {:.0} ms", ms_per_1000(later.own.saturating_sub(self.own), tasks)));
+        format!(
+            "CPU per 1,000 tasks: {}; machine {:.0} % busy",
+            parts.join(", "),
+            100.0 * self.machine.busy_since(&later.machine)
+        )
+    }
 }
 
 use drover_benches::cluster::new_tasks;
@@ -241,22 +283,26 @@ async fn scrape_all(c: &Cluster) -> anyhow::Result<Vec<(u64, String)>> {
 fn raft_io_line(before: &str, after: &str) -> String {
     use drover_benches::histogram::Delta;
     let show = |q: Option<f64>| q.map_or("-".to_string(), |s| format!("<={:.1?}", Duration::from_secs_f64(s)));
+    let mean = |m: Option<f64>| m.map_or("-".to_string(), |s| format!("{:.2?}", Duration::from_secs_f64(s)));
     let append = Delta::between(before, after, "drover_raft_append_entries_seconds");
     let sync = Delta::between(before, after, "drover_raft_log_sync_seconds");
     let apply = Delta::between(before, after, "drover_apply_seconds");
     format!(
-        "AppendEntries answered {} (p50 {} p99 {}), abandoned by the leader {}; log syncs {} (p50 {} p99 {} max {}); \
-         applies {} (p99 {} max {})",
+        "AppendEntries answered {} (mean {} p50 {} p99 {}), abandoned by the leader {}; log syncs {} (mean {} p50 {} p99 {} max {}); \
+         applies {} (mean {} p99 {} max {})",
         append.count(),
+        mean(append.mean()),
         show(append.quantile(0.5)),
         show(append.quantile(0.99)),
         drover_benches::cluster::counter(after, "drover_raft_append_entries_abandoned_total")
             .saturating_sub(drover_benches::cluster::counter(before, "drover_raft_append_entries_abandoned_total")),
         sync.count(),
+        mean(sync.mean()),
         show(sync.quantile(0.5)),
         show(sync.quantile(0.99)),
         show(sync.quantile(1.0)),
         apply.count(),
+        mean(apply.mean()),
         show(apply.quantile(0.99)),
         show(apply.quantile(1.0)),
     )
@@ -292,7 +338,7 @@ async fn backlog(
     n_clients: usize,
     extra_config: &str,
 ) -> anyhow::Result<()> {
-    let (cluster, addr) = setup(bin, false, extra_config).await?;
+    let (cluster, addr, _) = setup(bin, false, extra_config).await?;
     let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
     const BATCH: usize = 1000;
     let before = single_latency(&addr, 500).await?;
@@ -541,7 +587,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let bin = drover_bin(drover)?;
-    let (cluster, addr) = setup(&bin, via_follower, "").await?;
+    let (cluster, addr, leader) = setup(&bin, via_follower, "").await?;
     println!(
         "drover-bench queue: 3 nodes on loopback, {n_clients} clients, {payload_bytes} B payloads, {duration:?} per run, via {}",
         if via_follower { "a follower" } else { "the leader" }
@@ -552,6 +598,7 @@ async fn main() -> anyhow::Result<()> {
     );
     for b in batch {
         let before = scrape_all(&cluster).await?;
+        let cpu_before = CpuMark::now(&cluster);
         let queued = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
@@ -602,6 +649,7 @@ async fn main() -> anyhow::Result<()> {
         let (stall, stall_at) = acked.windows(2).map(|w| (w[1] - w[0], w[0] - started)).max().unwrap_or_default();
         let secs = started.elapsed().as_secs_f64();
         let n = queued.load(Ordering::Relaxed);
+        let cpu_line = cpu_before.line_since(&CpuMark::now(&cluster), leader, n);
         let p = drover_benches::percentiles(&mut lat).context("no call succeeded")?;
         println!(
             "{:>6} {:>12} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?} {:>10.1?} {:>8}",
@@ -615,6 +663,7 @@ async fn main() -> anyhow::Result<()> {
             errors.load(Ordering::Relaxed)
         );
         let after = scrape_all(&cluster).await?;
+        println!("       {cpu_line}");
         println!("       longest stall began {stall_at:.1?} into the run");
         if timeline {
             print_timeline(&samples, &acked, started, stall_at, stall);

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{LeaseRef, Response};
 use super::error::StateError;
 use super::keys;
-use super::kv::{KvError, KvRead, Txn};
+use super::kv::{KvError, KvRead, Txn, try_scan};
 use super::machine::{ApplyCtx, StateMachine};
 
 /// Largest single chunk an agent may send.
@@ -246,29 +246,18 @@ pub fn read_log(kv: &dyn KvRead, task_id: u64, from: u32, max_bytes: usize) -> R
     let start = chunk_key(task_id, from);
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    let mut err = None;
-    kv.scan(&prefix, &start, &mut |k, v| {
-        let Some(index) = k.get(prefix.len()..).and_then(|t| <[u8; 4]>::try_from(t).ok()).map(u32::from_be_bytes)
-        else {
-            err = Some(KvError(format!("malformed log key {k:?}")));
-            return false;
-        };
-        match keys::decode::<LogChunk>(v) {
-            Ok(c) => {
-                bytes += c.data.len();
-                out.push((index, c));
-                bytes < max_bytes
-            }
-            Err(e) => {
-                err = Some(e);
-                false
-            }
-        }
+    try_scan(kv, &prefix, &start, &mut |k, v| {
+        let index = k
+            .get(prefix.len()..)
+            .and_then(|t| <[u8; 4]>::try_from(t).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| KvError(format!("malformed log key {k:?}")))?;
+        let c = keys::decode::<LogChunk>(v)?;
+        bytes += c.data.len();
+        out.push((index, c));
+        Ok(bytes < max_bytes)
     })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    Ok(out)
 }
 
 pub fn log_meta(kv: &dyn KvRead, task_id: u64) -> Result<LogMeta, KvError> {

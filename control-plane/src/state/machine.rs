@@ -9,6 +9,11 @@
 //! Tenants, codes and agents are small and mirrored in memory; tasks and payloads are
 //! read from and written to the tables (queued in groups, see [`super::groups`]), with
 //! only index entries kept in memory.
+//!
+//! Tasks queued while an entry is applied are written as groups when the entry is done,
+//! so the tasks of every command of a batched entry share groups: many single-task calls
+//! the proposal batcher put in one entry cost a few table keys, not one each. Until
+//! then they are [`Unwritten`]: indexed, and readable through [`StateMachine::read_task`].
 
 use std::collections::BTreeMap;
 
@@ -60,6 +65,29 @@ pub struct StateMachine {
     pub(super) rr_cursor: String,
     pub(super) clock_ms: u64,
     pub(super) sched: super::schedules::ScheduleIndex,
+    /// Tasks the entry being applied has queued so far; empty between entries.
+    unwritten: Unwritten,
+}
+
+/// Tasks queued by the entry being applied and not yet in the tables, in id order, with
+/// their payloads end to end in one buffer.
+#[derive(Default, Debug)]
+struct Unwritten {
+    tasks: Vec<Task>,
+    payloads: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Unwritten {
+    fn find(&self, id: u64) -> Option<&Task> {
+        self.tasks.binary_search_by_key(&id, |t| t.id).ok().map(|i| &self.tasks[i])
+    }
+
+    fn clear(&mut self) {
+        self.tasks.clear();
+        self.payloads.clear();
+        self.ends.clear();
+    }
 }
 
 impl StateMachine {
@@ -143,6 +171,8 @@ impl StateMachine {
     /// the entry's log id.
     pub fn apply(&mut self, txn: &mut Txn<'_>, req: &Request, index: u64, term: u64) -> Result<Response, KvError> {
         let Request::V1(p) = req;
+        // Left over only if an earlier apply failed in storage, which stops the node.
+        self.unwritten.clear();
         let mut ctx = ApplyCtx { index, term, now_ms: p.stamp_ms.max(self.clock_ms), first_task_seq: 0 };
         let mut took_effect = false;
         let out = match &p.cmd {
@@ -188,6 +218,7 @@ impl StateMachine {
                 Err(e) => Response::Rejected(e),
             },
         };
+        self.write_queued(txn);
         // The clock advances only with commands that take effect: a refused command
         // leaves the tables byte-identical.
         if took_effect && ctx.now_ms > self.clock_ms {
@@ -390,11 +421,14 @@ impl StateMachine {
     }
 
     /// Reads a task's current record through the transaction: its row if it has one,
-    /// else its entry in its group (see [`super::groups`]). `None` if there is no such
-    /// task (never queued, or purged).
+    /// else its entry in its group (see [`super::groups`]), or in [`Unwritten`] if this
+    /// entry queued it. `None` if there is no such task (never queued, or purged).
     pub(super) fn read_task(&self, txn: &Txn<'_>, id: u64) -> Result<Option<TaskRow>, KvError> {
         if let Some(row) = txn.get(&keys::task(id))? {
             return TaskRow::decode(row);
+        }
+        if let Some(t) = self.unwritten.find(id) {
+            return Ok(Some(TaskRow::grouped(t.clone())));
         }
         let Some((g, _)) = self.idx.groups.group_of(id) else { return Ok(None) };
         let mut out = None;
@@ -407,16 +441,45 @@ impl StateMachine {
         }
     }
 
-    /// Writes the tasks one command queued, in groups, and indexes them. `tasks` have
-    /// consecutive ids; `payloads` are theirs, in the same order.
-    pub(super) fn insert_groups(&mut self, txn: &mut Txn<'_>, tasks: &[Task], payloads: &[&[u8]]) {
-        for t in tasks {
-            self.idx.insert(t);
+    /// Indexes the tasks one command queued and holds them, with copies of their
+    /// payloads, until the entry is done ([`Self::write_queued`]). `tasks` have
+    /// consecutive ids, above those of any task held; `payloads` are theirs, in order.
+    pub(super) fn insert_tasks(&mut self, tasks: Vec<Task>, payloads: &[&[u8]]) {
+        for (t, p) in tasks.into_iter().zip(payloads) {
+            self.idx.insert(&t);
+            self.unwritten.payloads.extend_from_slice(p);
+            self.unwritten.ends.push(self.unwritten.payloads.len());
+            self.unwritten.tasks.push(t);
         }
-        for g in super::groups::encode(tasks, payloads) {
-            self.idx.groups.insert(g.first_id, g.len, g.len);
-            txn.put(keys::group(g.first_id), g.value);
+    }
+
+    /// Writes the tasks this entry queued as groups: each run of consecutive ids is cut
+    /// into groups as one command's tasks would be.
+    fn write_queued(&mut self, txn: &mut Txn<'_>) {
+        let mut u = std::mem::take(&mut self.unwritten);
+        {
+            let payloads: Vec<&[u8]> = u
+                .ends
+                .iter()
+                .enumerate()
+                .map(|(i, &end)| &u.payloads[if i == 0 { 0 } else { u.ends[i - 1] }..end])
+                .collect();
+            let mut start = 0;
+            while start < u.tasks.len() {
+                let mut end = start + 1;
+                while end < u.tasks.len() && u.tasks[end].id == u.tasks[end - 1].id.saturating_add(1) {
+                    end += 1;
+                }
+                for g in super::groups::encode(&u.tasks[start..end], &payloads[start..end]) {
+                    self.idx.groups.insert(g.first_id, g.len, g.len);
+                    txn.put(keys::group(g.first_id), g.value);
+                }
+                start = end;
+            }
         }
+        // The buffers keep their capacity for the next entry.
+        u.clear();
+        self.unwritten = u;
     }
 
     /// Writes a task's new version (its payload never changes: it stays in the group, or
@@ -431,6 +494,10 @@ impl StateMachine {
     /// leaves a tombstone row while its group holds others; the last one deletes the
     /// group and every row of its tasks.
     pub(super) fn delete_task(&mut self, txn: &mut Txn<'_>, task: &Task) {
+        if self.unwritten.find(task.id).is_some() {
+            // Queued and finished within one entry: its group must exist to be purged from.
+            self.write_queued(txn);
+        }
         self.idx.forget(task);
         let Some((g, len)) = self.idx.groups.group_of(task.id) else {
             txn.delete(keys::task(task.id));

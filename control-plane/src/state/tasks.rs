@@ -118,7 +118,7 @@ impl StateMachine {
             ids.push(id);
         }
         let payloads: Vec<&[u8]> = tasks.iter().map(|t| t.payload.as_slice()).collect();
-        self.insert_groups(txn, &records, &payloads);
+        self.insert_tasks(records, &payloads);
         if let Some(key) = idempotency_key {
             let rec = IdemRecord { task_ids: ids.clone(), expires_ms: ctx.now_ms.saturating_add(idempotency_ttl_ms) };
             let k = keys::idem(tenant_id, key);

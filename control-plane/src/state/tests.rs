@@ -833,6 +833,79 @@ fn a_command_spanning_several_groups_reads_back_every_task() {
     assert!(h.sm.indexes().groups.len() < groups, "the groups wholly purged are gone");
 }
 
+/// Single-task calls the proposal batcher put in one entry share groups (their ids are
+/// consecutive across the entry's commands): 40 tasks of ~1 KiB cost a handful of keys,
+/// not 40, and read back as if each call had its own entry. A refused call in between
+/// takes no id and does not split them.
+#[test]
+fn single_task_calls_in_one_entry_share_groups() {
+    let mut h = Harness::new();
+    h.tenant(
+        "acme",
+        TenantLimits { max_queued_tasks: 100, max_concurrency: 0, max_payload_bytes: 4096 },
+        &[spec("work", 0, 0)],
+    );
+    let payload = |i: usize| vec![i as u8; 1000 + i];
+    let mut calls: Vec<Command> = (0..40)
+        .map(|i| Harness::queue_cmd("acme", None, vec![NewTask { payload: payload(i), ..task("work") }]))
+        .collect();
+    calls.insert(20, Harness::queue_cmd("nobody", None, vec![task("work")]));
+    let keys_before = h.kv.map.len();
+    let Response::Batch(rs) = h.apply(Command::Batch(calls)) else { panic!("not a batch response") };
+    let mut ids = Vec::new();
+    for (i, r) in rs.into_iter().enumerate() {
+        match r {
+            Response::Queued { task_ids, deduplicated: false } => ids.extend(task_ids),
+            Response::Rejected(StateError::UnknownTenant(_)) => assert_eq!(i, 20),
+            other => panic!("call {i}: {other:?}"),
+        }
+    }
+    assert_eq!(ids.len(), 40);
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids are consecutive: {ids:?}");
+    let groups = h.sm.indexes().groups.len();
+    // ~41 KiB in groups of up to 6 KiB.
+    assert!((7..=10).contains(&groups), "40 single-task calls in {groups} groups");
+    // The groups and nothing else (the clock's key was there before): no key per task.
+    assert_eq!(h.kv.map.len() - keys_before, groups);
+    for (i, id) in ids.iter().enumerate() {
+        let (t, p) = views::get_task_with_payload(&h.kv, Some("acme"), *id).expect("read").expect("present");
+        assert_eq!((t.id, t.state, p), (*id, TaskState::Queued, payload(i)));
+    }
+    let g = h.lease("a1", &agent("", ""), 40);
+    assert_eq!(g.iter().map(|g| g.task_id).collect::<Vec<_>>(), ids);
+}
+
+/// A task queued by one call of an entry can be changed, and even purged, by a later
+/// call of the same entry, before its group is written: the later call reads it where
+/// it waits, and the purge writes the groups first.
+#[test]
+fn a_task_queued_and_finished_in_the_same_entry() {
+    let mut h = acme();
+    let index = h.index + 1;
+    let id = |seq: u64| (index << super::tasks::TASK_ID_SHIFT) | seq;
+    let until = h.now_ms + 1;
+    let r = h.apply(Command::Batch(vec![
+        Harness::queue_cmd("acme", None, vec![task("work"); 3]),
+        Command::Cancel { tenant: "acme".into(), task_id: id(1) },
+        Command::Purge { term: h.term, finished_before_ms: until, max_tasks: 10 },
+        Harness::queue_cmd("acme", None, vec![task("work")]),
+        Command::Cancel { tenant: "acme".into(), task_id: id(3) },
+    ]));
+    let Response::Batch(rs) = r else { panic!("{r:?}") };
+    assert_eq!(rs[0], Response::Queued { task_ids: vec![id(0), id(1), id(2)], deduplicated: false });
+    assert!(matches!(&rs[1], Response::Cancelled(t) if t.id == id(1)), "{:?}", rs[1]);
+    assert_eq!(rs[2], Response::Purged { tasks: 1, idempotency_keys: 0 });
+    assert_eq!(rs[3], Response::Queued { task_ids: vec![id(3)], deduplicated: false });
+    assert!(matches!(&rs[4], Response::Cancelled(t) if t.id == id(3)), "{:?}", rs[4]);
+    assert_eq!(views::get_task(&h.kv, None, id(1)).expect("read"), None);
+    for (seq, state) in [(0, TaskState::Queued), (2, TaskState::Queued), (3, TaskState::Cancelled)] {
+        let (t, p) = views::get_task_with_payload(&h.kv, None, id(seq)).expect("read").expect("present");
+        assert_eq!((t.state, p), (state, task("work").payload), "task {seq}");
+    }
+    h.sm = StateMachine::load(&h.kv).expect("load");
+    invariants::check(&h.sm, &h.kv).expect("invariants after a reload");
+}
+
 /// Where a bounded purge stops depends on the tasks, not on how a replica stores them:
 /// replicas that applied the same entries under releases before and after task groups
 /// hold the same finished tasks inline and grouped, and must purge the same ones.
