@@ -331,6 +331,18 @@ impl Cluster {
         signal(self.nodes[&id].child.as_ref().context("not running")?, libc::SIGCONT)
     }
 
+    /// The node's exit status once its process has ended by itself (it is then no longer
+    /// running); `None` while it runs.
+    pub fn exit_status(&mut self, id: u64) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let n = self.nodes.get_mut(&id).context("no such node")?;
+        let Some(c) = n.child.as_mut() else { bail!("node {id} is not running") };
+        let status = c.try_wait()?;
+        if status.is_some() {
+            n.child = None;
+        }
+        Ok(status)
+    }
+
     /// Starts a stopped or killed node again with the same ports and data.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         if self.nodes[&id].child.is_some() {

@@ -171,3 +171,70 @@ async fn no_quorum_fails_fast() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }
+
+/// The Raft log on a directory of its own (`raft_log_dir`): acknowledged tasks survive a
+/// kill -9 and a restart; started with its log directory gone (a new disk, a changed
+/// setting) the node refuses, naming the directory, instead of starting with an empty
+/// log that has forgotten its vote; with the files moved back it starts with every task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raft_log_on_a_directory_of_its_own() {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log_dir = logs.path().join("log");
+    let opts = ClusterOptions {
+        nodes: 1,
+        extra_config: format!("raft_log_dir = {:?}\n", log_dir.display().to_string()),
+        ..Default::default()
+    };
+    let mut c = cluster(opts).await;
+    let id = c.wait_leader(Duration::from_secs(30)).await.expect("leader");
+    setup_tenant(&c, id).await;
+    let mut t = clients::tenant(c.addr(id), "acme").expect("client");
+    let mut acked = BTreeSet::new();
+    for b in 0..5 {
+        acked.extend(t.queue_tasks(batch(10, 512, &format!("b{b}"))).await.expect("queue").into_inner().task_ids);
+    }
+    let segs = |dir: &std::path::Path| -> usize {
+        fn walk(d: &std::path::Path, n: &mut usize) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, n);
+                } else if p.extension().is_some_and(|x| x == "seg") {
+                    *n += 1;
+                }
+            }
+        }
+        let mut n = 0;
+        walk(dir, &mut n);
+        n
+    };
+    assert!(segs(&log_dir) > 0 && log_dir.join("owner").exists(), "the log is in raft_log_dir");
+    assert_eq!(segs(c.dir()), 0, "no log segment under the data directories");
+
+    c.kill(id).expect("kill");
+    c.restart(id).expect("restart");
+    c.wait_leader(Duration::from_secs(30)).await.expect("leader after restart");
+    assert_eq!(all_task_ids(&c, id).await.into_iter().collect::<BTreeSet<_>>(), acked);
+
+    c.kill(id).expect("kill");
+    let aside = logs.path().join("aside");
+    std::fs::rename(&log_dir, &aside).expect("move the log away");
+    c.restart(id).expect("restart without its log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = c.exit_status(id).expect("status") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the node started with an empty log:\n{}", c.log_tail(id, 20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status}");
+    let log = c.log_tail(id, 20);
+    assert!(log.contains("is not this data directory's log") && log.contains(&log_dir.display().to_string()), "{log}");
+
+    std::fs::remove_dir_all(&log_dir).expect("remove the empty directory");
+    std::fs::rename(&aside, &log_dir).expect("move the log back");
+    c.restart(id).expect("restart with its log");
+    c.wait_leader(Duration::from_secs(30)).await.expect("leader with the log back");
+    assert_eq!(all_task_ids(&c, id).await.into_iter().collect::<BTreeSet<_>>(), acked);
+}

@@ -9,6 +9,7 @@
 //! webhook_listen = "0.0.0.0:7443"  # POST /v1/webhooks/<tenant>/<code> (HTTPS, no client certificate)
 //! webhook_url = "https://hooks.example.com"  # what webhook URLs start with (default: https://<webhook_listen>)
 //! data_dir = "/var/lib/drover"
+//! raft_log_dir = "/srv/drover-log"   # the Raft log on its own disk (default: <data_dir>/raft-log)
 //! initial_members = { 1 = "127.0.0.1:7400", 2 = "127.0.0.1:7410", 3 = "127.0.0.1:7420" }
 //! lease_ttl = "10s"
 //! idempotency_window = "24h"
@@ -67,6 +68,13 @@ pub struct ServerConfig {
     #[serde(default)]
     pub webhook_url: Option<String>,
     pub data_dir: PathBuf,
+    /// Where the Raft log (its segment files and the vote) lives; default
+    /// `<data_dir>/raft-log`. Every acknowledged write waits for an `fdatasync` of the log,
+    /// so a disk of its own keeps that wait from queueing behind the state machine's and
+    /// snapshots' writes. The log and the data directory are bound to each other
+    /// (`storage::log_owner`): a node refuses to start with a log that is not its own.
+    #[serde(default)]
+    pub raft_log_dir: Option<PathBuf>,
     /// Members to bootstrap a new cluster with (node id → advertised address). The node
     /// with the smallest id initializes the cluster if its storage is empty; a node
     /// started without members waits to be added (`drover operator raft add-learner`).

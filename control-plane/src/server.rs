@@ -70,7 +70,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     std::fs::create_dir_all(&cfg.data_dir).map_err(StorageError::from)?;
     let metrics = Arc::new(Metrics::new()?);
     metrics.set_region(&cfg.region);
-    let (log_store, sm_store) = storage::open(&cfg.data_dir, cfg.cache_capacity.as_u64(), metrics.apply.clone())?;
+    let log_dir = cfg.raft_log_dir.clone().unwrap_or_else(|| storage::default_log_dir(&cfg.data_dir));
+    let (log_store, sm_store) =
+        storage::open(&cfg.data_dir, &log_dir, cfg.cache_capacity.as_u64(), metrics.apply.clone())?;
     let sm = sm_store.shared.clone();
 
     let raft_config = openraft::Config {

@@ -1,5 +1,6 @@
 //! Node storage: the Raft log ([`log_store`] over [`segments`] files in
-//! `<data_dir>/raft-log`, with the vote in `<data_dir>/raft-log/vote`), the current
+//! `<data_dir>/raft-log` or `raft_log_dir`, with the vote in its `vote` file and its
+//! [`log_owner`] id in `owner`), the current
 //! snapshot (`<data_dir>/snapshots/current.snap`, see [`sm_store`] and [`snapshot_file`]),
 //! and in one sled database the purge point (`raft_meta`) and the state machine tables
 //! (`sm`; see `state::keys`). The files drover writes itself go through the [`fs`] layer,
@@ -9,13 +10,14 @@
 //! [`segments`]); everything else is small per key and stays in sled.
 
 pub mod fs;
+pub mod log_owner;
 pub mod log_store;
 pub mod segments;
 pub mod sled_kv;
 pub mod sm_store;
 pub mod snapshot_file;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 
@@ -33,12 +35,29 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
 }
 
-/// Opens the node's storage under `data_dir`.
+/// Where the Raft log lives unless `raft_log_dir` says otherwise.
+pub fn default_log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("raft-log")
+}
+
+/// Opens the node's storage under `data_dir`, with the Raft log in `log_dir` (see
+/// [`log_owner`] for how the two are checked to belong together).
 pub fn open(
     data_dir: &Path,
+    log_dir: &Path,
     cache_capacity_bytes: u64,
     metrics: sm_store::StorageMetrics,
 ) -> Result<(log_store::LogStore, sm_store::SmStore), StorageError> {
+    let default = default_log_dir(data_dir);
+    if log_dir != default && holds_a_log(&default)? {
+        return Err(StorageError::Io(std::io::Error::other(format!(
+            "raft_log_dir is {}, but this data directory's Raft log is in {}: stop the node, move the \
+             files from there to {} and start it again (or remove raft_log_dir)",
+            log_dir.display(),
+            default.display(),
+            log_dir.display()
+        ))));
+    }
     let path = data_dir.join("sled");
     let db = sled::Config::new()
         .path(&path)
@@ -50,10 +69,27 @@ pub fn open(
         .open()
         .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
     let fs: std::sync::Arc<dyn fs::Fs> = std::sync::Arc::new(fs::RealFs);
-    let log = log_store::LogStore::new(fs.clone(), &db, &data_dir.join("raft-log"))?
-        .with_sync_metric(metrics.log_sync_seconds.clone());
+    let log = log_store::LogStore::new(fs.clone(), &db, log_dir)?.with_sync_metric(metrics.log_sync_seconds.clone());
     let sm = sm_store::SmStore::open(fs, &db, &data_dir.join("snapshots"), metrics)?;
     Ok((log, sm))
+}
+
+/// Whether `dir` holds any of a Raft log's files (segments, the vote, the owner file).
+fn holds_a_log(dir: &Path) -> std::io::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                let name = e?.file_name();
+                let name = name.to_string_lossy();
+                if name.ends_with(".seg") || name == "vote" || name == log_owner::OWNER_FILE {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs storage work on the blocking pool; a panic in it becomes a storage error.
@@ -116,9 +152,25 @@ mod suite {
     impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, SmStore), RaftStorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let (log, sm) = super::open(dir.path(), 64 << 20, test_metrics()).expect("open storage");
+            let log_dir = super::default_log_dir(dir.path());
+            let (log, sm) = super::open(dir.path(), &log_dir, 64 << 20, test_metrics()).expect("open storage");
             Ok((dir, log, sm))
         }
+    }
+
+    /// A data directory whose log is still in the default place does not start with
+    /// `raft_log_dir` pointing elsewhere: it would open an empty log and forget its vote.
+    #[test]
+    fn a_log_left_in_the_default_place_is_not_silently_abandoned() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let default = super::default_log_dir(dir.path());
+        std::fs::create_dir_all(&default).expect("mkdir");
+        std::fs::write(default.join("00000000000000000001.seg"), b"").expect("write");
+        let elsewhere = dir.path().join("elsewhere");
+        let e = super::open(dir.path(), &elsewhere, 64 << 20, test_metrics()).err().expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains(&default.display().to_string()) && msg.contains("move the files"), "{msg}");
+        assert!(!elsewhere.exists() && !dir.path().join("sled").exists(), "a refusal creates nothing");
     }
 
     /// A plain test: the suite starts its own runtime per case.
