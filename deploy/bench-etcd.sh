@@ -55,12 +55,16 @@ python3 -c '
 import resource, subprocess, sys
 p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 sys.stdout.write(p.stdout)
+sys.stderr.write(p.stderr)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print("client-cpu-seconds %.3f" % (r.ru_utime + r.ru_stime))
+sys.exit(p.returncode)
 ' wrk -t 2 -c "$conns" -d "${secs}s" --latency -s "$dir/put.lua" "http://$leader" > "$dir/wrk.out"
 read -r busy1 total1 < <(machine)
 grep -E "Requests/sec|50%|99%|Non-2xx|requests in" "$dir/wrk.out"
-puts=$(awk '/requests in/{print $1}' "$dir/wrk.out")
+# Successful puts: every request wrk made less those answered with an error status.
+puts=$(awk '/requests in/{n=$1} /Non-2xx/{bad=$NF} END{print n-bad}' "$dir/wrk.out")
+[ "${puts:-0}" -gt 0 ] || { echo "no put succeeded" >&2; exit 1; }
 line="CPU per 1,000 puts:"
 for i in 1 2 3; do
   mark=""; [ "127.0.0.1:${client[$i]}" = "$leader" ] && mark=" (leader)"

@@ -75,5 +75,8 @@ mod tests {
         assert_eq!(d.quantile(0.99), Some(0.1));
         assert_eq!(d.quantile(1.0), Some(f64::INFINITY));
         assert_eq!(Delta::between(after, after, "h").quantile(0.5), None);
+        // 3 s over 100 observations (no _sum before counts as 0).
+        assert_eq!(d.mean(), Some(0.03));
+        assert_eq!(Delta::between(after, after, "h").mean(), None);
     }
 }

@@ -230,9 +230,10 @@ async fn a_raft_log_on_a_directory_of_its_own() {
     };
     assert!(!status.success(), "{status}");
     let log = c.log_tail(id, 20);
-    assert!(log.contains("is not this data directory's log") && log.contains(&log_dir.display().to_string()), "{log}");
+    assert!(log.contains("holds no vote and no log entries") && log.contains(&log_dir.display().to_string()), "{log}");
+    assert_eq!(log.matches("holds no vote").count(), 1, "said once: {log}");
+    assert!(!log_dir.exists(), "a refusal creates nothing");
 
-    std::fs::remove_dir_all(&log_dir).expect("remove the empty directory");
     std::fs::rename(&aside, &log_dir).expect("move the log back");
     c.restart(id).expect("restart with its log");
     c.wait_leader(Duration::from_secs(30)).await.expect("leader with the log back");

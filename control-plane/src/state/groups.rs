@@ -1,6 +1,7 @@
-//! Task groups: consecutive tasks of one queue command, stored as one `b/` value.
+//! Task groups: consecutive tasks queued by one log entry (one queue command, or every
+//! queue command batched into the entry), stored as one `b/` value.
 //!
-//! A queue command writes its tasks as a few groups, not a key per task: a group, keyed by
+//! An entry writes the tasks it queues as a few groups, not a key per task: a group, keyed by
 //! its first task id, holds each task's record as queued and its payload. A task gets a
 //! `k/` row of its own only when it first changes (leased, cancelled, promoted…), and that
 //! row holds the record alone (row version 3): the payload stays in the group and is never
@@ -166,7 +167,8 @@ fn encode_one(records: &[&[u8]], payloads: &[&[u8]], size: usize) -> Vec<u8> {
     let table_end = HEAD + 8 * records.len() + 4;
     let mut out = Vec::with_capacity(size);
     out.push(GROUP_VERSION);
-    // A command has at most MAX_BATCH_TASKS tasks and a few MiB in all.
+    // A group holds at most an entry's tasks (under 1 << TASK_ID_SHIFT) and is at most
+    // GROUP_TARGET_BYTES or one task, itself under an entry's byte limit.
     out.extend_from_slice(&(records.len() as u32).to_be_bytes());
     let mut at = table_end;
     for (r, p) in records.iter().zip(payloads) {

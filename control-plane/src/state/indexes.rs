@@ -81,7 +81,7 @@ pub struct Indexes {
 }
 
 /// Per task group: how many tasks it holds and how many are not purged yet. One entry per
-/// queue command, so about 1/100 of a map entry per task at batch 100.
+/// group of up to 6 KiB, so about one map entry per five 1 KiB tasks.
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
 pub struct GroupCounts(BTreeMap<u64, (u32, u32)>);
 

@@ -445,6 +445,12 @@ impl StateMachine {
     /// payloads, until the entry is done ([`Self::write_queued`]). `tasks` have
     /// consecutive ids, above those of any task held; `payloads` are theirs, in order.
     pub(super) fn insert_tasks(&mut self, tasks: Vec<Task>, payloads: &[&[u8]]) {
+        debug_assert_eq!(tasks.len(), payloads.len());
+        debug_assert!(
+            tasks.windows(2).all(|w| w[0].id < w[1].id)
+                && self.unwritten.tasks.last().zip(tasks.first()).is_none_or(|(held, new)| held.id < new.id),
+            "tasks are held in id order (Unwritten::find searches them)"
+        );
         for (t, p) in tasks.into_iter().zip(payloads) {
             self.idx.insert(&t);
             self.unwritten.payloads.extend_from_slice(p);

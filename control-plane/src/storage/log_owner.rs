@@ -10,9 +10,16 @@
 //! when both agree; moving the log directory's files keeps them agreeing.
 //!
 //! Binding, the first time (a fresh node, or one from before this check): the id goes to
-//! sled marked unconfirmed and is flushed; then the file is written durably; then sled
-//! marks it confirmed. A crash between leaves an unconfirmed id and maybe no file, and the
-//! next open finishes the binding; a confirmed id with no file is refused.
+//! sled marked unconfirmed and is flushed; then the file is written durably (the
+//! directory created and its parent synced first); then sled marks it confirmed. A crash
+//! between leaves an unconfirmed id and maybe no file, and the next open finishes the
+//! binding; a confirmed id with no file is refused.
+//!
+//! The id says which directory this is, not what is in it, so every open also checks the
+//! content against the tables: a node whose state machine has applied entries must find a
+//! vote (the file, or the one older releases kept in sled) or log segments in its log
+//! directory. That refuses an empty directory bound on a first start after an upgrade,
+//! and a copy that kept the `owner` file but not the log.
 
 use std::path::Path;
 
@@ -22,6 +29,11 @@ use super::fs::{self, Fs};
 
 pub const OWNER_FILE: &str = "owner";
 const OWNER_KEY: &[u8] = b"log_owner";
+/// What [`super::log_store`] and [`super::sm_store`] keep, read here to compare.
+const VOTE_FILE: &str = "vote";
+const LEGACY_VOTE: &[u8] = b"vote";
+const SM_TREE: &[u8] = b"sm";
+const APPLIED: &[u8] = b"r/applied";
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
 struct Binding {
@@ -30,7 +42,7 @@ struct Binding {
     confirmed: bool,
 }
 
-/// Checks that the log in `dir` belongs to the tables in `meta` (sled's `raft_meta`),
+/// Checks that the log in `dir` belongs to the tables in `db` (`meta` is its `raft_meta`),
 /// binding the two the first time. An error names the directory and what to do.
 pub fn check(fs: &dyn Fs, dir: &Path, db: &sled::Db, meta: &sled::Tree) -> std::io::Result<()> {
     let stored: Option<Binding> = match meta.get(OWNER_KEY).map_err(std::io::Error::other)? {
@@ -40,12 +52,20 @@ pub fn check(fs: &dyn Fs, dir: &Path, db: &sled::Db, meta: &sled::Tree) -> std::
     let on_disk = read_file(fs, dir)?;
     let refuse = |why: String| {
         Err(std::io::Error::other(format!(
-            "the Raft log directory {} {why}; start with the log directory that was used with this \
-             data directory (move its files, or set raft_log_dir back), or with both empty to rejoin \
-             the cluster as a new member",
+            "the Raft log directory {} {why}; start the server with the log directory that was used \
+             with this data directory (move its files there, or set raft_log_dir back). To replace the \
+             server instead, follow \"Replace a failed server\" in docs/operations.md: remove it from \
+             the cluster, wipe both directories, and add it back as a learner",
             dir.display()
         )))
     };
+    if applied_entries(db)? && !holds_log_content(fs, dir, meta)? {
+        return refuse(
+            "holds no vote and no log entries, but this data directory's state machine has applied \
+             entries (a server that lost its vote could vote twice in one term)"
+                .into(),
+        );
+    }
     match (stored, on_disk) {
         (Some(b), Some(id)) if b.id == id => {
             if !b.confirmed {
@@ -75,6 +95,34 @@ pub fn check(fs: &dyn Fs, dir: &Path, db: &sled::Db, meta: &sled::Tree) -> std::
     }
 }
 
+/// Whether the state machine in `db` has applied any entry.
+fn applied_entries(db: &sled::Db) -> std::io::Result<bool> {
+    if !db.tree_names().iter().any(|n| n.as_ref() == SM_TREE) {
+        return Ok(false);
+    }
+    let applied = db.open_tree(SM_TREE).map_err(std::io::Error::other)?.get(APPLIED).map_err(std::io::Error::other)?;
+    match applied {
+        None => Ok(false),
+        Some(v) => {
+            let id: Option<crate::raft::types::LogId> =
+                crate::state::keys::decode(&v).map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(id.is_some())
+        }
+    }
+}
+
+/// Whether `dir` holds a vote or a log segment, or sled holds a vote from an older release.
+fn holds_log_content(fs: &dyn Fs, dir: &Path, meta: &sled::Tree) -> std::io::Result<bool> {
+    if meta.contains_key(LEGACY_VOTE).map_err(std::io::Error::other)? || fs.exists(&dir.join(VOTE_FILE))? {
+        return Ok(true);
+    }
+    match fs.list(dir) {
+        Ok(names) => Ok(names.iter().any(|n| n.ends_with(".seg"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn store(db: &sled::Db, meta: &sled::Tree, b: Binding) -> std::io::Result<()> {
     let bytes = postcard::to_stdvec(&b).map_err(std::io::Error::other)?;
     meta.insert(OWNER_KEY, bytes).map_err(std::io::Error::other)?;
@@ -96,6 +144,12 @@ fn read_file(fs: &dyn Fs, dir: &Path) -> std::io::Result<Option<u128>> {
 }
 
 fn write_file(fs: &dyn Fs, dir: &Path, id: u128) -> std::io::Result<()> {
+    if !fs.exists(dir)? {
+        fs.create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent)?;
+        }
+    }
     fs::replace_file(fs, dir, OWNER_FILE, format!("{id:032x}\n").as_bytes())
 }
 
@@ -177,6 +231,55 @@ mod tests {
         store(&d.db, &d.meta, Binding { id: 42, confirmed: false }).expect("store");
         check(&RealFs, &x, &d.db, &d.meta).expect("confirm");
         assert_eq!(binding(&d), Some(Binding { id: 42, confirmed: true }));
+    }
+
+    /// Marks `d`'s state machine as having applied entries up to index 5.
+    fn applied(d: &Data) {
+        let id = Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 5));
+        let id: Option<crate::raft::types::LogId> = id;
+        d.db.open_tree(SM_TREE).expect("tree").insert(APPLIED, crate::state::keys::encode(&id)).expect("insert");
+    }
+
+    /// A data directory with applied entries is never bound to, nor opened with, a log
+    /// directory that holds no vote and no segment: not on the first start after an
+    /// upgrade (nothing bound yet), not with a copy that kept only the `owner` file.
+    #[test]
+    fn a_log_directory_without_vote_or_entries_is_refused_when_the_tables_have_applied_some() {
+        let (d, root) = (data(), tempfile::tempdir().expect("temp dir"));
+        applied(&d);
+        let empty = log_dir(&root, "empty");
+        let e = check(&RealFs, &empty, &d.db, &d.meta).expect_err("an empty log for applied tables");
+        assert!(e.to_string().contains("holds no vote and no log entries"), "{e}");
+        assert_eq!(binding(&d), None, "a refusal binds nothing");
+        // A log with a vote (or segments) binds; an owner-only copy of it does not open.
+        let x = log_dir(&root, "x");
+        std::fs::write(x.join(VOTE_FILE), b"v").expect("write");
+        check(&RealFs, &x, &d.db, &d.meta).expect("bind");
+        let copy = log_dir(&root, "copy");
+        std::fs::copy(x.join(OWNER_FILE), copy.join(OWNER_FILE)).expect("copy");
+        let e = check(&RealFs, &copy, &d.db, &d.meta).expect_err("owner only");
+        assert!(e.to_string().contains("holds no vote and no log entries"), "{e}");
+        let y = log_dir(&root, "y");
+        std::fs::write(y.join("00000000000000000001.seg"), b"").expect("write");
+        std::fs::copy(x.join(OWNER_FILE), y.join(OWNER_FILE)).expect("copy");
+        check(&RealFs, &y, &d.db, &d.meta).expect("segments without a vote file");
+        // A vote older releases kept in sled counts as the log's.
+        let (old, root2) = (data(), tempfile::tempdir().expect("temp dir"));
+        applied(&old);
+        old.meta.insert(LEGACY_VOTE, b"v".to_vec()).expect("insert");
+        check(&RealFs, &log_dir(&root2, "fresh"), &old.db, &old.meta).expect("legacy vote in sled");
+    }
+
+    #[test]
+    fn binding_creates_a_missing_log_directory_and_a_refusal_creates_nothing() {
+        let (d, root) = (data(), tempfile::tempdir().expect("temp dir"));
+        let x = root.path().join("new").join("log");
+        check(&RealFs, &x, &d.db, &d.meta).expect("bind");
+        assert!(x.join(OWNER_FILE).exists());
+        let (other, gone) = (data(), root.path().join("gone"));
+        applied(&other);
+        check(&RealFs, &gone, &other.db, &other.meta).expect_err("applied tables, no log");
+        assert!(!gone.exists());
     }
 
     #[test]

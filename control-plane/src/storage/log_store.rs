@@ -140,7 +140,6 @@ impl LogStore {
             )));
         }
         let meta = db.open_tree("raft_meta")?;
-        fs.create_dir_all(dir)?;
         super::log_owner::check(&*fs, dir, db, &meta)?;
         let last_purged: Option<LogId> = match meta.get(LAST_PURGED)? {
             Some(b) => Some(postcard::from_bytes(&b).map_err(|e| std::io::Error::other(e.to_string()))?),

@@ -31,7 +31,7 @@ pub enum StorageError {
     State(#[from] crate::state::KvError),
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
-    #[error("io: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -49,7 +49,13 @@ pub fn open(
     metrics: sm_store::StorageMetrics,
 ) -> Result<(log_store::LogStore, sm_store::SmStore), StorageError> {
     let default = default_log_dir(data_dir);
-    if log_dir != default && holds_a_log(&default)? {
+    // The same directory however it is spelled (`./data/raft-log`, a symlink): compare
+    // resolved paths where both exist.
+    let same = match (std::fs::canonicalize(log_dir), std::fs::canonicalize(&default)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => log_dir == default,
+    };
+    if !same && holds_a_log(&default)? {
         return Err(StorageError::Io(std::io::Error::other(format!(
             "raft_log_dir is {}, but this data directory's Raft log is in {}: stop the node, move the \
              files from there to {} and start it again (or remove raft_log_dir)",
