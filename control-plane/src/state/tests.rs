@@ -785,18 +785,28 @@ fn a_bounded_purge_deletes_at_most_max_keys_per_entry_and_the_next_ones_finish()
     assert!(bounded == unbounded, "the bounded purges end in other tables than one unbounded purge");
 }
 
-/// A command larger than one group is cut into several (see `groups`): every task reads
-/// back with its own payload, from its group or its row, before and after it changes,
-/// through the committed tables and after a reload; a group goes when its last task does.
-#[test]
-fn a_command_spanning_several_groups_reads_back_every_task() {
+/// Tenant acme with code "work", room for 100 queued tasks of up to 4 KiB.
+fn acme_for_kib_payloads() -> Harness {
     let mut h = Harness::new();
     h.tenant(
         "acme",
         TenantLimits { max_queued_tasks: 100, max_concurrency: 0, max_payload_bytes: 4096 },
         &[spec("work", 0, 0)],
     );
-    let payload = |i: usize| vec![i as u8; 1000 + i];
+    h
+}
+
+/// The `i`-th task's payload: ~1 KiB, its length and bytes its own.
+fn kib_payload(i: usize) -> Vec<u8> {
+    vec![i as u8; 1000 + i]
+}
+
+/// A command larger than one group is cut into several (see `groups`): every task reads
+/// back with its own payload, from its group or its row, before and after it changes,
+/// through the committed tables and after a reload; a group goes when its last task does.
+#[test]
+fn a_command_spanning_several_groups_reads_back_every_task() {
+    let (mut h, payload) = (acme_for_kib_payloads(), kib_payload);
     let ids = h.queue("acme", (0..30).map(|i| NewTask { payload: payload(i), ..task("work") }).collect());
     let groups = h.sm.indexes().groups.len();
     assert!(groups >= 4, "30 tasks of ~1 KiB in {groups} groups");
@@ -839,13 +849,7 @@ fn a_command_spanning_several_groups_reads_back_every_task() {
 /// takes no id and does not split them.
 #[test]
 fn single_task_calls_in_one_entry_share_groups() {
-    let mut h = Harness::new();
-    h.tenant(
-        "acme",
-        TenantLimits { max_queued_tasks: 100, max_concurrency: 0, max_payload_bytes: 4096 },
-        &[spec("work", 0, 0)],
-    );
-    let payload = |i: usize| vec![i as u8; 1000 + i];
+    let (mut h, payload) = (acme_for_kib_payloads(), kib_payload);
     let mut calls: Vec<Command> = (0..40)
         .map(|i| Harness::queue_cmd("acme", None, vec![NewTask { payload: payload(i), ..task("work") }]))
         .collect();
