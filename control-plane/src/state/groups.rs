@@ -138,8 +138,7 @@ pub fn encode(tasks: &[Task], payloads: &[&[u8]]) -> Vec<NewGroup> {
         };
         ends.push(buf.len());
     }
-    let records: Vec<&[u8]> =
-        ends.iter().enumerate().map(|(i, &end)| &buf[if i == 0 { 0 } else { ends[i - 1] }..end]).collect();
+    let records = pieces(&buf, &ends);
     let mut out = Vec::new();
     let mut start = 0;
     while start < records.len() {
@@ -161,6 +160,18 @@ pub fn encode(tasks: &[Task], payloads: &[&[u8]]) -> Vec<NewGroup> {
         start = end;
     }
     out
+}
+
+/// The consecutive pieces of `buf` ending at each of `ends` (in order, the first from 0).
+pub fn pieces<'a>(buf: &'a [u8], ends: &[usize]) -> Vec<&'a [u8]> {
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let piece = &buf[start..end];
+            start = end;
+            piece
+        })
+        .collect()
 }
 
 fn encode_one(records: &[&[u8]], payloads: &[&[u8]], size: usize) -> Vec<u8> {

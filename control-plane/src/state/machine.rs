@@ -464,12 +464,7 @@ impl StateMachine {
     fn write_queued(&mut self, txn: &mut Txn<'_>) {
         let mut u = std::mem::take(&mut self.unwritten);
         {
-            let payloads: Vec<&[u8]> = u
-                .ends
-                .iter()
-                .enumerate()
-                .map(|(i, &end)| &u.payloads[if i == 0 { 0 } else { u.ends[i - 1] }..end])
-                .collect();
+            let payloads = super::groups::pieces(&u.payloads, &u.ends);
             let mut start = 0;
             while start < u.tasks.len() {
                 let mut end = start + 1;

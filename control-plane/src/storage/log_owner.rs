@@ -26,14 +26,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::fs::{self, Fs};
+use super::log_store::{LEGACY_VOTE, VOTE_FILE};
+use super::sm_store::{APPLIED, SM_TREE};
 
 pub const OWNER_FILE: &str = "owner";
 const OWNER_KEY: &[u8] = b"log_owner";
-/// What [`super::log_store`] and [`super::sm_store`] keep, read here to compare.
-const VOTE_FILE: &str = "vote";
-const LEGACY_VOTE: &[u8] = b"vote";
-const SM_TREE: &[u8] = b"sm";
-const APPLIED: &[u8] = b"r/applied";
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
 struct Binding {
@@ -59,7 +56,8 @@ pub fn check(fs: &dyn Fs, dir: &Path, db: &sled::Db, meta: &sled::Tree) -> std::
             dir.display()
         )))
     };
-    if applied_entries(db)? && !holds_log_content(fs, dir, meta)? {
+    let legacy_vote = meta.contains_key(LEGACY_VOTE).map_err(std::io::Error::other)?;
+    if applied_entries(db)? && !legacy_vote && !holds_vote_or_entries(fs, dir)? {
         return refuse(
             "holds no vote and no log entries, but this data directory's state machine has applied \
              entries (a server that lost its vote could vote twice in one term)"
@@ -111,9 +109,9 @@ fn applied_entries(db: &sled::Db) -> std::io::Result<bool> {
     }
 }
 
-/// Whether `dir` holds a vote or a log segment, or sled holds a vote from an older release.
-fn holds_log_content(fs: &dyn Fs, dir: &Path, meta: &sled::Tree) -> std::io::Result<bool> {
-    if meta.contains_key(LEGACY_VOTE).map_err(std::io::Error::other)? || fs.exists(&dir.join(VOTE_FILE))? {
+/// Whether `dir` holds a vote file or a log segment (a missing directory holds neither).
+pub fn holds_vote_or_entries(fs: &dyn Fs, dir: &Path) -> std::io::Result<bool> {
+    if fs.exists(&dir.join(VOTE_FILE))? {
         return Ok(true);
     }
     match fs.list(dir) {

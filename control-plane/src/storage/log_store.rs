@@ -30,9 +30,9 @@ use super::{blocking, io_err};
 use crate::raft::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
 /// The key of the vote in sled, where older drovers kept it.
-const LEGACY_VOTE: &[u8] = b"vote";
+pub(super) const LEGACY_VOTE: &[u8] = b"vote";
 /// The vote file's name in the log directory.
-const VOTE_FILE: &str = "vote";
+pub(super) const VOTE_FILE: &str = "vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 /// The sled tree that held the log before it moved to segment files.

@@ -55,6 +55,9 @@ pub fn open(
         (Ok(a), Ok(b)) => a == b,
         _ => log_dir == default,
     };
+    let holds_a_log = |dir: &Path| -> std::io::Result<bool> {
+        Ok(log_owner::holds_vote_or_entries(&fs::RealFs, dir)? || dir.join(log_owner::OWNER_FILE).exists())
+    };
     if !same && holds_a_log(&default)? {
         return Err(StorageError::Io(std::io::Error::other(format!(
             "raft_log_dir is {}, but this data directory's Raft log is in {}: stop the node, move the \
@@ -78,24 +81,6 @@ pub fn open(
     let log = log_store::LogStore::new(fs.clone(), &db, log_dir)?.with_sync_metric(metrics.log_sync_seconds.clone());
     let sm = sm_store::SmStore::open(fs, &db, &data_dir.join("snapshots"), metrics)?;
     Ok((log, sm))
-}
-
-/// Whether `dir` holds any of a Raft log's files (segments, the vote, the owner file).
-fn holds_a_log(dir: &Path) -> std::io::Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            for e in entries {
-                let name = e?.file_name();
-                let name = name.to_string_lossy();
-                if name.ends_with(".seg") || name == "vote" || name == log_owner::OWNER_FILE {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// Runs storage work on the blocking pool; a panic in it becomes a storage error.

@@ -65,7 +65,9 @@ use crate::raft::types::{Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta,
 use crate::state::{Command, Request, Response, kv::KvError};
 use crate::state::{StateMachine, Txn, keys};
 
-const APPLIED: &[u8] = b"r/applied";
+/// The sled tree holding the state machine's tables.
+pub(super) const SM_TREE: &[u8] = b"sm";
+pub(super) const APPLIED: &[u8] = b"r/applied";
 const MEMBERSHIP: &[u8] = b"r/membership";
 const CURRENT_SNAPSHOT: &str = "current.snap";
 /// The metadata file of a version 1 snapshot (upgraded at open).
@@ -258,7 +260,7 @@ impl SmStore {
             }
         }
         upgrade_legacy(&*fs, snapshot_dir)?;
-        let tree = db.open_tree("sm")?;
+        let tree = db.open_tree(SM_TREE)?;
         let current = snapshot_dir.join(CURRENT_SNAPSHOT);
         if !tree.contains_key(INSTALLING)? && fs.exists(&current)? {
             // Only the header is read here; an unreadable one (a version 1 file whose
